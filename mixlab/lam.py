@@ -1,0 +1,326 @@
+"""λ policies: the mixing coefficient of each pair.
+
+A policy is called as ``policy(x, partner, features=None, index=None, progress=None,
+generator=None)`` and returns ``lam: Tensor[B]`` (float32, on ``x.device``, values in
+[0, 1]); ``lam[i]`` is the weight of sample ``i`` itself and ``1 - lam[i]`` that of its
+partner. Policies that learn from training get the loss through ``observe(loss, index)``,
+called explicitly by the training loop (see ``Mix.observe``). Nothing here reads the config.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .pairing import METRICS, _rand, pair_distance
+from .registry import Registry
+
+LAMBDAS: Registry = Registry("lambda")
+
+
+def beta_icdf(u: Tensor, a: Tensor | float, *, grid: int = 1024) -> Tensor:
+    """Inverse CDF of the symmetric Beta(a, a) distribution at ``u``, elementwise, on the device.
+
+    torch has no incomplete beta function, and a host call to scipy would sync the GPU, so the
+    CDF is integrated numerically per element on a grid in which the integrand is bounded:
+    on [0, 1/2] substitute t = s^(1/p) with p = min(a, 1), which turns
+    ``t^(a-1) (1-t)^(a-1) dt`` into ``(1/p) s^(a/p - 1) (1 - s^(1/p))^(a-1) ds`` (no
+    singularity at 0 even for a < 1), integrate with the trapezoid rule, invert by linear
+    interpolation, and use symmetry F(1 - t) = 1 - F(t) for the upper half. Accurate to
+    ~2e-5 against ``scipy.special.betaincinv`` for a in [0.01, 1000] (tests/test_lam.py). A scalar
+    ``a`` builds one table for all of ``u``; a tensor ``a`` one table per element.
+
+    Args:
+        u: probabilities in [0, 1], any shape.
+        a: the shape parameter (> 0), a float or a tensor broadcastable to ``u``.
+    Returns:
+        a float32 tensor of ``u``'s shape with values in [0, 1].
+    """
+    u64 = u.double()
+    a64 = torch.as_tensor(a, dtype=torch.float64, device=u.device)
+    q = torch.minimum(u64, 1.0 - u64)  # in [0, 1/2]
+    if a64.numel() == 1:  # one shared table (1, grid) for all of u
+        a64, q = a64.reshape(1), q.reshape(1, -1)
+    else:  # a table per element (n, grid)
+        a64, q = a64.expand_as(u64).reshape(-1), q.reshape(-1, 1)
+    p = a64.clamp(max=1.0)[:, None]
+    # Grid denser towards s = 2^-p, where (1 - s^(1/p)) turns quickly for small a, and towards
+    # s = 0, where the integrand ~ s^(a-1) has an unbounded slope for 1 < a < 2 (the trapezoid
+    # rule on a uniform first cell was off by up to 5e-4 in t there).
+    t = torch.linspace(0.0, 1.0, grid, dtype=torch.float64, device=u.device)
+    s = 0.5**p * (0.5 - 0.5 * torch.cos(math.pi * t))
+    # log-integrand minus its row maximum: no underflow for large a; xlogy gives 0·log 0 = 0.
+    log_h = torch.xlogy(a64[:, None] / p - 1.0, s) + torch.xlogy(a64[:, None] - 1.0, 1.0 - s.pow(1.0 / p))
+    h = (log_h - log_h.amax(1, keepdim=True)).exp()
+    area = (h[:, 1:] + h[:, :-1]) * 0.5 * s.diff(dim=1)
+    c = torch.cat([torch.zeros_like(h[:, :1]), area.cumsum(1)], 1)
+    c = c * (0.5 / c[:, -1:])  # F on the grid; F(1/2) = 1/2 by symmetry
+    # F ~ s^e near 0 with e = a/p = max(a, 1): interpolate s linearly in F^(1/e), not F.
+    e = a64[:, None] / p
+    c, q = c.pow(1.0 / e), q.pow(1.0 / e)
+    k = torch.searchsorted(c, q).clamp(1, grid - 1)
+    c0, c1 = c.gather(1, k - 1), c.gather(1, k)
+    s0, s1 = s.gather(1, k - 1), s.gather(1, k)
+    s_q = s0 + (s1 - s0) * ((q - c0) / (c1 - c0).clamp_min(1e-300))
+    t = s_q.pow(1.0 / p).reshape(u64.shape)
+    return torch.where(u64 > 0.5, 1.0 - t, t).float()
+
+
+def sample_beta(b: int, alpha: float, *, per_sample: bool, generator: torch.Generator | None,
+                device: torch.device) -> Tensor:
+    """(B,) draws of Beta(α, α): B independent ones, or one shared by the batch."""
+    u = _rand((b if per_sample else 1,), generator, device)
+    return beta_icdf(u, alpha).expand(b).contiguous()
+
+
+def _check_positive(name: str, value: float) -> float:
+    if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name}={value!r}: expected a finite number > 0")
+    return float(value)
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r}: expected one of {list(allowed)}")
+    return value
+
+
+def _space(x: Tensor, features: Tensor | None, space: str, who: str) -> Tensor:
+    """The tensor distances are measured in: the (flattened) inputs or the supplied features."""
+    if space == "input":
+        return x
+    if features is None:
+        raise ValueError(f"{who} with space='feature' needs features=(B, D) from the training loop; got None")
+    return features
+
+
+class Policy:
+    """Base class: stateless by default. ``observe`` and ``setup`` are no-ops unless overridden."""
+
+    def __call__(self, x: Tensor, partner: Tensor, *, features: Tensor | None = None, index: Tensor | None = None,
+                 progress: float | None = None, generator: torch.Generator | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def observe(self, loss: Tensor, index: Tensor | None = None) -> None:
+        """Training feedback: the loss of the latest mixed batch, per sample (B,) or its mean ()."""
+
+    def setup(self, *, num_samples: int) -> None:
+        """Tell the policy how many samples the training set has (for per-sample state)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+@LAMBDAS.register("none")
+class NoMix(Policy):
+    """λ = 1: no mixing, the ERM baseline."""
+
+    def __call__(self, x, partner, **_: object) -> Tensor:
+        return torch.ones(x.shape[0], device=x.device)
+
+
+@LAMBDAS.register("constant")
+class Constant(Policy):
+    """λ = ``value`` for every pair (seed 002 trains with 0.2)."""
+
+    def __init__(self, *, value: float = 0.2) -> None:
+        if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+            raise ValueError(f"value={value!r}: expected a number in [0, 1]")
+        self.value = float(value)
+
+    def __call__(self, x, partner, **_: object) -> Tensor:
+        return torch.full((x.shape[0],), self.value, device=x.device)
+
+
+@LAMBDAS.register("beta")
+class Beta(Policy):
+    """Classic mixup (Zhang et al. 2018): λ ~ Beta(α, α), one per batch or one per sample."""
+
+    def __init__(self, *, alpha: float = 1.0, per_sample: bool = True) -> None:
+        self.alpha = _check_positive("alpha", alpha)
+        self.per_sample = bool(per_sample)
+
+    def __call__(self, x, partner, *, generator=None, **_: object) -> Tensor:
+        return sample_beta(x.shape[0], self.alpha, per_sample=self.per_sample, generator=generator, device=x.device)
+
+
+@LAMBDAS.register("automix")
+class AutoMix(Policy):
+    """Seed 002's AutoMixup: λ = ½·(1 − ε)/(1 + ε), ε ~ U(0, 1) per sample.
+
+    λ lies in [0, ½] and E[λ] = ∫₀¹ ½(1−ε)/(1+ε) dε = ln 2 − ½ ≈ 0.193: the partner always
+    weighs at least as much as the sample itself.
+    """
+
+    def __call__(self, x, partner, *, generator=None, **_: object) -> Tensor:
+        eps = _rand((x.shape[0],), generator, x.device)
+        return 0.5 * (1.0 - eps) / (1.0 + eps)
+
+
+def _normalise(d: Tensor, how: str) -> Tensor:
+    """d / mean(d) or d / median(d) over the batch; ``none`` keeps raw distances."""
+    if how == "none":
+        return d
+    scale = d.mean() if how == "mean" else d.median()
+    return d / scale.clamp_min(1e-12)
+
+
+@LAMBDAS.register("distance")
+class Distance(Policy):
+    """Seed 000 §3.1/§4.1: λ = f(d(x_i, x_partner(i))), decreasing in the pair distance.
+
+    Maps (with temperature τ): ``exp``: λ = e^(−d/τ) (the seed's example at τ = 1);
+    ``inverse``: λ = 1/(1 + d/τ); ``gaussian``: λ = e^(−(d/τ)²).
+    d is measured by ``metric`` in input space or, with ``space='feature'``, in the feature
+    space the training loop passes (the model's penultimate embedding, or the hidden state
+    at the mixing layer for manifold mixup).
+
+    ``normalize`` divides d by its batch ``mean`` (default) or ``median``, so d ≈ 1 for a
+    typical pair whatever the data's scale. ``normalize='none'`` is the seed's literal form;
+    on images it is degenerate: raw Euclidean distances between Fashion-MNIST images are
+    ~20 (normalised pixels), e^(−20) ≈ 2e-9, so λ ≈ 0 and every sample is replaced by its
+    partner with the partner's label: no interpolation happens at all.
+    """
+
+    def __init__(self, *, metric: str = "euclidean", map: str = "exp", temperature: float = 1.0,
+                 normalize: str = "mean", space: str = "input") -> None:
+        self.metric = _check_choice("metric", metric, METRICS)
+        self.map = _check_choice("map", map, ("exp", "inverse", "gaussian"))
+        self.temperature = _check_positive("temperature", temperature)
+        self.normalize = _check_choice("normalize", normalize, ("mean", "median", "none"))
+        self.space = _check_choice("space", space, ("input", "feature"))
+
+    def __call__(self, x, partner, *, features=None, **_: object) -> Tensor:
+        z = _space(x, features, self.space, "lambda 'distance'")
+        d = _normalise(pair_distance(z, z[partner], self.metric), self.normalize) / self.temperature
+        if self.map == "exp":
+            return torch.exp(-d)
+        if self.map == "inverse":
+            return 1.0 / (1.0 + d)
+        return torch.exp(-d.square())
+
+
+@LAMBDAS.register("sk")
+class SimilarityKernel(Policy):
+    """SK-Mixup (Bouniot et al., "Tailoring Mixup to Data for Calibration", ICLR 2025).
+
+    d̃ = d / mean(d) over the batch; τ_i = τ_max · exp(−(d̃_i − 1) / (2 τ_std²));
+    λ_i = F⁻¹_{Beta(τ_i, τ_i)}(λ'_i) with λ'_i ~ Beta(α, α). Similar pairs (small d̃, large τ)
+    get λ near ½ (strong mixing); distant pairs (small τ) get λ near 0 or 1 (weak mixing),
+    while the marginal spread of λ is kept. For α = 1, λ_i ~ Beta(τ_i, τ_i) exactly.
+    τ is clipped to [0.01, 1000], where ``beta_icdf`` is accurate.
+    """
+
+    def __init__(self, *, alpha: float = 1.0, tau_max: float = 1.0, tau_std: float = 0.5,
+                 metric: str = "sqeuclidean", space: str = "input") -> None:
+        self.alpha = _check_positive("alpha", alpha)
+        self.tau_max = _check_positive("tau_max", tau_max)
+        self.tau_std = _check_positive("tau_std", tau_std)
+        self.metric = _check_choice("metric", metric, METRICS)
+        self.space = _check_choice("space", space, ("input", "feature"))
+
+    def tau(self, d: Tensor) -> Tensor:
+        """The warping parameter τ_i of each pair from its raw distance d_i (B,)."""
+        d_norm = _normalise(d, "mean")
+        return (self.tau_max * torch.exp(-(d_norm - 1.0) / (2.0 * self.tau_std**2))).clamp(0.01, 1000.0)
+
+    def __call__(self, x, partner, *, features=None, generator=None, **_: object) -> Tensor:
+        z = _space(x, features, self.space, "lambda 'sk'")
+        tau = self.tau(pair_distance(z, z[partner], self.metric))
+        base = beta_icdf(_rand((x.shape[0],), generator, x.device), self.alpha)
+        return beta_icdf(base, tau)
+
+
+@LAMBDAS.register("loss")
+class Loss(Policy):
+    """Seed 000 §3.2/§4.2: λ = g(L) from the model's training loss, smaller while the loss is high.
+
+    ``map='inverse'``: g(L) = 1/(1 + L/τ) (the seed's, τ = 1); ``map='exp'``: g(L) = e^(−L/τ).
+    L is an exponential moving average of the batch loss (``momentum``), or with
+    ``per_sample=True`` the last loss observed for each sample by its dataset index (samples
+    not yet seen use the moving average). This costs no extra forward pass: the loop passes
+    the per-sample losses it already computed to ``observe``. Before any loss is observed,
+    L = ``init_loss`` (default 0: λ = 1, no mixing on the very first step).
+    """
+
+    def __init__(self, *, map: str = "inverse", temperature: float = 1.0, momentum: float = 0.9,
+                 per_sample: bool = False, init_loss: float = 0.0, num_samples: int | None = None) -> None:
+        self.map = _check_choice("map", map, ("inverse", "exp"))
+        self.temperature = _check_positive("temperature", temperature)
+        if not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
+            raise ValueError(f"momentum={momentum!r}: expected a number in [0, 1)")
+        if not (isinstance(init_loss, (int, float)) and init_loss >= 0):
+            raise ValueError(f"init_loss={init_loss!r}: expected a number >= 0")
+        self.momentum, self.per_sample, self.init_loss = float(momentum), bool(per_sample), float(init_loss)
+        self.ema: Tensor | None = None
+        self.seen: Tensor | None = None  # (N,) last loss per sample, NaN where unseen
+        if num_samples is not None:
+            self.setup(num_samples=num_samples)
+
+    def setup(self, *, num_samples: int) -> None:
+        if self.per_sample:
+            self.seen = torch.full((int(num_samples),), float("nan"))
+
+    def g(self, loss: Tensor) -> Tensor:
+        L = loss / self.temperature
+        return 1.0 / (1.0 + L) if self.map == "inverse" else torch.exp(-L)
+
+    def _current(self, device: torch.device) -> Tensor:
+        return self.ema.to(device) if self.ema is not None else torch.tensor(self.init_loss, device=device)
+
+    def __call__(self, x, partner, *, index=None, **_: object) -> Tensor:
+        b, L = x.shape[0], self._current(x.device)
+        if not self.per_sample:
+            return self.g(L).expand(b).float().contiguous()
+        if index is None or self.seen is None:
+            raise ValueError("lambda 'loss' with per_sample=True needs index=(B,) dataset indices and "
+                             "Mix.setup(num_samples=N) (or num_samples=N); got "
+                             f"index={'None' if index is None else 'given'}, num_samples={'set' if self.seen is not None else 'None'}")
+        self.seen = self.seen.to(x.device)
+        last = self.seen[index]
+        return self.g(torch.where(last.isnan(), L, last)).float()
+
+    def observe(self, loss: Tensor, index: Tensor | None = None) -> None:
+        loss = loss.detach().float()
+        mean = loss.mean()
+        self.ema = mean if self.ema is None else self.momentum * self.ema.to(mean.device) + (1 - self.momentum) * mean
+        if self.per_sample and index is not None and loss.dim() == 1 and self.seen is not None:
+            self.seen = self.seen.to(loss.device)
+            self.seen[index] = loss
+
+    def state_dict(self) -> dict:
+        return {"ema": self.ema, "seen": self.seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema, self.seen = state.get("ema"), state.get("seen")
+
+
+@LAMBDAS.register("schedule")
+class Schedule(Policy):
+    """Dynamic by time: λ ~ Beta(α(t), α(t)) with α annealed over training progress t ∈ [0, 1].
+
+    α(t) = α_start + (α_end − α_start)·r(t), r linear (r = t) or cosine (r = (1 − cos πt)/2).
+    The default goes from strong mixing (α = 1, λ uniform) to weak (α = 0.1, λ near 0 or 1),
+    separating "dynamic by time" from "dynamic by pair" in sweeps. ``progress`` must be passed.
+    """
+
+    def __init__(self, *, alpha_start: float = 1.0, alpha_end: float = 0.1, shape: str = "linear",
+                 per_sample: bool = True) -> None:
+        self.alpha_start = _check_positive("alpha_start", alpha_start)
+        self.alpha_end = _check_positive("alpha_end", alpha_end)
+        self.shape = _check_choice("shape", shape, ("linear", "cosine"))
+        self.per_sample = bool(per_sample)
+
+    def alpha(self, progress: float) -> float:
+        if not (isinstance(progress, (int, float)) and 0.0 <= progress <= 1.0):
+            raise ValueError(f"progress={progress!r}: expected a number in [0, 1] (fraction of training done)")
+        r = progress if self.shape == "linear" else 0.5 * (1.0 - math.cos(math.pi * progress))
+        return self.alpha_start + (self.alpha_end - self.alpha_start) * r
+
+    def __call__(self, x, partner, *, progress=None, generator=None, **_: object) -> Tensor:
+        return sample_beta(x.shape[0], self.alpha(progress), per_sample=self.per_sample, generator=generator,
+                           device=x.device)

@@ -1,0 +1,199 @@
+"""Mixing: deterministic given (partner, lam); the randomness lives in pairing and λ.
+
+    x̃_i = λ_i · x_i + (1 − λ_i) · x_partner(i)
+    ỹ_i = λ_i · y_i + (1 − λ_i) · y_partner(i)
+
+``Mix`` composes a pairing strategy, a λ policy and a mixer chosen by registry name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .lam import LAMBDAS, NoMix
+from .pairing import PAIRINGS, _rand
+from .registry import Registry
+
+MIXERS: Registry = Registry("mixer")
+
+
+def _check_pair_args(x: Tensor, partner: Tensor, lam: Tensor, what: str) -> None:
+    b = x.shape[0] if x.dim() else 0
+    if b < 1:
+        raise ValueError(f"{what} should have a batch dimension of size >= 1, but got shape {tuple(x.shape)}")
+    if partner.shape != (b,) or partner.dtype != torch.long:
+        raise ValueError(f"partner should be a LongTensor of shape ({b},), but got {partner.dtype} {tuple(partner.shape)}")
+    if lam.shape != (b,) or not lam.is_floating_point():
+        raise ValueError(f"lam should be a floating tensor of shape ({b},), but got {lam.dtype} {tuple(lam.shape)}")
+
+
+def _lerp_rows(t: Tensor, partner: Tensor, lam: Tensor) -> Tensor:
+    # lerp(a, b, w) = a + w (b − a), computed as b − (b − a)(1 − w) for w ≥ ½, so λ = 1 returns
+    # x_i bit-exactly and λ = 0 returns x_partner(i) bit-exactly.
+    w = lam.to(device=t.device, dtype=t.dtype).view(-1, *([1] * (t.dim() - 1)))
+    return torch.lerp(t.index_select(0, partner.to(t.device)), t, w)
+
+
+def mix_inputs(x: Tensor, partner: Tensor, lam: Tensor) -> Tensor:
+    """Input mixup: ``x̃_i = λ_i·x_i + (1 − λ_i)·x_partner(i)``.
+
+    Args:
+        x: (B, ...) any trailing shape, any floating dtype (float32, bf16, fp16 kept).
+        partner: (B,) int64 indices into the batch (need not be a permutation).
+        lam: (B,) coefficients in [0, 1] (values are not checked: that would sync a GPU).
+    Returns:
+        (B, ...) tensor of ``x``'s dtype and device. λ = 1 is the identity, exactly.
+    """
+    _check_pair_args(x, partner, lam, "x")
+    return _lerp_rows(x, partner, lam)
+
+
+def mix_targets(y: Tensor, partner: Tensor, lam: Tensor, num_classes: int | None = None,
+                smoothing: float = 0.0) -> Tensor:
+    """Soft targets ``ỹ_i = λ_i·y_i + (1 − λ_i)·y_partner(i)``.
+
+    Args:
+        y: class indices (B,) int64 (``num_classes`` required), soft or one-hot targets (B, C)
+            float, or regression targets (B,) / (B, k) float (mixed linearly, as in seed 002's
+            MSE regression).
+        partner, lam: as in ``mix_inputs``.
+        smoothing: label smoothing ε for class targets: one-hot ``1 − ε + ε/C`` on the class and
+            ``ε/C`` elsewhere (timm's convention), applied before mixing. Not for regression.
+    Returns:
+        (B, C) float32 for class indices; ``y``'s shape and dtype otherwise.
+    """
+    _check_pair_args(y, partner, lam, "y")
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing={smoothing!r}: expected a number in [0, 1)")
+    if not y.is_floating_point():
+        if y.dim() != 1:
+            raise ValueError(f"class-index targets should have shape (B,), but got {tuple(y.shape)}")
+        if num_classes is None or num_classes < 1:
+            raise ValueError(f"num_classes={num_classes!r}: class-index targets need num_classes >= 1")
+        # scatter, not F.one_hot: on CPU one_hot validates with min()/max().item() (a sync that
+        # tests/test_mixing.py's detector would flag); scatter_ bounds-checks inside the kernel.
+        y = torch.zeros(y.shape[0], num_classes, device=y.device).scatter_(1, y.long()[:, None], 1.0)
+    elif smoothing and y.dim() != 2:
+        raise ValueError(f"smoothing={smoothing} needs class targets (B,) or (B, C); got {tuple(y.shape)} (regression?)")
+    if smoothing:
+        y = y * (1.0 - smoothing) + smoothing / y.shape[1]
+    return _lerp_rows(y, partner, lam)
+
+
+@MIXERS.register("input")
+class InputMixer:
+    """Mixup on the inputs (Zhang et al. 2018). Returns ``(x̃, λ)`` with λ unchanged."""
+
+    def __call__(self, x: Tensor, partner: Tensor, lam: Tensor, *,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        return mix_inputs(x, partner, lam), lam
+
+
+@MIXERS.register("manifold")
+class ManifoldMixer(InputMixer):
+    """Manifold mixup (Verma et al. 2019): the same arithmetic, applied by the training loop to
+    the hidden state at a randomly chosen block (``MixModel.embed(x, mix_at=k, mix=...)``)."""
+
+
+@MIXERS.register("cutmix")
+class CutMix:
+    """CutMix (Yun et al. 2019), one box per sample: the box, of area ≈ (1 − λ_i)·H·W at a uniform
+    random centre and clipped to the image, is filled from the partner. The clipped box's area sets
+    the λ actually applied, ``λ_i = 1 − area_i / (H·W)``, which is returned and used for the targets.
+
+    Shape contract: x is (B, C, H, W).
+    """
+
+    def __call__(self, x: Tensor, partner: Tensor, lam: Tensor, *,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        if x.dim() != 4:
+            raise ValueError(f"mixer 'cutmix' needs images (B, C, H, W), but got shape {tuple(x.shape)}")
+        _check_pair_args(x, partner, lam, "x")
+        b, _, h, w = x.shape
+        cut = (1.0 - lam.float()).clamp(0, 1).sqrt()  # side ratio
+        centre = _rand((2, b), generator, x.device) * torch.tensor([[h], [w]], device=x.device)
+        half_h, half_w = cut * h / 2, cut * w / 2
+        y0, y1 = (centre[0] - half_h).round().clamp(0, h), (centre[0] + half_h).round().clamp(0, h)
+        x0, x1 = (centre[1] - half_w).round().clamp(0, w), (centre[1] + half_w).round().clamp(0, w)
+        rows = torch.arange(h, device=x.device)
+        cols = torch.arange(w, device=x.device)
+        in_r = (rows >= y0[:, None]) & (rows < y1[:, None])  # (B, H)
+        in_c = (cols >= x0[:, None]) & (cols < x1[:, None])  # (B, W)
+        box = (in_r[:, :, None] & in_c[:, None, :])[:, None]  # (B, 1, H, W)
+        applied = 1.0 - in_r.sum(1) * in_c.sum(1) / float(h * w)
+        return torch.where(box, x.index_select(0, partner), x), applied.float()
+
+
+@dataclass(frozen=True)
+class Mixed:
+    """What the latest ``Mix`` call did: each sample's partner and the λ actually applied."""
+
+    partner: Tensor  # (B,) int64
+    lam: Tensor  # (B,) float32
+
+
+class Mix:
+    """Pairing × λ policy × mixer, by registry name: ``x_mix, y_mix = mix(x, y)``.
+
+    Example::
+
+        mix = Mix(lam="distance", pairing="random", num_classes=10, lam_kwargs={"temperature": 0.5})
+        for x, y, index in batches:
+            x_mix, y_mix = mix(x, y, index=index, progress=epoch / epochs)
+            loss = soft_cross_entropy(model(x_mix), y_mix)        # per-sample (B,)
+            mix.observe(loss.detach(), index)                     # feedback for λ = g(L) policies
+            loss.mean().backward()
+
+    Feedback and side information are explicit arguments, never flags flipped by the loop:
+    ``features=`` (B, D) for feature-space pairings and policies, ``index=`` dataset indices for
+    per-sample state, ``progress=`` ∈ [0, 1] for schedules, ``observe(loss, index)`` for the loss.
+    ``mix.last`` holds the latest ``Mixed(partner, lam)``. With ``lam='none'`` the inputs come back
+    unchanged (and the targets one-hot), without pairing work.
+    """
+
+    def __init__(self, lam: str = "beta", pairing: str = "random", mixer: str = "input", *,
+                 num_classes: int | None = None, lam_kwargs: dict | None = None, pairing_kwargs: dict | None = None,
+                 mixer_kwargs: dict | None = None, smoothing: float = 0.0,
+                 generator: torch.Generator | None = None) -> None:
+        self.lam_policy = LAMBDAS.build(lam, **(lam_kwargs or {}))
+        self.pairing = PAIRINGS.build(pairing, **(pairing_kwargs or {}))
+        self.mixer = MIXERS.build(mixer, **(mixer_kwargs or {}))
+        self.num_classes, self.smoothing, self.generator = num_classes, smoothing, generator
+        self.last: Mixed | None = None
+
+    def sample(self, x: Tensor, y: Tensor | None = None, *, features: Tensor | None = None,
+               index: Tensor | None = None, progress: float | None = None) -> tuple[Tensor, Tensor]:
+        """Draw ``(partner, lam)`` for a batch, without mixing anything."""
+        if isinstance(self.lam_policy, NoMix):
+            b = x.shape[0]
+            return torch.arange(b, device=x.device), torch.ones(b, device=x.device)
+        # Pairing and λ are sampling decisions, not part of the model: no gradient flows through
+        # them (under manifold mixup x is a hidden state, and d/dx √0 at a self-pair is NaN).
+        g, x = self.generator, x.detach()
+        features = None if features is None else features.detach()
+        partner = self.pairing(x, y, features=features, generator=g)
+        lam = self.lam_policy(x, partner, features=features, index=index, progress=progress, generator=g)
+        return partner, lam
+
+    def __call__(self, x: Tensor, y: Tensor, *, features: Tensor | None = None, index: Tensor | None = None,
+                 progress: float | None = None) -> tuple[Tensor, Tensor]:
+        partner, lam = self.sample(x, y, features=features, index=index, progress=progress)
+        x_mix, lam = (x, lam) if isinstance(self.lam_policy, NoMix) else self.mixer(x, partner, lam, generator=self.generator)
+        self.last = Mixed(partner, lam)
+        return x_mix, mix_targets(y, partner, lam, self.num_classes, self.smoothing)
+
+    def observe(self, loss: Tensor, index: Tensor | None = None) -> None:
+        """Feed the latest training loss (per sample (B,) or its mean) to the λ policy."""
+        self.lam_policy.observe(loss, index)
+
+    def setup(self, *, num_samples: int) -> None:
+        """Tell the λ policy the training-set size (per-sample state is allocated once)."""
+        self.lam_policy.setup(num_samples=num_samples)
+
+    def state_dict(self) -> dict:
+        return {"lam": self.lam_policy.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lam_policy.load_state_dict(state["lam"])
