@@ -1,0 +1,574 @@
+"""Data sets as whole tensors on the training device, and mini-batch iteration over them.
+
+Every data set used here is small enough to live on the accelerator in full (Fashion-MNIST
+is 188 MB as float32), so there is no ``DataLoader``: batches are index gathers on the device
+and augmentation is a handful of batched tensor ops. That keeps a training step free of
+host-to-device copies and Python loops over images.
+
+Raw loaders are registered in :data:`DATASETS` under the config name (``data.name``). Each
+is a function ``(*, root, download) -> (x_train, y_train, x_test, y_test, num_classes, task)``
+returning raw (un-normalised) CPU tensors; :func:`load_dataset` does the common part
+(subset, normalisation, device placement).
+"""
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mixlab.registry import Registry
+
+RawData = tuple[Tensor, Tensor, Tensor, Tensor, int, str]
+
+DATASETS: Registry[RawData] = Registry("data")
+
+TASKS = ("classification", "regression")
+
+# Rows per float64 chunk when computing normalisation statistics (bounds the temporary copy).
+_STATS_CHUNK = 4096
+
+# Where downloads go when no data.root is given. A module attribute (not a constant folded
+# into the functions) so tests can point it at an empty directory.
+DEFAULT_ROOT: Path = Path("~/.cache/mixlab").expanduser()
+
+# Debian's `dataset-fashion-mnist` package installs the four gzipped idx files here.
+DEBIAN_FASHION_MNIST_DIR: Path = Path("/usr/share/datasets/fashion-mnist")
+
+FASHION_MNIST_FILES: dict[str, str] = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+# Fixed seed of the train/test splits of digits and diabetes and of the moons sample:
+# the split is part of the data set's definition, so it must not move with the run seed.
+SPLIT_SEED = 0
+
+
+# --------------------------------------------------------------------------- the data set
+
+
+@dataclass
+class Dataset:
+    """A normalised train/test pair, all tensors on one device.
+
+    Shapes: ``x_*`` is (N, C, H, W) for images and (N, D) for tabular data, float32, normalised
+    with the per-channel (images) or per-feature (tabular) ``mean``/``std`` of the train split.
+    ``y_*`` is (N,) int64 class ids for classification, (N,) float32 standardised targets for
+    regression (``y_mean``/``y_std`` undo that).
+    """
+
+    name: str
+    task: str
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    # Regression targets are standardised; these undo it (identity for classification).
+    y_mean: float = 0.0
+    y_std: float = 1.0
+
+    @property
+    def n_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    @property
+    def n_test(self) -> int:
+        return int(self.x_test.shape[0])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input, without the batch dimension: (C, H, W) or (D,)."""
+        return tuple(int(s) for s in self.x_train.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        return self.x_train.dim() == 4
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "num_classes": self.num_classes,
+            "task": self.task,
+        }
+
+
+def load_dataset(
+    name: str,
+    *,
+    root: str | None = None,
+    train_subset: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    download: bool = True,
+) -> Dataset:
+    """Load the registered data set ``name``, normalised and on ``device``.
+
+    ``train_subset=N`` keeps the first N training examples of a shuffle seeded by ``seed``
+    (None keeps all). Normalisation statistics come from the kept training examples only, so
+    nothing about the test split or the dropped examples leaks into the inputs.
+    """
+    loader = DATASETS.get(name)
+    _check_subset(train_subset)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"data.seed={seed!r}: expected an integer")
+    device = torch.device(device)
+
+    x_train, y_train, x_test, y_test, num_classes, task = loader(root=root, download=download)
+    _check_raw(name, x_train, y_train, x_test, y_test, num_classes, task)
+
+    if train_subset is not None:
+        n = x_train.shape[0]
+        if train_subset > n:
+            raise ValueError(
+                f"data.train_subset={train_subset}: larger than the {n} training examples of "
+                f"{name!r}; expected null or an integer in 1..{n}"
+            )
+        keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:train_subset]
+        x_train, y_train = x_train[keep], y_train[keep]
+
+    # Move before normalising: the arithmetic is then done where it is cheapest.
+    x_train = x_train.to(device=device, dtype=torch.float32)
+    x_test = x_test.to(device=device, dtype=torch.float32)
+    mean, std = _input_stats(x_train)
+    shape = (1, -1) + (1,) * (x_train.dim() - 2)  # broadcast over channels (or features)
+    x_train = (x_train - mean.view(shape)) / std.view(shape)
+    x_test = (x_test - mean.view(shape)) / std.view(shape)
+
+    y_mean, y_std = 0.0, 1.0
+    if task == "regression":
+        y_train = y_train.to(device=device, dtype=torch.float32)
+        y_test = y_test.to(device=device, dtype=torch.float32)
+        y_mean = float(y_train.double().mean())
+        y_std = _safe_std(float(y_train.double().std(correction=0)))
+        y_train = (y_train - y_mean) / y_std
+        y_test = (y_test - y_mean) / y_std
+    else:
+        y_train = y_train.to(device=device, dtype=torch.int64)
+        y_test = y_test.to(device=device, dtype=torch.int64)
+
+    return Dataset(
+        name=name,
+        task=task,
+        x_train=x_train.contiguous(),
+        y_train=y_train.contiguous(),
+        x_test=x_test.contiguous(),
+        y_test=y_test.contiguous(),
+        num_classes=int(num_classes),
+        mean=tuple(float(m) for m in mean.tolist()),
+        std=tuple(float(s) for s in std.tolist()),
+        y_mean=y_mean,
+        y_std=y_std,
+    )
+
+
+def _check_subset(train_subset: int | None) -> None:
+    # bool is an int subclass; `train_subset=true` is a config mistake, not "1 example".
+    if train_subset is None:
+        return
+    if isinstance(train_subset, bool) or not isinstance(train_subset, int) or train_subset < 1:
+        raise ValueError(f"data.train_subset={train_subset!r}: expected null or an integer >= 1")
+
+
+def _check_raw(
+    name: str, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, num_classes: int, task: str
+) -> None:
+    """Catch a loader that breaks the contract here, not as a shape error deep in training."""
+    if task not in TASKS:
+        raise ValueError(f"data loader {name!r} returned task={task!r}; expected one of {list(TASKS)}")
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        if x.dim() not in (2, 4) or y.dim() != 1 or x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"data loader {name!r}: {split} split has x of shape {tuple(x.shape)} and y of shape "
+                f"{tuple(y.shape)}; expected x (N,D) or (N,C,H,W) and y (N,) with the same N"
+            )
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise ValueError(
+            f"data loader {name!r}: train inputs {tuple(x_train.shape[1:])} and test inputs "
+            f"{tuple(x_test.shape[1:])} differ in shape"
+        )
+    if task == "classification":
+        for split, y in (("train", y_train), ("test", y_test)):
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+                raise ValueError(
+                    f"data loader {name!r}: {split} labels span {int(y.min())}..{int(y.max())}; "
+                    f"expected 0..{num_classes - 1}"
+                )
+
+
+def _safe_std(std: float) -> float:
+    # A constant feature would otherwise turn into NaNs; leaving it unscaled keeps it at 0.
+    return std if std > 0.0 else 1.0
+
+
+def _input_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel (N,C,H,W) or per-feature (N,D) mean and population std, each shape (C,)/(D,)."""
+    dims = (0,) if x.dim() == 2 else (0, 2, 3)
+    count = x.numel() // x.shape[1]
+    # float64 so a 150M-element reduction keeps its low digits, but in row chunks so CIFAR does
+    # not need a 1.2 GB float64 copy; two passes (mean, then squared deviations) for stability.
+    chunks = x.split(_STATS_CHUNK)
+    mean = sum(c.double().sum(dim=dims) for c in chunks) / count
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    var = sum((c.double() - mean.view(shape)).square().sum(dim=dims) for c in chunks) / count
+    std = var.sqrt()
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return mean.float(), std.float()
+
+
+# --------------------------------------------------------------------------- batches
+
+
+class Batches:
+    """Iterates over the training split in shuffled mini-batches, all on the data's device.
+
+    Yields ``(x, y, index)``: ``x`` (B, *input_shape), ``y`` (B,), ``index`` the int64 (B,)
+    positions in ``ds.x_train`` of the batch's samples. Every epoch (each ``iter``) draws a new
+    permutation from ``generator``, so the same generator state gives identical batches.
+
+    Augmentation (image data only): a random crop of the zero-padded image (``crop_padding``
+    pixels each side, an independent offset per sample) and, with ``hflip``, a horizontal
+    flip of each sample with probability 0.5. The last batch may be smaller unless
+    ``drop_last``.
+    """
+
+    def __init__(
+        self,
+        ds: Dataset,
+        *,
+        batch_size: int,
+        generator: torch.Generator,
+        crop_padding: int = 0,
+        hflip: bool = False,
+        drop_last: bool = False,
+    ) -> None:
+        _check_batch_size(batch_size)
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator={generator!r}: expected a torch.Generator")
+        if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
+            raise ValueError(f"crop_padding={crop_padding!r}: expected an integer >= 0")
+        if not isinstance(hflip, bool):
+            raise ValueError(f"hflip={hflip!r}: expected true or false")
+        if ds.x_train.dim() != 4 and (crop_padding or hflip):
+            raise ValueError(
+                f"crop_padding={crop_padding}, hflip={hflip}: augmentation needs image inputs "
+                f"(N,C,H,W), but {ds.name!r} has inputs of shape {ds.input_shape}; "
+                "expected crop_padding=0 and hflip=false"
+            )
+        self.ds = ds
+        self.batch_size = batch_size
+        self.generator = generator
+        self.crop_padding = crop_padding
+        self.hflip = hflip
+        self.drop_last = drop_last
+
+    def __len__(self) -> int:
+        n = self.ds.n_train
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        x_all, y_all = self.ds.x_train, self.ds.y_train
+        device = x_all.device
+        n, bs = self.ds.n_train, self.batch_size
+        # Draw on the generator's device (a CPU generator cannot sample CUDA tensors), then move.
+        order = torch.randperm(n, generator=self.generator, device=self.generator.device).to(device)
+        for b in range(len(self)):
+            index = order[b * bs : (b + 1) * bs]
+            x = x_all[index]
+            if self.crop_padding or self.hflip:
+                x = self._augment(x)
+            yield x, y_all[index], index
+
+    def _augment(self, x: Tensor) -> Tensor:
+        g, p, B = self.generator, self.crop_padding, x.shape[0]
+        offsets = torch.randint(0, 2 * p + 1, (B, 2), generator=g, device=g.device).to(x.device)
+        if self.hflip:
+            flip = (torch.rand(B, generator=g, device=g.device) < 0.5).to(x.device)
+        else:
+            flip = torch.zeros(B, dtype=torch.bool, device=x.device)
+        return crop_and_flip(x, offsets=offsets, flip=flip, padding=p)
+
+
+def crop_and_flip(x: Tensor, *, offsets: Tensor, flip: Tensor, padding: int) -> Tensor:
+    """Per-sample crop of the zero-padded batch, then per-sample horizontal flip, in one gather.
+
+    ``x`` (B, C, H, W); ``offsets`` (B, 2) int, the (row, col) of each crop's top-left corner in
+    the padded image, each in 0..2*padding (``padding`` means no shift); ``flip`` (B,) bool.
+    Returns (B, C, H, W) with ``out[b, :, i, j] = x[b, :, i + dy, j + dx]`` (zero outside),
+    where ``(dy, dx) = offsets[b] - padding``, mirrored left-right where ``flip[b]``.
+    """
+    B, C, H, W = x.shape
+    Wp = W + 2 * padding
+    padded = F.pad(x, (padding, padding, padding, padding)) if padding else x
+    rows = offsets[:, 0:1] + torch.arange(H, device=x.device)  # (B, H)
+    cols = torch.arange(W, device=x.device).expand(B, W)
+    # Flipping after the crop is reading the crop's columns right to left: fold it into the
+    # gather instead of a second pass over the batch.
+    cols = torch.where(flip[:, None], (W - 1) - cols, cols) + offsets[:, 1:2]  # (B, W)
+    flat = (rows[:, :, None] * Wp + cols[:, None, :]).view(B, 1, H * W).expand(B, C, H * W)
+    return padded.flatten(2).gather(2, flat).view(B, C, H, W)
+
+
+def eval_batches(x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Sequential (x[i:i+bs], y[i:i+bs]) slices, no shuffle and no augmentation; last may be short."""
+    _check_batch_size(batch_size)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"eval_batches: x has {x.shape[0]} rows but y has {y.shape[0]}")
+    for start in range(0, x.shape[0], batch_size):
+        yield x[start : start + batch_size], y[start : start + batch_size]
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1")
+
+
+# --------------------------------------------------------------------------- idx files
+
+# idx type byte -> big-endian numpy dtype (the format stores everything most significant first).
+_IDX_DTYPES: dict[int, str] = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | Path, *, expected_magic: int | None = None) -> np.ndarray:
+    """Parse an idx file (plain or ``.gz``) into an array of the shape its header declares.
+
+    The magic number is two zero bytes, a type byte and the number of dimensions; then one
+    big-endian uint32 per dimension, then the data. Any mismatch (unknown type, wrong
+    ``expected_magic``, truncated or over-long data, broken gzip) is a ValueError naming ``path``.
+    """
+    path = Path(path)
+    raw = _read_bytes(path)
+    if len(raw) < 4:
+        raise ValueError(f"{path}: truncated: {len(raw)} bytes, too short for the 4-byte idx magic number")
+    (magic,) = struct.unpack(">I", raw[:4])
+    if expected_magic is not None and magic != expected_magic:
+        raise ValueError(f"{path}: bad magic number 0x{magic:08x}; expected 0x{expected_magic:08x}")
+    zero, type_code, ndim = magic >> 16, (magic >> 8) & 0xFF, magic & 0xFF
+    if zero != 0 or type_code not in _IDX_DTYPES or ndim == 0:
+        raise ValueError(
+            f"{path}: bad magic number 0x{magic:08x}; expected 0x0000TTDD with type TT in "
+            f"{[hex(t) for t in _IDX_DTYPES]} and DD >= 1 dimensions"
+        )
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated: header declares {ndim} dimensions but the file has {len(raw)} bytes")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(_IDX_DTYPES[type_code])
+    expected = math.prod(dims) * dtype.itemsize
+    got = len(raw) - header
+    if got != expected:
+        what = "truncated" if got < expected else "has trailing bytes"
+        raise ValueError(
+            f"{path}: {what}: header declares shape {dims} ({expected} data bytes) but {got} bytes follow"
+        )
+    # Native byte order so torch.from_numpy accepts it.
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _read_bytes(path: Path) -> bytes:
+    if path.suffix != ".gz":
+        return path.read_bytes()
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+        raise ValueError(f"{path}: not a valid gzip file ({type(e).__name__}: {e})") from None
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST
+
+
+def _fashion_candidates(root: str | None) -> list[Path]:
+    """Directories searched in order: data.root (three layouts), then the Debian package."""
+    dirs: list[Path] = []
+    if root is not None:
+        r = Path(root).expanduser()
+        dirs += [r, r / "fashion-mnist", r / "FashionMNIST" / "raw"]
+    dirs.append(DEBIAN_FASHION_MNIST_DIR)
+    return dirs
+
+
+def find_fashion_mnist(root: str | None) -> dict[str, Path] | None:
+    """The four idx files from the first directory holding all of them (plain or .gz), else None."""
+    for d in _fashion_candidates(root):
+        found: dict[str, Path] = {}
+        for key, stem in FASHION_MNIST_FILES.items():
+            for candidate in (d / stem, d / f"{stem}.gz"):
+                if candidate.is_file():
+                    found[key] = candidate
+                    break
+        if len(found) == len(FASHION_MNIST_FILES):
+            return found
+    return None
+
+
+def _read_fashion_split(images_path: Path, labels_path: Path) -> tuple[Tensor, Tensor]:
+    """(N,1,28,28) float32 in [0,1] and (N,) int64 labels in 0..9, checked for consistency."""
+    images = read_idx(images_path, expected_magic=0x00000803)  # uint8, 3 dimensions
+    labels = read_idx(labels_path, expected_magic=0x00000801)  # uint8, 1 dimension
+    if images.shape[1:] != (28, 28):
+        raise ValueError(f"{images_path}: images are {images.shape[1:]}; expected 28x28")
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"{labels_path}: {labels.shape[0]} labels but {images_path} has {images.shape[0]} images"
+        )
+    if labels.size and int(labels.max()) > 9:
+        bad = int(np.argmax(labels > 9))
+        raise ValueError(f"{labels_path}: label {int(labels[bad])} at position {bad} is out of range 0..9")
+    x = torch.from_numpy(images).unsqueeze(1).float().div_(255.0)
+    return x, torch.from_numpy(labels).long()
+
+
+@DATASETS.register("fashion_mnist")
+def fashion_mnist(*, root: str | None = None, download: bool = True) -> RawData:
+    """Fashion-MNIST, 60000 train / 10000 test 28x28 grey images, 10 classes.
+
+    Found in data.root (plain, ``fashion-mnist/`` or torchvision's ``FashionMNIST/raw/``
+    layout), else in Debian's ``dataset-fashion-mnist``, else downloaded by torchvision.
+    """
+    files = find_fashion_mnist(root)
+    if files is None and download:
+        from torchvision.datasets import FashionMNIST
+
+        target = Path(root).expanduser() if root is not None else DEFAULT_ROOT
+        FashionMNIST(str(target), train=True, download=True)
+        FashionMNIST(str(target), train=False, download=True)
+        files = find_fashion_mnist(str(target))
+    if files is None:
+        searched = ", ".join(str(d) for d in _fashion_candidates(root))
+        names = ", ".join(f"{s}[.gz]" for s in FASHION_MNIST_FILES.values())
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found: looked for {names} in {searched}. Get it with one of: "
+            f"`apt-get install dataset-fashion-mnist` (installs to {DEBIAN_FASHION_MNIST_DIR}); "
+            "or data.root=DIR where DIR holds the four idx files; "
+            "or data.download=true with internet access (torchvision downloads them)."
+        )
+    x_train, y_train = _read_fashion_split(files["train_images"], files["train_labels"])
+    x_test, y_test = _read_fashion_split(files["test_images"], files["test_labels"])
+    return x_train, y_train, x_test, y_test, 10, "classification"
+
+
+# --------------------------------------------------------------------------- CIFAR
+
+
+def _cifar(cls_name: str, *, root: str | None, download: bool) -> RawData:
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, cls_name)
+    target = Path(root).expanduser() if root is not None else DEFAULT_ROOT
+    folder = target / cls.base_folder
+    needed = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    missing = [f for f in needed if not (folder / f).is_file()]
+    if missing and not download:
+        # torchvision would say only "not found or corrupted"; say what is missing and how to fix it.
+        raise FileNotFoundError(
+            f"{cls_name} not found: {folder} lacks {missing}. Get it with data.download=true (internet; "
+            f"torchvision fetches {cls.url}), or extract {cls.filename} into DIR and set data.root=DIR."
+        )
+    splits = []
+    for train in (True, False):
+        d = cls(str(target), train=train, download=download)
+        # .data is (N, 32, 32, 3) uint8 HWC; models want (N, 3, 32, 32) in [0, 1].
+        x = torch.from_numpy(np.ascontiguousarray(d.data)).permute(0, 3, 1, 2).float().div_(255.0)
+        splits += [x.contiguous(), torch.as_tensor(d.targets, dtype=torch.int64)]
+    num_classes = 10 if cls_name == "CIFAR10" else 100
+    return splits[0], splits[1], splits[2], splits[3], num_classes, "classification"
+
+
+@DATASETS.register("cifar10")
+def cifar10(*, root: str | None = None, download: bool = True) -> RawData:
+    """CIFAR-10 via torchvision: 50000 train / 10000 test 3x32x32 images, 10 classes."""
+    return _cifar("CIFAR10", root=root, download=download)
+
+
+@DATASETS.register("cifar100")
+def cifar100(*, root: str | None = None, download: bool = True) -> RawData:
+    """CIFAR-100 (fine labels) via torchvision: 50000 train / 10000 test 3x32x32, 100 classes."""
+    return _cifar("CIFAR100", root=root, download=download)
+
+
+# --------------------------------------------------------------------------- bundled / synthetic
+
+
+def stratified_split(y: Tensor, *, n_test: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Split positions 0..N-1 into sorted (train, test) index tensors with ``n_test`` test items.
+
+    Each class gets its proportional share of the test set (largest remainder rounding, ties
+    to the smaller class id), drawn at random within the class.
+    """
+    n = y.shape[0]
+    classes, counts = torch.unique(y, return_counts=True)
+    quota = counts.double() * n_test / n
+    share = quota.floor().long()
+    left = n_test - int(share.sum())
+    # stable sort: equal remainders are served in class order, so the split is deterministic.
+    order = torch.sort(quota - share, descending=True, stable=True).indices
+    share[order[:left]] += 1
+    test_parts = []
+    for c, k in zip(classes.tolist(), share.tolist()):
+        members = (y == c).nonzero().flatten()
+        test_parts.append(members[torch.randperm(members.numel(), generator=generator)[:k]])
+    is_test = torch.zeros(n, dtype=torch.bool)
+    is_test[torch.cat(test_parts)] = True
+    return (~is_test).nonzero().flatten(), is_test.nonzero().flatten()
+
+
+@DATASETS.register("digits")
+def digits(*, root: str | None = None, download: bool = True) -> RawData:
+    """scikit-learn's bundled 8x8 digits: 1437 train / 360 test (fixed stratified split), 10 classes.
+
+    ``root`` and ``download`` are unused: the data ship with scikit-learn.
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.as_tensor(bunch.images, dtype=torch.float32).div_(16.0).unsqueeze(1)  # (1797,1,8,8)
+    y = torch.as_tensor(bunch.target, dtype=torch.int64)
+    train, test = stratified_split(y, n_test=360, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return x[train], y[train], x[test], y[test], 10, "classification"
+
+
+@DATASETS.register("diabetes")
+def diabetes(*, root: str | None = None, download: bool = True) -> RawData:
+    """scikit-learn's bundled diabetes regression: 10 raw features, 353 train / 89 test (fixed split)."""
+    from sklearn.datasets import load_diabetes
+
+    bunch = load_diabetes(scaled=False)  # raw units; load_dataset standardises with train stats
+    x = torch.as_tensor(bunch.data, dtype=torch.float32)
+    y = torch.as_tensor(bunch.target, dtype=torch.float32)
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(SPLIT_SEED))
+    train, test = perm[:353], perm[353:]
+    return x[train], y[train], x[test], y[test], 1, "regression"
+
+
+@DATASETS.register("moons")
+def moons(*, root: str | None = None, download: bool = True) -> RawData:
+    """Two interleaved half-moons (noise 0.2): 2000 train / 1000 test points in 2-D, 2 classes."""
+    from sklearn.datasets import make_moons
+
+    # Separate fixed samples for train and test: independent draws from the same distribution.
+    x_tr, y_tr = make_moons(n_samples=2000, noise=0.2, random_state=SPLIT_SEED)
+    x_te, y_te = make_moons(n_samples=1000, noise=0.2, random_state=SPLIT_SEED + 1)
+    return (
+        torch.as_tensor(x_tr, dtype=torch.float32),
+        torch.as_tensor(y_tr, dtype=torch.int64),
+        torch.as_tensor(x_te, dtype=torch.float32),
+        torch.as_tensor(y_te, dtype=torch.int64),
+        2,
+        "classification",
+    )

@@ -1,0 +1,313 @@
+"""Evaluation metrics: accuracy, NLL, calibration (ECE, Brier), regression errors, λ statistics.
+
+Everything is computed on the input's device in float32 (logits may be bf16/fp16) and read
+back to the host in a single transfer at the end of each public function that returns Python
+numbers. :class:`Accumulator` lets a training loop sum per-batch values on the device and pay
+for one transfer per epoch instead of one per batch.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "Accumulator",
+    "classification_metrics",
+    "lam_stats",
+    "median_last",
+    "regression_metrics",
+    "reliability",
+]
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_classification_inputs(logits: Tensor, labels: Tensor, n_bins: int) -> None:
+    if logits.dim() != 2:
+        raise ValueError(f"logits: expected shape (N, C), got {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise ValueError(f"logits: expected a floating dtype, got {logits.dtype}")
+    n, c = logits.shape
+    if n == 0 or c == 0:
+        raise ValueError(f"logits: expected N >= 1 samples and C >= 1 classes, got shape {tuple(logits.shape)}")
+    if labels.shape != (n,):
+        raise ValueError(f"labels: expected shape ({n},) of class indices, got {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"labels: expected an integer dtype (class indices), got {labels.dtype}")
+    if labels.device != logits.device:
+        raise ValueError(f"labels: expected device {logits.device} (same as logits), got {labels.device}")
+    if not isinstance(n_bins, int) or isinstance(n_bins, bool) or n_bins < 1:
+        raise ValueError(f"n_bins: expected a positive int, got {n_bins!r}")
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def _confidence_and_correct(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Softmax probabilities (N, C), confidence = max_c p_c (N,), and correctness 0/1 (N,), all float32.
+
+    The prediction is the argmax of the same probabilities the confidence comes from, so a
+    sample's confidence and correctness always refer to one predicted class.
+    """
+    probs = torch.softmax(logits.float(), dim=1)
+    conf, pred = probs.max(dim=1)
+    correct = (pred == labels).float()
+    return probs, conf, correct
+
+
+def _bin_sums(conf: Tensor, correct: Tensor, n_bins: int) -> Tensor:
+    """Per-bin sums over equal-width confidence bins: (n_bins, 3) with columns [count, Σconf, Σcorrect].
+
+    Bin b is (b/n_bins, (b+1)/n_bins]; a confidence of exactly 0 goes to bin 0 (Guo et al. 2017).
+    """
+    # Interior edges only: bucketize(right=False) returns i with edges[i-1] < x <= edges[i],
+    # which is exactly the right-closed bin index, and maps x <= 1/n_bins (including 0) to 0
+    # and x > (n_bins-1)/n_bins (including 1) to n_bins-1 without any clamping.
+    edges = torch.linspace(0.0, 1.0, n_bins + 1, device=conf.device, dtype=conf.dtype)[1:-1]
+    idx = torch.bucketize(conf, edges, right=False)
+    # A one-hot matmul instead of index_add_/bincount: deterministic on every device
+    # (atomics-based scatters are not, and bincount with weights refuses deterministic mode).
+    onehot = F.one_hot(idx, n_bins).to(conf.dtype)  # (N, n_bins)
+    values = torch.stack([torch.ones_like(conf), conf, correct], dim=1)  # (N, 3)
+    return onehot.T @ values
+
+
+def _ece_from_sums(sums: Tensor, n: int) -> Tensor:
+    """ECE = Σ_b |B_b|/N · |acc(B_b) − conf(B_b)| = Σ_b |Σcorrect_b − Σconf_b| / N (empty bins add 0)."""
+    return (sums[:, 2] - sums[:, 1]).abs().sum() / n
+
+
+def classification_metrics(logits: Tensor, labels: Tensor, *, n_bins: int = 15) -> dict[str, float]:
+    """Top-1 accuracy, mean NLL, expected calibration error and multi-class Brier score.
+
+    Shapes: ``logits`` (N, C) any floating dtype, ``labels`` (N,) integer class indices in [0, C).
+    With p = softmax(logits) computed in float32:
+
+    - ``acc``   = 1/N Σ_i [argmax_c p_ic = y_i]                          in [0, 1]
+    - ``nll``   = −1/N Σ_i log p_{i,y_i}                                 (= F.cross_entropy)
+    - ``ece``   = Σ_b |B_b|/N · |acc(B_b) − conf(B_b)|, conf_i = max_c p_ic, ``n_bins``
+      equal-width bins (0, 1/n_bins], …, ((n_bins−1)/n_bins, 1]; conf 0 goes to the first bin
+    - ``brier`` = 1/N Σ_i Σ_c (p_ic − [c = y_i])²                         in [0, 2]
+
+    One device-to-host transfer at the end.
+    """
+    _check_classification_inputs(logits, labels, n_bins)
+    n = logits.shape[0]
+    probs, conf, correct = _confidence_and_correct(logits, labels)
+    acc = correct.mean()
+    nll = F.cross_entropy(logits.float(), labels.long())
+    ece = _ece_from_sums(_bin_sums(conf, correct, n_bins), n)
+    onehot = F.one_hot(labels.long(), probs.shape[1]).to(probs.dtype)
+    brier = (probs - onehot).pow(2).sum(dim=1).mean()
+    acc_, nll_, ece_, brier_ = torch.stack([acc, nll, ece, brier]).tolist()
+    return {"acc": acc_, "nll": nll_, "ece": ece_, "brier": brier_}
+
+
+def reliability(logits: Tensor, labels: Tensor, *, n_bins: int = 15) -> dict[str, list[float]]:
+    """Per-bin data for a reliability diagram, with the same bins as the ECE of :func:`classification_metrics`.
+
+    Shapes: ``logits`` (N, C), ``labels`` (N,). Returns lists of length ``n_bins``:
+    ``confidence`` (mean max-probability in the bin), ``accuracy`` (fraction correct in the bin)
+    and ``count`` (number of samples in the bin, as float). Empty bins have NaN confidence and
+    accuracy (a mean of nothing) and count 0, so a plot skips them instead of drawing a fake 0.
+    """
+    _check_classification_inputs(logits, labels, n_bins)
+    _, conf, correct = _confidence_and_correct(logits, labels)
+    sums = _bin_sums(conf, correct, n_bins)
+    count = sums[:, 0]
+    # 0/0 -> NaN for empty bins, which is the honest value of an undefined mean.
+    mean_conf = sums[:, 1] / count
+    mean_acc = sums[:, 2] / count
+    c, a, k = torch.stack([mean_conf, mean_acc, count]).tolist()
+    return {"confidence": c, "accuracy": a, "count": k}
+
+
+# ----------------------------------------------------------------------------- regression
+
+
+def _as_column_vector(x: Tensor, name: str) -> Tensor:
+    if x.dim() == 2 and x.shape[1] == 1:
+        return x[:, 0]
+    if x.dim() == 1:
+        return x
+    raise ValueError(f"{name}: expected shape (N,) or (N, 1), got {tuple(x.shape)}")
+
+
+def regression_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
+    """Mean squared and mean absolute error of a scalar regression.
+
+    Shapes: ``pred`` and ``target`` each (N,) or (N, 1), N >= 1, same N (any mix of the two forms).
+    ``mse`` = 1/N Σ (pred_i − target_i)², ``mae`` = 1/N Σ |pred_i − target_i|, in float32,
+    one device-to-host transfer.
+    """
+    p = _as_column_vector(pred, "pred")
+    t = _as_column_vector(target, "target")
+    if p.shape != t.shape:
+        raise ValueError(f"target: expected {p.shape[0]} values to match pred, got {t.shape[0]}")
+    if p.shape[0] == 0:
+        raise ValueError("pred: expected N >= 1 values, got 0")
+    if p.device != t.device:
+        raise ValueError(f"target: expected device {p.device} (same as pred), got {t.device}")
+    err = p.float() - t.float()
+    mse, mae = torch.stack([err.pow(2).mean(), err.abs().mean()]).tolist()
+    return {"mse": mse, "mae": mae}
+
+
+# ----------------------------------------------------------------------------- accumulation
+
+
+class Accumulator:
+    """Running means of named quantities, summed on the device, read to the host once.
+
+    ``add(name, value, count)`` takes either a scalar that is the mean of ``count`` items
+    (``count`` defaults to 1; e.g. a batch's mean loss with ``count=batch_size``) or a tensor of
+    per-item values (``count`` must then be omitted and is the number of elements). It only
+    queues device ops, so a training loop never waits on the device. :meth:`mean` returns
+    ``{name: Σ value·count / Σ count}`` with a single transfer for all names (NaN for a
+    total count of 0).
+
+    Python numbers (a value or a count) stay on the host and enter device arithmetic as
+    scalar arguments: turning them into device tensors would be a blocking host-to-device
+    copy per batch. Device sums are float64 where the device supports it (float32 on MPS) so
+    that an epoch of small per-batch terms does not lose digits. All tensors of one
+    accumulator must be on one device.
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, Tensor | float] = {}
+        self._counts: dict[str, Tensor | float] = {}
+        self._device: torch.device | None = None
+
+    def _to_device_float(self, name: str, t: Tensor) -> Tensor:
+        if self._device is None:
+            self._device = t.device
+        elif t.device != self._device:
+            raise ValueError(f"{name}: expected a tensor on {self._device} (this accumulator's device), got {t.device}")
+        dtype = torch.float32 if t.device.type == "mps" else torch.float64
+        return t.detach().to(dtype)
+
+    def add(self, name: str, value: Tensor | float, count: Tensor | float | None = None) -> None:
+        """Add ``value`` (scalar mean of ``count`` items, or per-item tensor) to the running sum of ``name``."""
+        total: Tensor | float
+        n: Tensor | float
+        if isinstance(value, Tensor) and value.numel() != 1:
+            if value.numel() == 0:
+                raise ValueError(f"{name}: expected a non-empty tensor, got shape {tuple(value.shape)}")
+            if count is not None:
+                raise ValueError(
+                    f"{name}: a per-item tensor ({value.numel()} values) carries its own count; "
+                    f"expected count=None, got {count!r}"
+                )
+            total = self._to_device_float(name, value).sum()
+            n = float(value.numel())
+        else:
+            v: Tensor | float
+            v = self._to_device_float(name, value).reshape(()) if isinstance(value, Tensor) else float(value)
+            if count is None:
+                n = 1.0
+            elif isinstance(count, Tensor):
+                if count.numel() != 1:
+                    raise ValueError(f"{name}: expected a scalar count, got shape {tuple(count.shape)}")
+                n = self._to_device_float(name, count).reshape(())
+            else:
+                n = float(count)
+            total = v * n
+        if name in self._sums:
+            self._sums[name] = self._sums[name] + total
+            self._counts[name] = self._counts[name] + n
+        else:
+            self._sums[name] = total
+            self._counts[name] = n
+
+    def mean(self) -> dict[str, float]:
+        """``{name: Σ value·count / Σ count}`` for every name added, in (at most) one host transfer."""
+        out: dict[str, float] = {}
+        on_device: dict[str, Tensor] = {}
+        for name, s in self._sums.items():
+            c = self._counts[name]
+            if isinstance(s, Tensor) or isinstance(c, Tensor):
+                on_device[name] = s / c  # 0/0 -> NaN on the device: a mean over nothing
+            else:
+                out[name] = s / c if c != 0 else math.nan
+        if on_device:
+            values = torch.stack(list(on_device.values())).tolist()
+            out.update(zip(on_device, values, strict=True))
+        # Report in insertion order regardless of where each sum lived.
+        return {name: out[name] for name in self._sums}
+
+    def reset(self) -> None:
+        """Forget all sums (e.g. at the start of an epoch); the device is chosen again by the next add."""
+        self._sums.clear()
+        self._counts.clear()
+        self._device = None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._sums
+
+    def __len__(self) -> int:
+        return len(self._sums)
+
+
+# ----------------------------------------------------------------------------- λ statistics
+
+
+def lam_stats(lam: Tensor, *, bins: int = 20) -> dict[str, float | list[int]]:
+    """Summary of mixing coefficients λ (e.g. all λ drawn in an epoch, concatenated).
+
+    ``lam``: any shape with >= 1 element (flattened). Returns ``lam_mean``, ``lam_std``
+    (population std, ddof = 0, like ``np.std``), ``lam_min``, ``lam_max`` as floats and
+    ``lam_hist``: counts in ``bins`` equal-width bins over [0, 1], each [lo, hi) except the
+    last, which is [lo, 1] — the convention of ``np.histogram(lam, bins, range=(0, 1))``;
+    values outside [0, 1] are not counted (but show in min/max). One host transfer.
+    """
+    if not isinstance(bins, int) or isinstance(bins, bool) or bins < 1:
+        raise ValueError(f"bins: expected a positive int, got {bins!r}")
+    if not isinstance(lam, Tensor):
+        raise ValueError(f"lam: expected a Tensor, got {type(lam).__name__}")
+    if lam.numel() == 0:
+        raise ValueError(f"lam: expected at least one value, got shape {tuple(lam.shape)}")
+    dtype = torch.float32 if lam.device.type == "mps" else torch.float64
+    x = lam.detach().reshape(-1).to(dtype)
+    # bucketize(right=True) gives i with edges[i-1] <= x < edges[i]; x == 1 lands past the
+    # end and is folded into the last bin, which is closed on the right.
+    edges = torch.linspace(0.0, 1.0, bins + 1, device=x.device, dtype=dtype)
+    idx = (torch.bucketize(x, edges, right=True) - 1).clamp(0, bins - 1)
+    inside = ((x >= 0) & (x <= 1)).to(dtype)
+    hist = F.one_hot(idx, bins).to(dtype).T @ inside  # (bins,)
+    stats = torch.stack([x.mean(), x.std(correction=0), x.min(), x.max()])
+    flat = torch.cat([stats, hist]).tolist()
+    mean, std, lo, hi = flat[:4]
+    return {
+        "lam_mean": mean,
+        "lam_std": std,
+        "lam_min": lo,
+        "lam_max": hi,
+        "lam_hist": [int(round(v)) for v in flat[4:]],
+    }
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def median_last(values: Sequence[float], k: int = 10) -> float:
+    """Median of the last ``k`` values (all of them if fewer than ``k``).
+
+    OpenMixup's reporting protocol: the median of the last 10 epochs' test accuracy, which is
+    less noisy than the final epoch and not optimistically selected like the best epoch.
+    An even number of values gives the mean of the two middle ones.
+    """
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k: expected a positive int, got {k!r}")
+    if len(values) == 0:
+        raise ValueError("values: expected at least one value, got an empty sequence")
+    tail = [float(v) for v in list(values)[-k:]]
+    if any(math.isnan(v) for v in tail):
+        # statistics.median sorts, and NaN breaks sorting silently; a NaN result is honest.
+        return math.nan
+    return float(statistics.median(tail))
