@@ -1,0 +1,444 @@
+"""Property and statistical tests of every registered λ policy (mixlab.lam) and of beta_icdf.
+
+The contract tests are parametrised over ``LAMBDAS.names()``: a new registration is checked
+automatically. The statistical tests check the seeds' formulas (seed 000: distance- and
+loss-based λ; seed 002: AutoMixup λ = ½(1 − ε)/(1 + ε)) with fixed generator seeds.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import integrate, special, stats
+
+from mixlab import LAMBDAS, Mix, beta_icdf
+
+ALL = LAMBDAS.names()
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# Option sets exercised per policy besides the defaults ({}); unlisted policies get {} only.
+VARIANTS: dict[str, list[dict]] = {
+    "beta": [{"alpha": 0.2}, {"alpha": 2.0, "per_sample": False}],
+    "constant": [{"value": 0.0}, {"value": 1.0}],
+    "distance": [{"map": m, "metric": d, "normalize": n} for m in ("exp", "inverse", "gaussian")
+                 for d in ("euclidean", "cosine") for n in ("mean", "none")] + [{"space": "feature"}],
+    "sk": [{"alpha": 0.4, "tau_max": 2.0}, {"metric": "cosine", "space": "feature"}],
+    "loss": [{"map": "exp"}, {"per_sample": True, "num_samples": 5000}],
+    "schedule": [{"shape": "cosine", "per_sample": False}],
+}
+CASES = [(name, kw) for name in ALL for kw in [{}] + VARIANTS.get(name, [])]
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def run_policy(policy, x: torch.Tensor, partner: torch.Tensor, *, seed: int = 0, **kw) -> torch.Tensor:
+    b = x.shape[0]
+    kw.setdefault("features", torch.randn(b, 7, generator=gen(seed + 1)).to(x.device))
+    kw.setdefault("index", torch.arange(b, device=x.device) * 3)
+    kw.setdefault("progress", 0.4)
+    return policy(x, partner, generator=gen(seed), **kw)
+
+
+def assert_beta(lam: torch.Tensor, a: float) -> None:
+    """λ (float32) is distributed as Beta(a, a), as far as float32 can represent it.
+
+    Below 1 float32 is spaced 2^-24, so a draw within 3e-8 of 1 rounds to exactly 1.0: for
+    small a that is an atom (1.6% of Beta(0.2, 0.2), 9% of Beta(0.1, 0.1)) which a one-sample
+    KS test against the continuous cdf rejects. Compare instead with scipy's draws rounded to
+    float32 the same way (two-sample KS), and one-sample where the atom is negligible.
+    """
+    sample = lam.double().numpy()
+    ref = stats.beta(a, a).rvs(size=200_000, random_state=np.random.default_rng(1)).astype(np.float32)
+    assert stats.ks_2samp(sample, ref.astype(np.float64)).pvalue > 0.01
+    if a >= 0.5:
+        assert stats.kstest(sample, stats.beta(a, a).cdf).pvalue > 0.01
+
+
+def built(name: str, kw: dict):
+    policy = LAMBDAS.build(name, **kw)
+    if name == "loss":  # give it some history: a per-sample loss for a few indices
+        policy.observe(torch.tensor([2.0, 0.5, 1.0]), torch.tensor([0, 3, 6]))
+    return policy
+
+
+# --------------------------------------------------------------------------- contract
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("b", [1, 2, 7, 1024])
+@pytest.mark.parametrize("name,kw", CASES, ids=[f"{n}-{i}" for n, kws in
+                                                 [(n, [{}] + VARIANTS.get(n, [])) for n in ALL] for i in range(len(kws))])
+def test_lambda_contract(name, kw, b, device):
+    x = torch.randn(b, 3, 5, 5, generator=gen(b)).to(device)
+    partner = torch.randperm(b, generator=gen(b + 1)).to(device)
+    lam = run_policy(built(name, kw), x, partner)
+    assert lam.shape == (b,)
+    assert lam.dtype == torch.float32
+    assert lam.device == x.device
+    assert bool(torch.isfinite(lam).all())
+    assert bool(((lam >= 0) & (lam <= 1)).all()), f"{name} {kw} gave λ outside [0, 1]: {lam.min()}, {lam.max()}"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_lambda_contract_low_precision_inputs(name):
+    # bf16/fp16 inputs: λ is still float32 (distances are measured in float32).
+    for dtype in (torch.bfloat16, torch.float16):
+        x = torch.randn(9, 4, 4, generator=gen()).to(dtype)
+        lam = run_policy(built(name, {}), x, torch.randperm(9, generator=gen(1)),
+                         features=torch.randn(9, 3).to(dtype))
+        assert lam.dtype == torch.float32 and lam.shape == (9,)
+        assert bool(((lam >= 0) & (lam <= 1)).all())
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_lambda_deterministic_given_the_generator(name):
+    x = torch.randn(16, 8, generator=gen())
+    partner = torch.randperm(16, generator=gen(1))
+    assert torch.equal(run_policy(built(name, {}), x, partner, seed=3), run_policy(built(name, {}), x, partner, seed=3))
+
+
+# --------------------------------------------------------------------------- beta_icdf
+
+
+A_VALUES = [0.01, 0.1, 0.5, 1.0, 2.0, 10.0, 1000.0]
+U_GRID = torch.cat([
+    torch.linspace(0, 1, 4001, dtype=torch.float64),
+    torch.logspace(-10, -1, 50, dtype=torch.float64),
+    0.5 - torch.logspace(-10, -1, 50, dtype=torch.float64),
+])
+U_GRID = torch.cat([U_GRID, 1 - U_GRID]).float()  # the float32 values rand() produces
+
+
+@pytest.mark.parametrize("a", A_VALUES)
+def test_beta_icdf_matches_scipy_scalar_a(a):
+    got = beta_icdf(U_GRID, a)
+    assert got.dtype == torch.float32 and got.shape == U_GRID.shape
+    ref = special.betaincinv(a, a, U_GRID.double().numpy())
+    assert np.abs(got.double().numpy() - ref).max() <= 5e-5
+
+
+def test_beta_icdf_matches_scipy_per_element_a():
+    a = torch.tensor(A_VALUES).repeat_interleave(301)
+    u = torch.rand(a.numel(), generator=gen(7))
+    u[::301] = 0.0
+    u[1::301] = 1.0
+    got = beta_icdf(u, a)
+    ref = special.betaincinv(a.double().numpy(), a.double().numpy(), u.double().numpy())
+    assert np.abs(got.double().numpy() - ref).max() <= 5e-5
+    # The per-element path agrees with the scalar path, value for value.
+    for val in A_VALUES:
+        m = a == val
+        np.testing.assert_allclose(got[m].numpy(), beta_icdf(u[m], val).numpy(), atol=5e-6)
+
+
+def test_beta_icdf_shape_endpoints_symmetry_monotonicity():
+    u = torch.rand(4, 6, generator=gen(2))
+    for a in (0.3, 1.0, 4.0):
+        assert beta_icdf(u, a).shape == (4, 6)
+        ends = beta_icdf(torch.tensor([0.0, 0.5, 1.0]), a)
+        assert ends.tolist() == [0.0, 0.5, 1.0]
+        np.testing.assert_allclose(beta_icdf(1 - u, a), 1 - beta_icdf(u, a), atol=1e-6)
+        grid = beta_icdf(torch.linspace(0, 1, 1001), a)
+        assert bool((grid.diff() >= 0).all())
+    np.testing.assert_allclose(beta_icdf(u, 1.0), u, atol=1e-6)  # Beta(1, 1) is uniform
+
+
+# --------------------------------------------------------------------------- simple policies
+
+
+def test_none_and_constant():
+    x = torch.randn(5, 3)
+    p = torch.arange(5)
+    assert torch.equal(LAMBDAS.build("none")(x, p), torch.ones(5))
+    assert torch.equal(LAMBDAS.build("constant", value=0.2)(x, p), torch.full((5,), 0.2))
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.2, 0.5, 1.0, 2.0, 8.0])
+def test_beta_policy_is_beta_alpha_alpha(alpha):
+    n = 20000
+    lam = LAMBDAS.build("beta", alpha=alpha)(torch.zeros(n, 1), torch.arange(n), generator=gen(11))
+    assert_beta(lam, alpha)
+
+
+def test_beta_policy_per_batch_shares_one_draw():
+    policy = LAMBDAS.build("beta", alpha=1.0, per_sample=False)
+    draws = [policy(torch.zeros(8, 1), torch.arange(8), generator=gen(s)) for s in range(300)]
+    assert all(bool((d == d[0]).all()) for d in draws)
+    assert stats.kstest(np.array([float(d[0]) for d in draws]), stats.beta(1, 1).cdf).pvalue > 0.01
+
+
+def test_automix_mean_bounds_and_distribution():
+    # Seed 002: λ = ½(1 − ε)/(1 + ε), ε ~ U(0, 1): λ ∈ [0, ½], E[λ] = ln 2 − ½.
+    n = 1_000_000
+    lam = LAMBDAS.build("automix")(torch.zeros(n, 1), torch.arange(n), generator=gen(2024)).double()
+    assert float(lam.min()) >= 0.0 and float(lam.max()) <= 0.5
+    mean = math.log(2) - 0.5
+    second, _ = integrate.quad(lambda e: (0.5 * (1 - e) / (1 + e)) ** 2, 0, 1)
+    se = math.sqrt((second - mean**2) / n)
+    assert abs(float(lam.mean()) - mean) < 5 * se, (float(lam.mean()), mean, se)
+    # P(λ ≤ l) = P(ε ≥ (1 − 2l)/(1 + 2l)) = 4l / (1 + 2l) on [0, ½].
+    sub = lam[:20000].numpy()
+    assert stats.kstest(sub, lambda l: np.clip(4 * l / (1 + 2 * l), 0, 1)).pvalue > 0.01
+
+
+# --------------------------------------------------------------------------- distance (seed 000 §4.1)
+
+
+def pairs_at_increasing_distance(n: int, radius: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """2n points: anchor 2i at (r, 0), its partner 2i+1 at angle θ_i, θ increasing in (0, π).
+
+    The Euclidean, squared Euclidean and cosine distances of pair i all increase with i.
+    """
+    theta = np.linspace(0.1, 3.0, n)
+    x = np.zeros((2 * n, 2))
+    x[0::2] = [radius, 0.0]
+    x[1::2, 0], x[1::2, 1] = radius * np.cos(theta), radius * np.sin(theta)
+    partner = np.arange(2 * n) ^ 1  # 2i <-> 2i+1
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(partner), theta
+
+
+@pytest.mark.parametrize("normalize", ["mean", "median", "none"])
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("map_", ["exp", "inverse", "gaussian"])
+def test_distance_lambda_strictly_decreases_with_distance(map_, metric, normalize):
+    x, partner, _ = pairs_at_increasing_distance(12)
+    policy = LAMBDAS.build("distance", map=map_, metric=metric, normalize=normalize, temperature=2.0)
+    lam = policy(x, partner)[0::2]
+    assert bool((lam.diff() < 0).all()), lam
+    assert bool(torch.equal(lam, policy(x, partner)[1::2]))  # symmetric pairs, same λ
+
+
+def _expected(d: np.ndarray, map_: str, tau: float) -> np.ndarray:
+    z = d / tau
+    return {"exp": np.exp(-z), "inverse": 1 / (1 + z), "gaussian": np.exp(-(z**2))}[map_]
+
+
+@pytest.mark.parametrize("map_", ["exp", "inverse", "gaussian"])
+@pytest.mark.parametrize("normalize", ["none", "mean"])
+@pytest.mark.parametrize("tau", [1.0, 0.5])
+def test_distance_formula_exact(map_, normalize, tau):
+    # Pairs (0, d_i e_1): the Euclidean pair distance is d_i exactly.
+    d = np.array([0.0, 0.05, 0.3, 1.0, 1.7, 2.5])
+    x = torch.zeros(12, 3)
+    x[1::2, 0] = torch.tensor(d, dtype=torch.float32)
+    partner = torch.arange(12) ^ 1
+    lam = LAMBDAS.build("distance", map=map_, normalize=normalize, temperature=tau)(x, partner).double().numpy()
+    dd = np.repeat(d, 2)
+    if normalize == "mean":
+        dd = dd / dd.mean()
+    np.testing.assert_allclose(lam, _expected(dd, map_, tau), rtol=1e-6, atol=1e-7)
+    if map_ == "exp" and normalize == "none" and tau == 1.0:  # the seed's literal λ = e^(−d)
+        np.testing.assert_allclose(lam, np.exp(-dd), rtol=1e-6)
+
+
+@pytest.mark.parametrize("normalize", ["mean", "median", "none"])
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+def test_distance_identical_pairs_give_lambda_one(metric, normalize):
+    # d = 0 exactly (no negative round-off: 1 − cos can come out as −2e-7, which the batch
+    # normalisation d / max(mean d, 1e-12) used to turn into λ = inf).
+    # (1 − cos of a row with itself is 0 up to ±1e-7 in float32, so only the range is exact there;
+    # a self-pair mixes to itself whatever λ is.)
+    x = torch.randn(64, 75, generator=gen(12))
+    lam = LAMBDAS.build("distance", metric=metric, normalize=normalize)(x, torch.arange(64))
+    assert bool(((lam >= 0) & (lam <= 1)).all())
+    if metric != "cosine":
+        assert torch.equal(lam, torch.ones(64))
+    elif normalize == "none":
+        assert float(lam.min()) >= 1 - 1e-6
+
+
+def test_distance_raw_form_degenerates_on_fashion_mnist_like_images():
+    # 28×28 images normalised with Fashion-MNIST's mean/std: raw Euclidean distances are ~20-40,
+    # so the seed's λ = e^(−d) is ~0 (every sample replaced by its partner); normalize='mean' is not.
+    g = gen(28)
+    ink = (torch.rand(64, 1, 28, 28, generator=g) < 0.5).float() * torch.rand(64, 1, 28, 28, generator=g)
+    x = (ink - 0.286) / 0.353
+    partner = torch.randperm(64, generator=g)
+    d = (x - x[partner]).flatten(1).norm(dim=1)
+    assert float(d.min()) > 15
+    raw = LAMBDAS.build("distance", normalize="none")(x, partner)
+    assert float(raw.max()) < 1e-6
+    norm = LAMBDAS.build("distance")(x, partner)
+    assert 0.2 < float(norm.mean()) < 0.6
+
+
+def test_distance_feature_space_uses_features():
+    x = torch.randn(8, 5)
+    feats = torch.randn(8, 3)
+    partner = torch.arange(8).roll(1)
+    policy = LAMBDAS.build("distance", space="feature", normalize="none")
+    d = (feats - feats[partner]).norm(dim=1)
+    np.testing.assert_allclose(policy(x, partner, features=feats), torch.exp(-d), rtol=1e-6)
+    with pytest.raises(ValueError, match="features"):
+        policy(x, partner)
+
+
+# --------------------------------------------------------------------------- loss (seed 000 §4.2)
+
+
+def test_loss_lambda_rises_as_loss_falls_and_matches_float64_ema():
+    policy = LAMBDAS.build("loss", momentum=0.9)
+    x, p = torch.zeros(4, 2), torch.arange(4)
+    assert torch.equal(policy(x, p), torch.ones(4))  # init_loss = 0: λ = 1 before any feedback
+    rng = np.random.default_rng(0)
+    ema, prev = None, -1.0
+    for step in range(60):
+        losses = rng.uniform(0.5, 1.5, size=16) * 3.0 * math.exp(-step / 10)  # falling loss
+        policy.observe(torch.tensor(losses, dtype=torch.float32))
+        mean = float(np.mean(np.float32(losses), dtype=np.float64))
+        ema = mean if ema is None else 0.9 * ema + 0.1 * mean
+        lam = policy(x, p)
+        assert lam.dtype == torch.float32 and bool((lam == lam[0]).all())
+        np.testing.assert_allclose(float(lam[0]), 1.0 / (1.0 + ema), rtol=2e-6)  # seed: λ = 1/(1 + L)
+        if step >= 5:  # the EMA lags; once it tracks the falling loss λ rises step by step
+            assert float(lam[0]) > prev
+        prev = float(lam[0])
+
+
+def test_loss_exp_map_and_temperature():
+    policy = LAMBDAS.build("loss", map="exp", temperature=2.0)
+    policy.observe(torch.tensor([1.0, 3.0]))
+    np.testing.assert_allclose(float(policy(torch.zeros(3, 1), torch.arange(3))[0]), math.exp(-1.0), rtol=1e-6)
+
+
+def test_loss_per_sample_uses_last_loss_and_ema_for_unseen():
+    policy = LAMBDAS.build("loss", per_sample=True, momentum=0.5)
+    policy.setup(num_samples=10)
+    x, p = torch.zeros(4, 1), torch.arange(4)
+    policy.observe(torch.tensor([1.0, 3.0]), torch.tensor([2, 5]))  # ema = 2
+    policy.observe(torch.tensor([0.5, 1.5]), torch.tensor([2, 7]))  # ema = 0.5·2 + 0.5·1 = 1.5
+    lam = policy(x, p, index=torch.tensor([2, 5, 7, 0]))
+    expected = 1 / (1 + np.array([0.5, 3.0, 1.5, 1.5]))  # last loss of 2, 5, 7; index 0 unseen: EMA
+    np.testing.assert_allclose(lam.numpy(), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="index"):
+        policy(x, p)
+
+
+def test_loss_state_dict_round_trip_through_mix():
+    mix = Mix(lam="loss", pairing="random", num_classes=3, lam_kwargs={"per_sample": True, "num_samples": 6})
+    mix.observe(torch.tensor([0.2, 0.9]), torch.tensor([1, 4]))
+    other = Mix(lam="loss", pairing="random", num_classes=3, lam_kwargs={"per_sample": True, "num_samples": 6})
+    other.load_state_dict(mix.state_dict())
+    x, idx = torch.zeros(6, 1), torch.arange(6)
+    assert torch.equal(mix.lam_policy(x, idx, index=idx), other.lam_policy(x, idx, index=idx))
+
+
+# --------------------------------------------------------------------------- sk (SK-Mixup)
+
+
+@pytest.mark.parametrize("tau_max", [0.5, 1.0, 3.0])
+def test_sk_with_alpha_one_is_beta_tau_tau(tau_max):
+    # All pair distances equal -> d̃ = 1 -> τ = τ_max for every pair; λ ~ Beta(τ, τ) exactly for α = 1.
+    n = 6000
+    x = torch.zeros(n, 1)
+    x[1::2] = 1.0
+    partner = torch.arange(n) ^ 1
+    policy = LAMBDAS.build("sk", alpha=1.0, tau_max=tau_max)
+    assert torch.allclose(policy.tau((x - x[partner]).square().sum(1)), torch.tensor(tau_max))
+    assert_beta(policy(x, partner, generator=gen(5)), tau_max)
+
+
+def test_sk_with_other_alpha_warps_a_beta_alpha_draw():
+    # λ = F⁻¹_τ(F⁻¹_α(u)) -> P(λ ≤ l) = F_α(F_τ(l)).
+    n, alpha, tau = 6000, 0.4, 2.0
+    x = torch.zeros(n, 1)
+    x[1::2] = 1.0
+    lam = LAMBDAS.build("sk", alpha=alpha, tau_max=tau)(x, torch.arange(n) ^ 1, generator=gen(6)).double().numpy()
+    cdf = lambda l: stats.beta(alpha, alpha).cdf(stats.beta(tau, tau).cdf(l))  # noqa: E731
+    assert stats.kstest(lam, cdf).pvalue > 0.01
+
+
+def test_sk_tau_formula_on_constructed_distances():
+    policy = LAMBDAS.build("sk", tau_max=1.5, tau_std=0.4)
+    d = torch.tensor([0.0, 0.5, 1.0, 2.0, 4.0, 40.0])
+    dn = d.double() / d.double().mean()
+    expected = (1.5 * torch.exp(-(dn - 1) / (2 * 0.4**2))).clamp(0.01, 1000.0)
+    np.testing.assert_allclose(policy.tau(d).double(), expected, rtol=1e-5)
+    assert float(policy.tau(d)[-1]) == pytest.approx(0.01)  # clipped
+    assert bool((policy.tau(d).diff() <= 0).all())  # closer pairs -> larger τ -> λ nearer ½
+
+
+def test_sk_close_pairs_mix_more_than_distant_ones():
+    n = 6000
+    x = torch.zeros(n, 1)
+    x[1::2] = torch.where(torch.arange(n // 2) % 2 == 0, 0.5, 1.5)[:, None]  # two distance groups
+    lam = LAMBDAS.build("sk")(x, torch.arange(n) ^ 1, generator=gen(8))[0::2]
+    near, far = lam[0::2], lam[1::2]
+    assert float((near - 0.5).abs().mean()) < float((far - 0.5).abs().mean()) - 0.05
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+@pytest.mark.parametrize("shape", ["linear", "cosine"])
+def test_schedule_alpha_endpoints_and_monotonicity(shape):
+    policy = LAMBDAS.build("schedule", alpha_start=1.0, alpha_end=0.1, shape=shape)
+    assert policy.alpha(0.0) == pytest.approx(1.0)
+    assert policy.alpha(1.0) == pytest.approx(0.1)
+    assert policy.alpha(0.5) == pytest.approx(0.55)  # both shapes cross the midpoint at t = ½
+    a = np.array([policy.alpha(t) for t in np.linspace(0, 1, 101)])
+    assert (np.diff(a) < 0).all()
+    if shape == "linear":
+        np.testing.assert_allclose(a, 1.0 - 0.9 * np.linspace(0, 1, 101))
+    else:
+        np.testing.assert_allclose(a, 1.0 - 0.9 * (1 - np.cos(np.pi * np.linspace(0, 1, 101))) / 2)
+    rising = LAMBDAS.build("schedule", alpha_start=0.2, alpha_end=2.0, shape=shape)
+    assert (np.diff([rising.alpha(t) for t in np.linspace(0, 1, 11)]) > 0).all()
+
+
+def test_schedule_draws_from_beta_alpha_t():
+    n = 20000
+    policy = LAMBDAS.build("schedule", alpha_start=1.0, alpha_end=0.1)
+    assert_beta(policy(torch.zeros(n, 1), torch.arange(n), progress=1.0, generator=gen(9)), 0.1)
+    assert_beta(policy(torch.zeros(n, 1), torch.arange(n), progress=0.0, generator=gen(9)), 1.0)
+
+
+@pytest.mark.parametrize("progress", [None, -0.1, 1.5])
+def test_schedule_needs_progress_in_unit_interval(progress):
+    with pytest.raises(ValueError, match="progress"):
+        LAMBDAS.build("schedule")(torch.zeros(2, 1), torch.arange(2), progress=progress)
+
+
+# --------------------------------------------------------------------------- option validation
+
+
+@pytest.mark.parametrize("name,kwargs,shown", [
+    ("beta", {"alpha": 0.0}, "0.0"),
+    ("beta", {"alpha": -1.0}, "-1.0"),
+    ("beta", {"alpha": float("inf")}, "inf"),
+    ("sk", {"alpha": 0}, "0"),
+    ("sk", {"tau_max": -2.0}, "-2.0"),
+    ("sk", {"tau_std": 0.0}, "0.0"),
+    ("schedule", {"alpha_end": 0.0}, "0.0"),
+    ("distance", {"temperature": 0.0}, "0.0"),
+    ("distance", {"temperature": -0.5}, "-0.5"),
+    ("loss", {"temperature": 0.0}, "0.0"),
+    ("loss", {"momentum": 1.0}, "1.0"),
+    ("distance", {"metric": "manhattan"}, "manhattan"),
+    ("sk", {"metric": "l1"}, "l1"),
+    ("distance", {"map": "linear"}, "linear"),
+    ("distance", {"normalize": "max"}, "max"),
+    ("constant", {"value": 1.5}, "1.5"),
+])
+def test_invalid_options_are_value_errors_showing_the_value(name, kwargs, shown):
+    with pytest.raises(ValueError, match=shown.replace(".", r"\.")):
+        LAMBDAS.build(name, **kwargs)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_misspelled_option_is_named(name):
+    with pytest.raises(ValueError, match="temprature"):
+        LAMBDAS.build(name, temprature=1.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(alpha=st.floats(0.05, 20.0), b=st.integers(1, 64), seed=st.integers(0, 2**31 - 1))
+def test_beta_policy_range_property(alpha, b, seed):
+    lam = LAMBDAS.build("beta", alpha=alpha)(torch.zeros(b, 2), torch.arange(b), generator=gen(seed))
+    assert lam.shape == (b,) and lam.dtype == torch.float32
+    assert bool(((lam >= 0) & (lam <= 1)).all())
