@@ -8,6 +8,7 @@ called explicitly by the training loop (see ``Mix.observe``). Nothing here reads
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -38,17 +39,32 @@ def beta_icdf(u: Tensor, a: Tensor | float, *, grid: int = 1024) -> Tensor:
         a float32 tensor of ``u``'s shape with values in [0, 1].
     """
     u64 = u.double()
-    a64 = torch.as_tensor(a, dtype=torch.float64, device=u.device)
     q = torch.minimum(u64, 1.0 - u64)  # in [0, 1/2]
-    if a64.numel() == 1:  # one shared table (1, grid) for all of u
-        a64, q = a64.reshape(1), q.reshape(1, -1)
-    else:  # a table per element (n, grid)
-        a64, q = a64.expand_as(u64).reshape(-1), q.reshape(-1, 1)
+    if isinstance(a, (int, float)):  # one shared table (1, grid), cached: no rebuild per batch
+        (s, c, p, e), q = _scalar_table(float(a), grid, str(u.device)), q.reshape(1, -1)
+    else:
+        a64 = a.to(device=u.device, dtype=torch.float64)
+        if a64.numel() == 1:
+            a64, q = a64.reshape(1), q.reshape(1, -1)
+        else:  # a table per element (n, grid)
+            a64, q = a64.expand_as(u64).reshape(-1), q.reshape(-1, 1)
+        s, c, p, e = _table(a64, grid)
+    q = q.pow(1.0 / e)
+    k = torch.searchsorted(c, q).clamp(1, grid - 1)
+    c0, c1 = c.gather(1, k - 1), c.gather(1, k)
+    s0, s1 = s.gather(1, k - 1), s.gather(1, k)
+    s_q = s0 + (s1 - s0) * ((q - c0) / (c1 - c0).clamp_min(1e-300))
+    t = s_q.pow(1.0 / p).reshape(u64.shape)
+    return torch.where(u64 > 0.5, 1.0 - t, t).float()
+
+
+def _table(a64: Tensor, grid: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Grid ``s`` (n, grid), transformed CDF ``F^(1/e)`` on it, and the exponents p, e (n, 1)."""
     p = a64.clamp(max=1.0)[:, None]
     # Grid denser towards s = 2^-p, where (1 - s^(1/p)) turns quickly for small a, and towards
     # s = 0, where the integrand ~ s^(a-1) has an unbounded slope for 1 < a < 2 (the trapezoid
     # rule on a uniform first cell was off by up to 5e-4 in t there).
-    t = torch.linspace(0.0, 1.0, grid, dtype=torch.float64, device=u.device)
+    t = torch.linspace(0.0, 1.0, grid, dtype=torch.float64, device=a64.device)
     s = 0.5**p * (0.5 - 0.5 * torch.cos(math.pi * t))
     # log-integrand minus its row maximum: no underflow for large a; xlogy gives 0·log 0 = 0.
     log_h = torch.xlogy(a64[:, None] / p - 1.0, s) + torch.xlogy(a64[:, None] - 1.0, 1.0 - s.pow(1.0 / p))
@@ -58,13 +74,12 @@ def beta_icdf(u: Tensor, a: Tensor | float, *, grid: int = 1024) -> Tensor:
     c = c * (0.5 / c[:, -1:])  # F on the grid; F(1/2) = 1/2 by symmetry
     # F ~ s^e near 0 with e = a/p = max(a, 1): interpolate s linearly in F^(1/e), not F.
     e = a64[:, None] / p
-    c, q = c.pow(1.0 / e), q.pow(1.0 / e)
-    k = torch.searchsorted(c, q).clamp(1, grid - 1)
-    c0, c1 = c.gather(1, k - 1), c.gather(1, k)
-    s0, s1 = s.gather(1, k - 1), s.gather(1, k)
-    s_q = s0 + (s1 - s0) * ((q - c0) / (c1 - c0).clamp_min(1e-300))
-    t = s_q.pow(1.0 / p).reshape(u64.shape)
-    return torch.where(u64 > 0.5, 1.0 - t, t).float()
+    return s, c.pow(1.0 / e), p, e
+
+
+@functools.lru_cache(maxsize=64)
+def _scalar_table(a: float, grid: int, device: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _table(torch.tensor([a], dtype=torch.float64, device=device), grid)
 
 
 def sample_beta(b: int, alpha: float, *, per_sample: bool, generator: torch.Generator | None,
@@ -196,7 +211,7 @@ class Distance(Policy):
 
     def __call__(self, x, partner, *, features=None, **_: object) -> Tensor:
         z = _space(x, features, self.space, "lambda 'distance'")
-        d = _normalise(pair_distance(z, z[partner], self.metric), self.normalize) / self.temperature
+        d = _normalise(pair_distance(z, z.index_select(0, partner), self.metric), self.normalize) / self.temperature
         if self.map == "exp":
             return torch.exp(-d)
         if self.map == "inverse":
@@ -230,7 +245,7 @@ class SimilarityKernel(Policy):
 
     def __call__(self, x, partner, *, features=None, generator=None, **_: object) -> Tensor:
         z = _space(x, features, self.space, "lambda 'sk'")
-        tau = self.tau(pair_distance(z, z[partner], self.metric))
+        tau = self.tau(pair_distance(z, z.index_select(0, partner), self.metric))
         base = beta_icdf(_rand((x.shape[0],), generator, x.device), self.alpha)
         return beta_icdf(base, tau)
 
