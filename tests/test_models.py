@@ -1,0 +1,314 @@
+"""Contract tests for mixlab.models: every registered model, small inputs, CPU only.
+
+Parametrised over ``MODELS.names()`` so that a newly registered model is held to the same
+contract the training loop relies on (mix points, embed/head split, gradients, formats).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+from mixlab.models import MODELS, MixModel, build_model
+
+# Digits-like, Fashion-MNIST-like and CIFAR-like images; tabular only for models that take it.
+IMAGE_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
+TABULAR_SHAPE = (2,)
+TABULAR_MODELS = {"mlp"}
+
+# Narrow variants keep the file fast; a model missing here is tested at its defaults.
+SMALL_OPTIONS: dict[str, dict[str, object]] = {
+    "mlp": {"hidden": (32, 16, 8)},
+    "cnn": {"width": 8},
+    "preact_resnet18": {"width": 8},
+    "wrn": {"depth": 10, "widen": 2},
+}
+NUM_CLASSES = 5
+BATCH = 4
+
+
+def _cases() -> list[tuple[str, tuple[int, ...]]]:
+    cases = []
+    for name in MODELS.names():
+        shapes = IMAGE_SHAPES + ([TABULAR_SHAPE] if name in TABULAR_MODELS else [])
+        cases += [(name, shape) for shape in shapes]
+    return cases
+
+
+CASES = _cases()
+CASE_IDS = [f"{name}-{'x'.join(map(str, shape))}" for name, shape in CASES]
+IMAGE_CASES = [(n, s) for n, s in CASES if len(s) == 3]
+IMAGE_IDS = [f"{name}-{'x'.join(map(str, shape))}" for name, shape in IMAGE_CASES]
+
+
+def _small(name: str, in_shape: tuple[int, ...], *, seed: int = 0) -> MixModel:
+    torch.manual_seed(seed)
+    return build_model(name, in_shape=in_shape, num_classes=NUM_CLASSES, **SMALL_OPTIONS.get(name, {}))
+
+
+def _input(in_shape: tuple[int, ...], *, batch: int = BATCH, seed: int = 1) -> Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, *in_shape, generator=gen)
+
+
+def test_required_models_are_registered() -> None:
+    assert {"mlp", "cnn", "preact_resnet18", "wrn"} <= set(MODELS.names())
+
+
+@pytest.mark.parametrize(("name", "in_shape"), CASES, ids=CASE_IDS)
+def test_shapes_and_attributes(name: str, in_shape: tuple[int, ...]) -> None:
+    model = _small(name, in_shape).eval()
+    assert isinstance(model, MixModel)
+    assert model.num_classes == NUM_CLASSES
+    assert model.in_shape == tuple(in_shape)
+    # Valid points are the input plus block outputs, never the last block's output.
+    assert 1 <= model.num_mix_points <= len(model.blocks)
+    x = _input(in_shape)
+    with torch.no_grad():
+        emb = model.embed(x)
+        logits = model(x)
+    assert emb.shape == (BATCH, model.embed_dim)
+    assert logits.shape == (BATCH, NUM_CLASSES)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize(("name", "in_shape"), CASES, ids=CASE_IDS)
+def test_default_options_build_and_run(name: str, in_shape: tuple[int, ...]) -> None:
+    model = build_model(name, in_shape=in_shape, num_classes=NUM_CLASSES).eval()
+    with torch.no_grad():
+        logits = model(_input(in_shape, batch=2))
+    assert logits.shape == (2, NUM_CLASSES)
+
+
+@pytest.mark.parametrize(("name", "in_shape"), CASES, ids=CASE_IDS)
+def test_forward_is_head_of_embed(name: str, in_shape: tuple[int, ...]) -> None:
+    model = _small(name, in_shape).eval()
+    x = _input(in_shape)
+    with torch.no_grad():
+        assert torch.equal(model(x), model.head(model.embed(x)))
+
+
+@pytest.mark.parametrize(("name", "in_shape"), CASES, ids=CASE_IDS)
+def test_identity_mix_at_every_point_is_exact(name: str, in_shape: tuple[int, ...]) -> None:
+    model = _small(name, in_shape).eval()
+    x = _input(in_shape)
+    with torch.no_grad():
+        plain = model(x)
+        for k in range(model.num_mix_points):
+            calls: list[torch.Size] = []
+
+            def identity(h: Tensor) -> Tensor:
+                calls.append(h.shape)
+                return h
+
+            assert torch.equal(model(x, mix_at=k, mix=identity), plain), f"mix_at={k}"
+            assert len(calls) == 1, f"mix must run exactly once at mix_at={k}, ran {len(calls)} times"
+
+
+@pytest.mark.parametrize(("name", "in_shape"), CASES, ids=CASE_IDS)
+def test_mix_sees_the_output_of_block_k(name: str, in_shape: tuple[int, ...]) -> None:
+    # Point k is the input (k = 0) or the output of block k: check against a manual walk.
+    model = _small(name, in_shape).eval()
+    x = _input(in_shape)
+    with torch.no_grad():
+        expected = x
+        for k in range(model.num_mix_points):
+            if k > 0:
+                expected = model.blocks[k - 1](expected)
+            seen: list[Tensor] = []
+            model.embed(x, mix_at=k, mix=lambda h: seen.append(h.clone()) or h)
+            assert torch.equal(seen[0], expected), f"mix_at={k} did not see the output of block {k}"
+
+
+@pytest.mark.parametrize(("name", "in_shape"), CASES, ids=CASE_IDS)
+def test_flip_mix_equals_flipped_input(name: str, in_shape: tuple[int, ...]) -> None:
+    # In eval mode every sample is processed independently, so permuting the batch at any
+    # point must equal permuting the input; at point 0 this is the spec's exact check.
+    model = _small(name, in_shape).eval()
+    x = _input(in_shape)
+    with torch.no_grad():
+        expected = model(x.flip(0))
+        for k in range(model.num_mix_points):
+            got = model(x, mix_at=k, mix=lambda h: h.flip(0))
+            torch.testing.assert_close(got, expected, msg=lambda m: f"mix_at={k}: {m}")
+
+
+@pytest.mark.parametrize(("name", "in_shape"), CASES, ids=CASE_IDS)
+def test_mixing_changes_the_output(name: str, in_shape: tuple[int, ...]) -> None:
+    model = _small(name, in_shape).eval()
+    x = _input(in_shape)
+    with torch.no_grad():
+        plain = model(x)
+        for k in range(model.num_mix_points):
+            mixed = model(x, mix_at=k, mix=lambda h: 0.5 * h + 0.5 * h.flip(0))
+            assert not torch.allclose(mixed, plain), f"mix at mix_at={k} had no effect"
+
+
+@pytest.mark.parametrize(("name", "in_shape"), CASES, ids=CASE_IDS)
+def test_gradients_reach_every_parameter(name: str, in_shape: tuple[int, ...]) -> None:
+    model = _small(name, in_shape).train()
+    x = _input(in_shape)
+    y = torch.arange(BATCH) % NUM_CLASSES
+    loss = nn.functional.cross_entropy(model(x, mix_at=0, mix=lambda h: 0.7 * h + 0.3 * h.flip(0)), y)
+    loss.backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead, f"parameters without gradient: {dead}"
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_invalid_mix_at_is_rejected(name: str) -> None:
+    model = _small(name, (1, 8, 8))
+    x = _input((1, 8, 8))
+    for bad in (-1, model.num_mix_points, 99):
+        with pytest.raises(ValueError, match=rf"mix_at={bad}\b"):
+            model(x, mix_at=bad, mix=lambda h: h)
+    for bad in (1.0, "1", True):
+        with pytest.raises(ValueError, match=repr(bad).replace(".", r"\.")):
+            model(x, mix_at=bad, mix=lambda h: h)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"mix_at=0 .*without a mix"):
+        model(x, mix_at=0)
+    with pytest.raises(ValueError, match=r"mix_at=0 .*without a mix"):
+        model.embed(x, mix_at=0, mix=None)
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_mix_that_changes_shape_is_rejected(name: str) -> None:
+    model = _small(name, (1, 8, 8))
+    with pytest.raises(ValueError, match="shape"):
+        model(_input((1, 8, 8)), mix_at=0, mix=lambda h: h[:2])
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_integer_like_mix_at_is_accepted(name: str) -> None:
+    # The loop may sample k with numpy or torch; both must work like a plain int.
+    model = _small(name, (1, 8, 8)).eval()
+    x = _input((1, 8, 8))
+    with torch.no_grad():
+        plain = model(x)
+        for k in (np.int64(0), torch.tensor(0)):
+            assert torch.equal(model(x, mix_at=k, mix=lambda h: h), plain)  # type: ignore[arg-type]
+        # A mix without a point is not applied (the contract keys on mix_at).
+        assert torch.equal(model(x, mix=lambda h: h.flip(0)), plain)
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS.names()) - TABULAR_MODELS))
+@pytest.mark.parametrize("in_shape", [(2,), (28, 28), (1, 3, 32, 32)])
+def test_conv_models_reject_non_image_shapes(name: str, in_shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match=r"in_shape=" + repr(in_shape).replace("(", r"\(").replace(")", r"\)")):
+        build_model(name, in_shape=in_shape, num_classes=NUM_CLASSES)
+
+
+def test_cnn_rejects_images_smaller_than_8() -> None:
+    with pytest.raises(ValueError, match=r"\(1, 7, 8\)"):
+        build_model("cnn", in_shape=(1, 7, 8), num_classes=NUM_CLASSES)
+
+
+@pytest.mark.parametrize("depth", [4, 15, 20, 30, 0])
+def test_wrn_rejects_bad_depth(depth: int) -> None:
+    with pytest.raises(ValueError, match=rf"depth.*got {depth}$"):
+        build_model("wrn", in_shape=(3, 32, 32), num_classes=10, depth=depth)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "value"),
+    [
+        ("mlp", {"hidden": ()}, "()"),
+        ("mlp", {"hidden": (32, 0)}, "(32, 0)"),
+        ("mlp", {"dropout": 1.0}, "1.0"),
+        ("cnn", {"width": 0}, "0"),
+        ("preact_resnet18", {"width": -1}, "-1"),
+        ("wrn", {"widen": 0}, "0"),
+        ("wrn", {"dropout": -0.1}, "-0.1"),
+    ],
+)
+def test_bad_options_are_rejected(name: str, options: dict[str, object], value: str) -> None:
+    option = next(iter(options))
+    with pytest.raises(ValueError) as info:
+        build_model(name, in_shape=(1, 28, 28), num_classes=NUM_CLASSES, **options)
+    assert option in str(info.value) and value in str(info.value)
+
+
+def test_bad_num_classes_and_unknown_names_are_rejected() -> None:
+    with pytest.raises(ValueError, match="num_classes.*got 0"):
+        build_model("mlp", in_shape=(2,), num_classes=0)
+    with pytest.raises(ValueError, match="'resnet50'"):
+        build_model("resnet50", in_shape=(3, 32, 32), num_classes=10)
+    with pytest.raises(ValueError, match="'widht'"):
+        build_model("cnn", in_shape=(3, 32, 32), num_classes=10, widht=8)
+
+
+def _num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_published_parameter_counts() -> None:
+    preact = build_model("preact_resnet18", in_shape=(3, 32, 32), num_classes=10)
+    assert abs(_num_params(preact) - 11.17e6) <= 0.05e6, _num_params(preact)
+    wide = build_model("wrn", in_shape=(3, 32, 32), num_classes=10, depth=28, widen=10)
+    assert abs(_num_params(wide) - 36.5e6) <= 0.1e6, _num_params(wide)
+    assert wide.embed_dim == 640 and preact.embed_dim == 512
+    assert preact.num_mix_points == 4 and len(preact.blocks) == 5
+    assert wide.num_mix_points == 4 and len(wide.blocks) == 4
+
+
+def test_mlp_mix_points_are_input_and_inner_hidden_layers() -> None:
+    model = build_model("mlp", in_shape=(2,), num_classes=3, hidden=(16, 8, 4))
+    assert len(model.blocks) == 3 and model.num_mix_points == 3 and model.embed_dim == 4
+
+
+@pytest.mark.parametrize(("name", "in_shape"), IMAGE_CASES, ids=IMAGE_IDS)
+def test_channels_last_matches_contiguous(name: str, in_shape: tuple[int, ...]) -> None:
+    model = _small(name, in_shape).eval()
+    x = _input(in_shape)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(model(x_cl), expected, rtol=1e-5, atol=1e-5)
+        model = model.to(memory_format=torch.channels_last)
+        torch.testing.assert_close(model(x_cl), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(x_cl, mix_at=0, mix=lambda h: h), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "in_shape"), CASES, ids=CASE_IDS)
+def test_bf16_autocast_forward_and_backward(name: str, in_shape: tuple[int, ...]) -> None:
+    model = _small(name, in_shape).train()
+    x = _input(in_shape)
+    y = torch.arange(BATCH) % NUM_CLASSES
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x, mix_at=model.num_mix_points - 1, mix=lambda h: 0.5 * h + 0.5 * h.flip(0))
+        loss = nn.functional.cross_entropy(logits.float(), y)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_same_seed_same_init(name: str) -> None:
+    a, b, c = (_small(name, (1, 8, 8), seed=s) for s in (7, 7, 8))
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+
+
+@pytest.mark.parametrize(
+    ("name", "in_shape", "options"),
+    [("mlp", (2, 4, 4), {"hidden": (64, 64)}), ("cnn", (1, 8, 8), {"width": 8})],
+)
+def test_overfits_random_labels(name: str, in_shape: tuple[int, ...], options: dict[str, object]) -> None:
+    # Memorising 64 random labels proves every part of the model can learn, not just the head.
+    torch.manual_seed(0)
+    model = build_model(name, in_shape=in_shape, num_classes=10, **options)
+    x = _input(in_shape, batch=64, seed=3)
+    y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(4))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        model.train()
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(x).argmax(1) == y).float().mean().item()
+    assert accuracy == 1.0, f"{name} reached only {accuracy:.1%} train accuracy"
