@@ -1,0 +1,36 @@
+"""``python -m mixlab [group=option ...] [key=value ...]`` — one run; add ``-m`` for a sweep."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from .config import ConfigError
+from .train import Diverged, train
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF, config_name="config")
+def main(cfg: DictConfig) -> float:
+    hc = HydraConfig.get()
+    try:
+        return train(cfg, hc.runtime.output_dir)
+    except (ConfigError, Diverged) as e:
+        print(f"mixlab: error: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - recorded in summary.json; one bad job must not sink a sweep
+        if hc.mode != RunMode.MULTIRUN:
+            raise
+        print(f"mixlab: error: {type(e).__name__}: {e} (recorded in {hc.runtime.output_dir}/summary.json)",
+              file=sys.stderr)
+    if hc.mode != RunMode.MULTIRUN:
+        sys.exit(2)
+    return float("nan")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Validation of the composed config at the boundary, before anything is built or trained.
+
+Top-level and loop keys are checked here against a table of rules; each component's own
+options (``lam.alpha``, ``model.depth``, ...) are checked by its constructor, and
+``component_errors`` prefixes those messages with the config group. Every failure is one
+line: ``<key>=<value>: expected <what is allowed>``.
+"""
+from __future__ import annotations
+
+import math
+import re
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message is one line naming the key, the value and what is allowed."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _auto_bool(v: Any) -> bool:
+    return v == "auto" or isinstance(v, bool)
+
+
+Rule = tuple[str, Callable[[Any], bool]]
+RULES: dict[str, Rule] = {
+    "seed": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "device": ("auto | cpu | cuda | cuda:N", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v)),
+    "smoothing": ("a number in [0, 1)", lambda v: _is_num(v) and 0 <= v < 1),
+    "trainer.epochs": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "trainer.amp": ("auto | true | false", _auto_bool),
+    "trainer.channels_last": ("auto | true | false", _auto_bool),
+    "trainer.compile": ("true | false", lambda v: isinstance(v, bool)),
+    "trainer.log_every": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "trainer.progress": ("true | false", lambda v: isinstance(v, bool)),
+    "data.batch_size": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "data.train_subset": ("null or an integer >= 1", lambda v: v is None or (_is_int(v) and v >= 1)),
+    "data.crop_padding": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "data.hflip": ("true | false", lambda v: isinstance(v, bool)),
+    "data.download": ("true | false", lambda v: isinstance(v, bool)),
+    "data.root": ("null or a path", lambda v: v is None or isinstance(v, str)),
+    "optim.lr": ("a number > 0", lambda v: _is_num(v) and v > 0),
+    "optim.weight_decay": ("a number >= 0", lambda v: _is_num(v) and v >= 0),
+    "optim.momentum": ("a number in [0, 1)", lambda v: _is_num(v) and 0 <= v < 1),
+    "optim.warmup_epochs": ("a number >= 0", lambda v: _is_num(v) and v >= 0),
+    "optim.gamma": ("a number in (0, 1]", lambda v: _is_num(v) and 0 < v <= 1),
+    "optim.milestones": ("a list of fractions in (0, 1)", lambda v: all(_is_num(m) and 0 < m < 1 for m in v)),
+}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` for the first key that breaks its rule (absent keys are skipped)."""
+    for key, (allowed, ok) in RULES.items():
+        value = OmegaConf.select(cfg, key, default="<absent>")
+        if value == "<absent>":
+            continue
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value)
+        try:
+            good = bool(ok(value))
+        except TypeError:
+            good = False
+        if not good:
+            raise ConfigError(f"{key}={value!r}: expected {allowed}")
+
+
+@contextmanager
+def component_errors(group: str) -> Iterator[None]:
+    """Turn a component constructor's ``ValueError``/``TypeError`` into a ``ConfigError`` for ``group``."""
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        prefix = f"{group}." if re.match(r"^\w+=", msg) else f"{group}: "
+        raise ConfigError(prefix + msg) from None
+
+
+def options(node: DictConfig) -> dict:
+    """A component's options: its config node without ``name``, as plain Python values."""
+    opts = OmegaConf.to_container(node, resolve=True)
+    opts.pop("name", None)
+    return opts

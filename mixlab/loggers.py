@@ -1,0 +1,105 @@
+"""Experiment loggers. The run records on disk are the source of truth; these only mirror them.
+
+A W&B failure (no network, no key, an exception inside ``wandb``) never fails a run: it is
+turned into one warning and the logger goes quiet.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from .registry import Registry
+
+LOGGERS: Registry = Registry("logger")
+
+
+@LOGGERS.register("none")
+class NoLogger:
+    def __init__(self, *, run_dir: Path, config: dict, group: str | None = None) -> None:
+        pass
+
+    def log(self, row: dict, *, step: int) -> None:
+        pass
+
+    def log_images(self, key: str, images: Tensor, *, step: int) -> None:
+        pass
+
+    def log_table(self, key: str, columns: list[str], rows: list[list]) -> None:
+        pass
+
+    def finish(self, summary: dict | None = None) -> None:
+        pass
+
+
+def _has_wandb_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+@LOGGERS.register("wandb")
+class WandbLogger(NoLogger):
+    """Weights & Biases. ``mode='auto'``: online with an API key, else offline into
+    ``<run_dir>/wandb`` (upload later with ``wandb sync <run_dir>/wandb/offline-run-*``).
+    Runs are grouped by their overrides minus the seed, so a sweep's seeds fold together."""
+
+    def __init__(self, *, run_dir: Path, config: dict, group: str | None = None, project: str = "mixlab",
+                 entity: str | None = None, mode: str = "auto", tags: list[str] | tuple = (),
+                 images: bool = True) -> None:
+        if mode not in ("auto", "online", "offline", "disabled"):
+            raise ValueError(f"logger.mode={mode!r}: expected one of ['auto', 'online', 'offline', 'disabled']")
+        self.images, self.run = images, None
+        mode = ("online" if _has_wandb_key() else "offline") if mode == "auto" else mode
+        try:
+            import wandb
+
+            self.wandb = wandb
+            self.run = wandb.init(project=project, entity=entity, mode=mode, dir=str(run_dir), config=config,
+                                  group=group, tags=list(tags), name=run_dir.name, reinit="finish_previous")
+        except Exception as e:  # noqa: BLE001 - W&B must never fail a run
+            self._fail("init", e)
+
+    def _fail(self, what: str, e: BaseException) -> None:
+        warnings.warn(f"W&B {what} failed ({type(e).__name__}: {e}); continuing with local records only",
+                      stacklevel=3)
+        self.run = None
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        if self.run is None:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            self._fail(what, e)
+
+    def log(self, row: dict, *, step: int) -> None:
+        def _log() -> None:
+            data = {k: v for k, v in row.items() if not isinstance(v, list)}
+            if "lam_hist" in row:
+                counts = row["lam_hist"]
+                edges = [i / len(counts) for i in range(len(counts) + 1)]
+                data["lam_hist"] = self.wandb.Histogram(np_histogram=(counts, edges))
+            self.run.log(data, step=step)
+
+        self._call("log", _log)
+
+    def log_images(self, key: str, images: Tensor, *, step: int) -> None:
+        if self.images:
+            self._call("log", lambda: self.run.log({key: self.wandb.Image(images.float().cpu())}, step=step))
+
+    def log_table(self, key: str, columns: list[str], rows: list[list]) -> None:
+        self._call("log", lambda: self.run.log({key: self.wandb.Table(columns=columns, data=rows)}))
+
+    def finish(self, summary: dict | None = None) -> None:
+        if summary:
+            self._call("summary", lambda: self.run.summary.update(summary))
+        self._call("finish", lambda: self.run.finish())
+        self.run = None

@@ -1,0 +1,360 @@
+"""The training loop: a config in, the final test metric out, run records on disk.
+
+Records in ``run_dir``: ``metrics.jsonl`` (a line per epoch), ``summary.json`` (status, final
+metrics, dataset, config, git, versions) and ``last.pt`` (everything needed to resume, written
+atomically each epoch). Calling ``train`` again with the same config and ``run_dir`` resumes
+from ``last.pt`` and ends with the same metrics as an uninterrupted run (on CPU).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
+
+from . import __version__
+from .config import ConfigError, component_errors, options, validate
+from .data import Batches, Dataset, eval_batches, load_dataset
+from .loggers import LOGGERS
+from .metrics import classification_metrics, lam_stats, median_last, regression_metrics, reliability
+from .lam import LAMBDAS
+from .mixing import MIXERS, Mix
+from .models import MixModel, build_model
+from .optim import build_optimizer
+from .pairing import PAIRINGS, pair_distance
+from .records import (MetricsLog, atomic_write_json, git_info, load_checkpoint, read_json, rng_state,
+                      save_checkpoint, set_rng_state, versions)
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r}: CUDA is not available on this machine; expected auto | cpu")
+    return torch.device(name)
+
+
+def _auto(flag: object, device: torch.device) -> bool:
+    return device.type == "cuda" if flag == "auto" else bool(flag)
+
+
+@dataclass
+class Parts:
+    """Everything a run is made of, built (and so validated) before the first step."""
+
+    ds: Dataset
+    model: MixModel
+    forward: torch.nn.Module  # the model, or its torch.compile'd wrapper
+    mix: Mix
+    batches: Batches
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    generators: dict[str, torch.Generator]
+    device: torch.device
+    amp: bool
+    channels_last: bool
+    manifold: bool
+    needs_features: bool
+
+
+def build(cfg: DictConfig) -> Parts:
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # model init and dropout
+    generators = {
+        "data": torch.Generator(device).manual_seed(cfg.seed),  # batch order, augmentation, pairing, λ
+        "layer": torch.Generator().manual_seed(cfg.seed + 1),  # manifold mix point: a host int, no sync
+    }
+    with component_errors("data"):
+        ds = load_dataset(cfg.data.name, root=cfg.data.root, train_subset=cfg.data.train_subset, seed=cfg.seed,
+                          device=device, download=cfg.data.download)
+        batches = Batches(ds, batch_size=cfg.data.batch_size, generator=generators["data"],
+                          crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip)
+    with component_errors("model"):
+        model = build_model(cfg.model.name, in_shape=ds.input_shape, num_classes=ds.num_classes,
+                            **options(cfg.model)).to(device)
+    channels_last = _auto(cfg.trainer.channels_last, device) and len(ds.input_shape) == 3
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    classification = ds.task == "classification"
+    for group, registry, node in (("lam", LAMBDAS, cfg.lam), ("pairing", PAIRINGS, cfg.pairing),
+                                  ("mixer", MIXERS, cfg.mixer)):
+        with component_errors(group):
+            registry.build(node.name, **options(node))  # validates the options; Mix builds its own
+    if cfg.pairing.name in ("same_class", "cross_class") and not classification:
+        raise ConfigError(f"pairing={cfg.pairing.name!r}: needs class labels, but data={ds.name!r} is regression")
+    mix = Mix(lam=cfg.lam.name, pairing=cfg.pairing.name, mixer=cfg.mixer.name,
+                  num_classes=ds.num_classes if classification else None, lam_kwargs=options(cfg.lam),
+                  pairing_kwargs=options(cfg.pairing), mixer_kwargs=options(cfg.mixer),
+              smoothing=cfg.smoothing if classification else 0.0, generator=generators["data"])
+    mix.setup(num_samples=ds.n_train)
+    with component_errors("optim"):
+        opt = options(cfg.optim)
+        optimizer, scheduler = build_optimizer(opt.pop("name", cfg.optim.name), model.parameters(),
+                                               steps_per_epoch=len(batches), epochs=cfg.trainer.epochs, **opt)
+    manifold = cfg.mixer.name == "manifold"
+    uses_features = any(getattr(part, "space", "input") == "feature" for part in (mix.lam_policy, mix.pairing))
+    forward = torch.compile(model) if cfg.trainer.compile else model
+    return Parts(ds, model, forward, mix, batches, optimizer, scheduler, generators, device,
+                 _auto(cfg.trainer.amp, device), channels_last, manifold, uses_features and not manifold)
+
+
+def loss_per_sample(out: Tensor, target: Tensor, task: str) -> Tensor:
+    """Soft-target cross-entropy (classification) or squared error (regression), per sample (B,)."""
+    out = out.float()
+    if task == "classification":
+        return -(target * F.log_softmax(out, dim=1)).sum(1)
+    return (out.squeeze(1) - target.float()).square() if target.dim() == 1 else (out - target).square().mean(1)
+
+
+def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: object | None) -> dict:
+    """One pass over the training set. Statistics stay on the device; the host reads them every
+    ``log_every`` steps (for the progress bar and the divergence check) and at the end."""
+    p.model.train()
+    ds, dev, steps = p.ds, p.device, len(p.batches)
+    classification = ds.task == "classification"
+    sums = torch.zeros(5, device=dev, dtype=torch.float64)  # loss, correct, n, same-class pairs, pair distance
+    lams: list[Tensor] = []
+    images: Tensor | None = None
+    t0 = time.perf_counter()
+    for step, (x, y, index) in enumerate(p.batches):
+        if p.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        progress = ((epoch - 1) + step / steps) / epochs
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=p.amp):
+            if p.manifold:
+                at = int(torch.randint(p.model.num_mix_points, (1,), generator=p.generators["layer"]))
+                held: dict[str, Tensor] = {}
+
+                def mix_hidden(h: Tensor) -> Tensor:
+                    h_mix, held["y"] = p.mix(h, y, features=h.flatten(1), index=index, progress=progress)
+                    return h_mix
+
+                out = p.forward(x, mix_at=at, mix=mix_hidden)
+                y_mix = held["y"]
+            else:
+                features = _clean_features(p, x) if p.needs_features else None
+                x_mix, y_mix = p.mix(x, y, features=features, index=index, progress=progress)
+                if images is None and epoch == 1:
+                    images = x_mix[:32].detach()
+                out = p.forward(x_mix)
+        per_sample = loss_per_sample(out, y_mix, ds.task)
+        loss = per_sample.mean()
+        p.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        p.optimizer.step()
+        p.scheduler.step()
+        p.mix.observe(per_sample.detach(), index)
+
+        last = p.mix.last
+        b = y.shape[0]
+        pair_d = pair_distance(x, x[last.partner]).sum()
+        same = (y == y[last.partner]).sum() if classification else torch.zeros((), device=dev)
+        correct = (out.argmax(1) == y_mix.argmax(1)).sum() if classification else torch.zeros((), device=dev)
+        sums += torch.stack([loss.detach() * b, correct, torch.tensor(b, device=dev), same, pair_d]).double()
+        lams.append(last.lam.detach())
+        pairs = (last.lam, x, last.partner)  # the epoch's last batch, for the λ-vs-distance record
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            s = sums.tolist()  # the one host sync per log interval
+            if not math.isfinite(s[0]):
+                raise Diverged(f"training loss is {s[0] / s[2]} at epoch {epoch}, step {step + 1}")
+            if bar is not None:
+                bar.set_postfix(loss=f"{s[0] / s[2]:.4f}", acc=f"{s[1] / s[2]:.3f}" if classification else "-")
+        if bar is not None:
+            bar.update(1)
+    seconds = time.perf_counter() - t0
+    s = sums.tolist()
+    row = {"train_loss": s[0] / s[2], "train_acc": s[1] / s[2] if classification else None,
+           "pair_same_class": s[3] / s[2] if classification else None, "pair_distance": s[4] / s[2],
+           "train_seconds": seconds, "images_per_second": s[2] / seconds}
+    row.update(lam_stats(torch.cat(lams)))
+    lam, x, partner = pairs
+    sample = slice(0, 256)
+    lam_vs_distance = {"distance": pair_distance(x[sample], x[partner[sample]]).tolist(),
+                       "lam": lam[sample].float().tolist()}
+    return {"row": row, "images": images, "lam_vs_distance": lam_vs_distance}
+
+
+@torch.no_grad()
+def _clean_features(p: Parts, x: Tensor) -> Tensor:
+    """Penultimate embeddings of the un-mixed batch, for feature-space pairing and λ: one extra
+    forward without gradients, in eval mode so it leaves BatchNorm's running statistics alone."""
+    p.model.eval()
+    try:
+        return p.model.embed(x).float()
+    finally:
+        p.model.train()
+
+
+@torch.no_grad()
+def evaluate(p: Parts, *, batch_size: int = 1000) -> dict:
+    p.model.eval()
+    outs = []
+    for x, _ in eval_batches(p.ds.x_test, p.ds.y_test, batch_size):
+        if p.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=p.amp):
+            outs.append(p.forward(x).float())
+    out = torch.cat(outs)
+    if p.ds.task == "classification":
+        m = classification_metrics(out, p.ds.y_test)
+        return {"test_acc": m["acc"], "test_nll": m["nll"], "test_ece": m["ece"], "test_brier": m["brier"],
+                "reliability": reliability(out, p.ds.y_test)}
+    m = regression_metrics(out.squeeze(1), p.ds.y_test)
+    return {"test_acc": None, "test_nll": None, "test_ece": None, "test_brier": None,
+            "test_mse": m["mse"], "test_mae": m["mae"]}
+
+
+def _state(p: Parts, epoch: int) -> dict:
+    return {"epoch": epoch, "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
+            "scheduler": p.scheduler.state_dict(), "mix": p.mix.state_dict(), "rng": rng_state(p.generators)}
+
+
+def _restore(p: Parts, ckpt: dict) -> int:
+    p.model.load_state_dict(ckpt["model"])
+    p.optimizer.load_state_dict(ckpt["optimizer"])
+    p.scheduler.load_state_dict(ckpt["scheduler"])
+    p.mix.load_state_dict(ckpt["mix"])
+    set_rng_state(ckpt["rng"], p.generators)
+    return int(ckpt["epoch"])
+
+
+def _hydra_group() -> str | None:
+    """The run's overrides minus the seed: the W&B group that folds a sweep's seeds together."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        task = HydraConfig.get().overrides.task
+    except Exception:  # noqa: BLE001 - not running under Hydra
+        return None
+    return ",".join(sorted(o for o in task if not o.lstrip("+~").startswith("seed="))) or "default"
+
+
+def _progress_bar(total: int, desc: str, enabled: bool, **kw: object) -> object | None:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, dynamic_ncols=True, file=sys.stderr, **kw)
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> float:
+    """Train as ``cfg`` says, write the run records to ``run_dir``, return the final test accuracy
+    (test MSE for regression). Raises ``ConfigError`` for bad configuration (before training) and
+    ``Diverged`` for a non-finite loss; either way ``summary.json`` records the status and error."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    summary: dict = {"status": "running", "config": resolved, "git": git_info(), "versions": versions(),
+                     "epochs": cfg.get("trainer", {}).get("epochs")}
+    log = MetricsLog(run_dir / "metrics.jsonl")
+    previous = read_json(run_dir / "summary.json") or {}
+    if previous.get("status") == "completed" and previous.get("config") == resolved:
+        print(f"mixlab: {run_dir} already completed; skipping (delete summary.json to redo)", file=sys.stderr)
+        return previous["objective"]
+    logger = None
+    try:
+        validate(cfg)
+        p = build(cfg)
+        summary["dataset"] = p.ds.summary()
+        ckpt = load_checkpoint(run_dir / "last.pt", map_location=p.device)
+        start = _restore(p, ckpt) if ckpt is not None else 0
+        log.truncate(start)
+        wall_before = previous.get("wall_seconds", 0.0) if start else 0.0
+        with component_errors("logger"):
+            logger = LOGGERS.build(cfg.logger.name, run_dir=run_dir, config=resolved, group=_hydra_group(),
+                                   **options(cfg.logger))
+        print(f"mixlab: {ds_line(p.ds)} | model={cfg.model.name} pairing={cfg.pairing.name} "
+              f"lambda={cfg.lam.name} mixer={cfg.mixer.name} | device={p.device} | records: {run_dir}"
+              + (f" (resuming after epoch {start})" if start else ""), file=sys.stderr)
+        epochs, show = cfg.trainer.epochs, cfg.trainer.progress
+        epoch_bar = _progress_bar(epochs, "epochs", show, initial=start)
+        for epoch in range(start + 1, epochs + 1):
+            t0 = time.perf_counter()
+            batch_bar = _progress_bar(len(p.batches), f"epoch {epoch}", show, leave=False)
+            result = train_epoch(p, epoch, epochs, log_every=cfg.trainer.log_every, bar=batch_bar)
+            if batch_bar is not None:
+                batch_bar.close()
+            test = evaluate(p)
+            extras = {"reliability": test.pop("reliability", None), "lam_vs_distance": result["lam_vs_distance"]}
+            row = {"epoch": epoch, **result["row"], **test, "lr": p.optimizer.param_groups[0]["lr"],
+                   "seconds": time.perf_counter() - t0}
+            save_checkpoint(run_dir / "last.pt", _state(p, epoch))  # before the record: a kill in between replays the epoch
+            atomic_write_json(run_dir / "last_epoch.json", extras)
+            log.append(row)
+            logger.log(row, step=epoch)
+            if result["images"] is not None and p.ds.is_image:
+                grid = _grid(result["images"], p.ds)
+                save_image(grid, run_dir / "mixed_examples.png")
+                logger.log_images("mixed_examples", grid, step=epoch)
+            (epoch_bar.write if epoch_bar is not None else _eprint)(_epoch_line(row, epochs))
+            if epoch_bar is not None:
+                epoch_bar.update(1)
+        if epoch_bar is not None:
+            epoch_bar.close()
+        rows = log.rows()
+        summary.update(read_json(run_dir / "last_epoch.json") or {})
+        summary.update(_final(rows, p.ds, wall_before + time.time() - started), status="completed")
+        summary.pop("error", None)
+        return summary["objective"]
+    except Exception as e:
+        status = "diverged" if isinstance(e, Diverged) else "failed"
+        summary.update(status=status, error=f"{type(e).__name__}: {e}", wall_seconds=time.time() - started)
+        rows = log.rows()
+        if rows:
+            summary.update({k: v for k, v in _final(rows, None, summary["wall_seconds"]).items()
+                            if k not in ("objective", "dataset")})
+        raise
+    finally:
+        atomic_write_json(run_dir / "summary.json", summary)
+        if logger is not None:
+            logger.finish({k: v for k, v in summary.items() if k in ("status", "median_last10_acc", "final")})
+
+
+def _final(rows: list[dict], ds: Dataset | None, wall: float) -> dict:
+    last = rows[-1]
+    test_keys = [k for k in last if k.startswith("test_")]
+    final = {k: last[k] for k in test_keys}
+    classification = last.get("test_acc") is not None
+    accs = [r["test_acc"] for r in rows if r.get("test_acc") is not None]
+    ips = [r["images_per_second"] for r in rows]
+    out = {"final": final, "epochs_done": last["epoch"], "wall_seconds": wall,
+           "median_last10_acc": median_last(accs, 10) if accs else None,
+           "images_per_second": sorted(ips)[len(ips) // 2],
+           "objective": last["test_acc"] if classification else last.get("test_mse")}
+    if ds is not None:
+        out["dataset"] = ds.summary()
+    return out
+
+
+def _eprint(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def ds_line(ds: Dataset) -> str:
+    return f"data={ds.name} ({ds.n_train} train / {ds.n_test} test)"
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    acc = f"test_acc {row['test_acc']:.4f}  ece {row['test_ece']:.4f}" if row["test_acc"] is not None \
+        else f"test_mse {row['test_mse']:.4f}"
+    return (f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  {acc}  "
+            f"lam {row['lam_mean']:.3f}±{row['lam_std']:.3f}  {row['seconds']:.1f}s")
+
+
+def _grid(x: Tensor, ds: Dataset) -> Tensor:
+    """Un-normalised (C, H, W) grid of images in [0, 1]."""
+    mean = torch.tensor(ds.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(ds.std, device=x.device).view(1, -1, 1, 1)
+    return make_grid((x.float() * std + mean).clamp(0, 1), nrow=8)

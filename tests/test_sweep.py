@@ -1,0 +1,83 @@
+"""Sweeps: re-launching an interrupted sweep, the parallel and submitit launchers, failing jobs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TINY = ["data=digits", "data.train_subset=128", "data.batch_size=32", "model=mlp", "model.hidden=[16]",
+        "device=cpu", "trainer.progress=false"]
+
+
+def sweep(tmp: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "mixlab", "-m", *TINY, *overrides, f"hydra.sweep.dir={tmp}"]
+    return subprocess.run(cmd, cwd=tmp.parent, capture_output=True, text=True, timeout=timeout)
+
+
+def summaries(tmp: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in tmp.glob("*/summary.json")}
+
+
+def test_relaunch_skips_finished_runs_and_completes_the_rest(tmp_path):
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "mixlab", "-m", *TINY, "trainer.epochs=3", "lambda=none,beta,automix",
+           f"hydra.sweep.dir={out}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill the whole sweep once its first run has completed
+        s = summaries(out).get("0")
+        if s and s["status"] == "completed":
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert summaries(out)["0"]["status"] == "completed"
+    finished = (out / "0" / "metrics.jsonl").stat().st_mtime_ns
+
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    after = summaries(out)
+    assert sorted(after) == ["0", "1", "2"] and all(s["status"] == "completed" for s in after.values())
+    assert "already completed; skipping" in r.stderr
+    assert (out / "0" / "metrics.jsonl").stat().st_mtime_ns == finished  # not redone
+    assert all(len((out / k / "metrics.jsonl").read_text().splitlines()) == 3 for k in after)
+
+
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
+    # pairing=same_class on regression data fails at build time for that job only
+    r = sweep(tmp_path / "s", "data=diabetes", "data.train_subset=null", "trainer.epochs=1",
+              "pairing=random,same_class")
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = summaries(tmp_path / "s")
+    statuses = sorted((v["config"]["pairing"]["name"], v["status"]) for v in s.values())
+    assert statuses == [("random", "completed"), ("same_class", "failed")]
+    failed = next(v for v in s.values() if v["status"] == "failed")
+    assert "same_class" in failed["error"]
+
+
+def test_parallel_launcher_runs_jobs_at_once(tmp_path):
+    r = sweep(tmp_path / "s", "trainer.epochs=1", "lambda=none,beta,sk", "hydra/launcher=joblib",
+              "hydra.launcher.n_jobs=2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Joblib.Parallel" in r.stdout + r.stderr
+    s = summaries(tmp_path / "s")
+    assert sorted(v["config"]["lam"]["name"] for v in s.values()) == ["beta", "none", "sk"]
+    assert all(v["status"] == "completed" for v in s.values())
+
+
+@pytest.mark.slow
+def test_submitit_launcher_with_the_local_executor(tmp_path):
+    r = sweep(tmp_path / "s", "trainer.epochs=1", "lambda=none,beta", "hydra/launcher=submitit_local",
+              "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = summaries(tmp_path / "s")
+    assert sorted(v["config"]["lam"]["name"] for v in s.values()) == ["beta", "none"]
+    assert all(v["status"] == "completed" for v in s.values())
+    assert any((tmp_path / "s" / ".submitit").rglob("*_log.out"))

@@ -1,0 +1,179 @@
+"""Smoke tier: ``train(cfg)`` in-process on tiny real data, and ``python -m mixlab -m`` once."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import mixlab.train as train_module
+from mixlab.lam import LAMBDAS
+from mixlab.mixing import MIXERS
+from mixlab.pairing import PAIRINGS
+from mixlab.records import load_checkpoint
+from mixlab.train import Diverged, train
+
+from .test_config import compose_cfg
+
+FAST = ("data=digits", "data.train_subset=256", "data.batch_size=32", "model=mlp", "model.hidden=[32]",
+        "device=cpu", "trainer.epochs=2", "trainer.progress=false")
+EPOCH_FIELDS = {"epoch", "train_loss", "test_acc", "test_nll", "test_ece", "test_brier", "lam_mean", "lam_std",
+                "lam_min", "lam_max", "lam_hist", "pair_same_class", "pair_distance", "lr", "seconds",
+                "images_per_second"}
+TIMING = {"seconds", "train_seconds", "images_per_second"}
+
+
+def run(tmp_path: Path, *overrides: str, name: str = "run") -> tuple[float, list[dict], dict]:
+    other_model = any(o.startswith("model=") for o in overrides)
+    base = [o for o in FAST if not (other_model and o.startswith("model."))]  # mlp's options don't fit a cnn
+    out = train(compose_cfg(*base, *overrides), tmp_path / name)
+    rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    return out, rows, json.loads((tmp_path / name / "summary.json").read_text())
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+@pytest.mark.parametrize("lam", LAMBDAS.names())
+def test_every_lambda_policy_trains_and_records(lam, tmp_path):
+    acc, rows, summary = run(tmp_path, f"lambda={lam}")
+    assert summary["status"] == "completed" and "error" not in summary
+    assert len(rows) == 2 and EPOCH_FIELDS <= set(rows[0])
+    assert acc == rows[-1]["test_acc"] == summary["final"]["test_acc"] > 0.2  # at least twice chance (0.1) after 16 steps
+    lam_mean = rows[0]["lam_mean"]
+    assert 0.0 <= rows[0]["lam_min"] <= lam_mean <= rows[0]["lam_max"] <= 1.0
+    assert sum(rows[0]["lam_hist"]) == 256
+    if lam == "none":
+        assert lam_mean == 1.0 and rows[0]["lam_std"] == 0.0 and rows[0]["pair_distance"] == 0.0
+    if lam == "constant":
+        assert rows[0]["lam_mean"] == pytest.approx(0.2) and rows[0]["lam_std"] < 1e-6
+    if lam == "automix":
+        assert rows[0]["lam_max"] <= 0.5
+    for key in ("status", "final", "median_last10_acc", "dataset", "epochs", "wall_seconds", "images_per_second",
+                "config", "git", "versions"):
+        assert key in summary, key
+    assert summary["dataset"] == {"name": "digits", "n_train": 256, "n_test": 360, "num_classes": 10,
+                                  "task": "classification"}
+    assert summary["config"]["lam"]["name"] == lam and summary["versions"]["torch"] == torch.__version__
+
+
+@pytest.mark.parametrize("pairing", PAIRINGS.names())
+def test_every_pairing_trains(pairing, tmp_path):
+    _, rows, summary = run(tmp_path, f"pairing={pairing}", "trainer.epochs=1")
+    assert summary["status"] == "completed"
+    same = rows[0]["pair_same_class"]
+    if pairing == "same_class":
+        assert same > 0.95  # 1.0 but for the documented singleton-class fallback
+    if pairing == "cross_class":
+        assert same == 0.0
+
+
+@pytest.mark.parametrize("mixer", MIXERS.names())
+def test_every_mixer_trains_on_images(mixer, tmp_path):
+    _, rows, summary = run(tmp_path, f"mixer={mixer}", "model=cnn", "model.width=8", "trainer.epochs=1")
+    assert summary["status"] == "completed" and 0 < rows[0]["lam_mean"] < 1
+
+
+def test_manifold_with_feature_space_distance(tmp_path):
+    _, rows, summary = run(tmp_path, "mixer=manifold", "lambda=distance", "lam.space=feature", "model=cnn",
+                           "model.width=8", "trainer.epochs=1")
+    assert summary["status"] == "completed" and rows[0]["lam_std"] > 0
+
+
+def test_feature_space_lambda_with_input_mixer(tmp_path):
+    _, rows, summary = run(tmp_path, "lambda=sk", "lam.space=feature", "trainer.epochs=1")
+    assert summary["status"] == "completed" and rows[0]["lam_std"] > 0
+
+
+def test_regression_on_diabetes(tmp_path):
+    mse, rows, summary = run(tmp_path, "data=diabetes", "data.train_subset=null", "lambda=constant")
+    assert summary["status"] == "completed" and summary["dataset"]["task"] == "regression"
+    assert rows[-1]["test_acc"] is None and mse == rows[-1]["test_mse"] < 1.5  # standardised targets: 1 = mean guess
+
+
+def test_same_seed_same_metrics_and_other_seed_differs(tmp_path):
+    _, a, _ = run(tmp_path, "lambda=distance", name="a")
+    _, b, _ = run(tmp_path, "lambda=distance", name="b")
+    _, c, _ = run(tmp_path, "lambda=distance", "seed=1", name="c")
+    assert without_timing(a) == without_timing(b) != without_timing(c)
+
+
+@pytest.mark.parametrize("extra", [("lambda=loss", "lam.per_sample=true", "model.dropout=0.2"),
+                                   ("mixer=manifold", "model=cnn", "model.width=8", "lambda=beta")])
+def test_resume_after_interruption_gives_identical_metrics(extra, tmp_path, monkeypatch):
+    overrides = (*extra, "trainer.epochs=3")
+    _, uninterrupted, _ = run(tmp_path, *overrides, name="full")
+
+    real_evaluate, calls = train_module.evaluate, []
+
+    def dies_in_epoch_2(p, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # a kill after epoch 2's training, before its checkpoint
+        return real_evaluate(p, **kw)
+
+    monkeypatch.setattr(train_module, "evaluate", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, *overrides, name="resumed")
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+    _, resumed, summary = run(tmp_path, *overrides, name="resumed")
+    assert summary["status"] == "completed"
+    assert without_timing(resumed) == without_timing(uninterrupted)
+
+
+def test_rerun_of_a_completed_run_does_no_work(tmp_path, monkeypatch):
+    _, first, _ = run(tmp_path)
+    monkeypatch.setattr(train_module, "train_epoch", lambda *a, **k: pytest.fail("trained again"))
+    _, again, summary = run(tmp_path)
+    assert summary["status"] == "completed" and again == first
+
+
+def test_divergence_is_recorded(tmp_path):
+    with pytest.raises(Diverged, match="epoch 1, step"):
+        run(tmp_path, "optim.lr=1e30", "optim.nesterov=false", "optim.momentum=0.0", "trainer.log_every=1")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and "Diverged" in summary["error"]
+
+
+def test_wandb_offline_writes_a_local_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    _, _, summary = run(tmp_path, "logger=wandb", "trainer.epochs=1", "model=cnn", "model.width=8")
+    assert summary["status"] == "completed"
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
+def test_wandb_failure_never_fails_a_run(tmp_path, monkeypatch):
+    import wandb
+
+    def broken_init(**kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, _, summary = run(tmp_path, "logger=wandb", "logger.mode=online", "trainer.epochs=1")
+    assert summary["status"] == "completed"
+    assert any("W&B init failed" in str(w.message) for w in caught)
+
+
+def test_cli_multirun_over_lambda_policies(tmp_path):
+    policies = ["none", "beta", "distance", "loss"]
+    cmd = [sys.executable, "-m", "mixlab", "-m", *FAST, "trainer.epochs=1", f"lambda={','.join(policies)}",
+           f"hydra.sweep.dir={tmp_path}"]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summaries = {json.loads(p.read_text())["config"]["lam"]["name"]: json.loads(p.read_text())
+                 for p in tmp_path.glob("*/summary.json")}
+    assert sorted(summaries) == sorted(policies)
+    assert all(s["status"] == "completed" and math.isfinite(s["final"]["test_acc"]) for s in summaries.values())
+    assert sorted(p.parent.name for p in tmp_path.glob("*/metrics.jsonl")) == ["0", "1", "2", "3"]
