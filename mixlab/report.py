@@ -1,0 +1,598 @@
+"""``python -m mixlab.report SWEEP_DIR [--out DIR] [--baseline beta] [--metric test_acc]``.
+
+Reads a sweep's run records (``summary.json``, ``metrics.jsonl``, ``mixed_examples.png``, ``last.pt``;
+never W&B), groups the runs into configurations (the resolved config minus the seed and the keys
+that do not define a method), and writes ``report.md`` (figures in ``figures/``) and a
+self-contained ``report.html`` (figures inlined as base64 PNG). Differences are only called
+"better" or "worse" when a seed-matched, Holm-adjusted test says they exceed the noise.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import importlib.util
+import io
+import json
+import math
+import os
+import re
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on a server or in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from .stats import holm, mean_ci, paired_comparison, verdict  # noqa: E402
+
+# Keys that change how a run executes or is logged, not which method it is.
+IGNORED = ("seed", "device", "trainer.progress", "trainer.log_every", "logger", "data.root", "data.download")
+LOWER_IS_BETTER = {"test_nll", "test_ece", "test_brier", "test_mse", "test_mae"}
+NAMES = {"test_acc": "test accuracy", "test_ece": "ECE", "test_nll": "NLL", "test_brier": "Brier",
+         "test_mse": "test MSE", "test_mae": "test MAE", "median_last10_acc": "median last-10 acc"}
+STATUS_ORDER = ("completed", "failed", "diverged", "running", "interrupted")
+DYNAMIC_LAM = {"distance", "sk"}
+FLIP = {"better": "worse", "worse": "better"}
+
+
+@dataclass
+class Run:
+    path: Path
+    summary: dict
+    rows: list[dict]
+    label: str = "(no config)"
+
+    @property
+    def status(self) -> str:
+        return str(self.summary.get("status", "unknown"))
+
+    @property
+    def config(self) -> dict:
+        return self.summary.get("config") or {}
+
+    @property
+    def seed(self) -> object:
+        return self.config.get("seed")
+
+    def value(self, metric: str) -> float | None:
+        """Final value of ``metric`` (from ``final``, else the summary's top level, e.g. median_last10_acc)."""
+        v = (self.summary.get("final") or {}).get(metric, self.summary.get(metric))
+        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+@dataclass
+class Config:
+    """One configuration: the runs (all statuses, all seeds) sharing a method-defining config."""
+
+    label: str
+    flat: dict
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def done(self) -> list[Run]:
+        return [r for r in self.runs if r.status == "completed"]
+
+    def values(self, metric: str) -> dict[object, float]:
+        return {r.seed: v for r in self.done if (v := r.value(metric)) is not None}
+
+    @property
+    def lam(self) -> str | None:
+        return self.flat.get("lam.name")
+
+
+# ----------------------------------------------------------------------------- reading and grouping
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    """{"lam": {"name": "beta"}} → {"lam.name": "beta"}; lists become JSON text so they can be compared."""
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
+    return out
+
+
+def method_key(config: dict) -> dict[str, object]:
+    return {k: v for k, v in flatten(config).items() if not any(k == i or k.startswith(i + ".") for i in IGNORED)}
+
+
+def _natural(p: Path) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))]
+
+
+def load_runs(path: str | Path) -> list[Run]:
+    """Every run under ``path`` (a sweep dir searched recursively, or one run dir), sorted naturally.
+
+    An unreadable summary.json and a Hydra job dir without one are runs too (status "failed" /
+    "unknown"), so nothing disappears from the report silently.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: expected a sweep or run directory, got no such directory")
+    runs = []
+    for f in sorted(path.rglob("summary.json"), key=_natural):
+        try:
+            summary = json.loads(f.read_text())
+            if not isinstance(summary, dict):
+                raise ValueError(f"expected a JSON object, got {type(summary).__name__}")
+        except (OSError, ValueError) as e:
+            summary = {"status": "failed", "error": f"unreadable summary.json ({type(e).__name__}: {e})"}
+        rows = []
+        if (f.parent / "metrics.jsonl").exists():
+            rows = [json.loads(x) for x in (f.parent / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        runs.append(Run(f.parent, summary, rows))
+    for h in sorted(path.rglob(".hydra"), key=_natural):
+        if h.is_dir() and not (h.parent / "summary.json").exists():
+            runs.append(Run(h.parent, {"status": "unknown", "error": "no summary.json: killed before writing it"}, []))
+    return runs
+
+
+def varying_keys(flats: list[dict]) -> list[str]:
+    """Keys whose value differs between configurations. A component option (``lam.temperature``)
+    counts only among configurations with the same component (``lam.name``), so ``distance`` and
+    ``sk`` are not told apart by options they do not share."""
+    keys = list(dict.fromkeys(k for f in flats for k in f))
+    out = []
+    for k in keys:
+        ctx = k.split(".")[0] + ".name"
+        seen: dict[object, set] = {}
+        for f in flats:
+            seen.setdefault(f.get(ctx) if k != ctx else None, set()).add(repr(f.get(k)))
+        if any(len(v) > 1 for v in seen.values()):
+            out.append(k)
+    first = {"lam.name": 0, "pairing.name": 1, "mixer.name": 2}
+    return sorted(out, key=lambda k: (first.get(k, 3), keys.index(k)))
+
+
+def group_runs(runs: list[Run]) -> list[Config]:
+    """Configurations in first-seen order, each labelled by its values of the varying keys."""
+    by_key: dict[str, Config] = {}
+    for r in runs:
+        if not r.config:
+            continue
+        flat = method_key(r.config)
+        by_key.setdefault(json.dumps(flat, sort_keys=True, default=str), Config("", flat)).runs.append(r)
+    configs = list(by_key.values())
+    vary = varying_keys([c.flat for c in configs])
+    for c in configs:
+        parts = [f"{k.removesuffix('.name')}={c.flat[k]}" for k in vary if k in c.flat]
+        c.label = " ".join(parts) or (f"lam={c.lam}" if c.lam else "all runs")
+        for r in c.runs:
+            r.label = c.label
+    return configs
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+def _non_lam(c: Config) -> dict:
+    return {k: v for k, v in c.flat.items() if not k.startswith("lam.")}
+
+
+def compare(configs: list[Config], metric: str, baseline: str = "beta") -> list[dict]:
+    """Seed-matched comparisons of each configuration against ``baseline`` and ``none`` with the same
+    non-λ keys; Holm adjustment over all comparisons of this metric, then the verdicts."""
+    hib = metric not in LOWER_IS_BETTER
+    rows: list[dict] = []
+    for ref in dict.fromkeys([baseline, "none"]):
+        for c in configs:
+            for b in configs:
+                if c.lam == ref or b.lam != ref or _non_lam(b) != _non_lam(c):
+                    continue
+                if any(r["label"] == b.label and r["ref_label"] == c.label for r in rows):
+                    continue  # beta vs none is none vs beta again: one test, counted once by Holm
+                pc = paired_comparison(c.values(metric), b.values(metric), higher_is_better=hib)
+                rows.append({"label": c.label, "lam": c.lam, "ref": ref, "ref_label": b.label, "metric": metric, **pc})
+    for row, p_adj in zip(rows, holm([r["p"] for r in rows]), strict=True):
+        row["p_adj"] = p_adj
+        row["verdict"] = verdict(row["diff"], row["lo"], row["hi"], p_adj, higher_is_better=hib, n=row["n"])
+    return rows
+
+
+def build_table(configs: list[Config], metric: str, others: list[str], comparisons: list[dict],
+                refs: tuple[str, ...]) -> list[dict]:
+    """One row per configuration: n completed, mean/std/CI of ``metric``, mean±std of ``others``,
+    and the verdict against each reference; sorted by the mean of ``metric`` (best first)."""
+    table = []
+    for c in configs:
+        mean, std, lo, hi, _ = mean_ci(list(c.values(metric).values()))
+        row = {"label": c.label, "n": len(c.done), "mean": mean, "std": std, "lo": lo, "hi": hi, "config": c}
+        for m in others:
+            row[m] = mean_ci(list(c.values(m).values()))[:2]
+        for ref in refs:
+            hit = [(x["verdict"], x["diff"]) for x in comparisons if x["label"] == c.label and x["ref"] == ref]
+            # A comparison made the other way round (none vs beta, read in beta's row as beta vs none).
+            hit += [(FLIP.get(x["verdict"], x["verdict"]), -x["diff"]) for x in comparisons
+                    if x["ref_label"] == c.label and x["lam"] == ref]
+            row[f"vs {ref}"] = "(reference)" if c.lam == ref else "; ".join(
+                v + (f" (Δ {d:+.4f})" if v in FLIP else "") for v, d in hit) or "no matching reference"
+        table.append(row)
+    sign = -1 if metric in LOWER_IS_BETTER else 1
+    return sorted(table, key=lambda r: -sign * r["mean"] if math.isfinite(r["mean"]) else math.inf)
+
+
+def _f(x: float | None, nd: int = 4) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x:.{nd}f}"
+
+
+def _pm(mean_std: tuple[float, float]) -> str:
+    m, s = mean_std
+    return _f(m) + ("" if not math.isfinite(s) else f" ± {_f(s)}")
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _colors(configs: list[Config]) -> dict[str, tuple]:
+    return {c.label: plt.cm.tab10(i % 10) for i, c in enumerate(configs)}
+
+
+def _panels(n: int, w: float = 3.4, h: float = 3.0) -> tuple[plt.Figure, list]:
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows + 0.6), squeeze=False, layout="constrained")
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def fig_curves(configs: list[Config], metric: str) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colors = _colors(configs)
+    for c in configs:
+        per_epoch: dict[int, list[float]] = {}
+        for r in c.done:
+            for row in r.rows:
+                if isinstance(row.get(metric), (int, float)):
+                    per_epoch.setdefault(int(row["epoch"]), []).append(float(row[metric]))
+        if not per_epoch:
+            continue
+        ep = sorted(per_epoch)
+        v = [np.array(per_epoch[e]) for e in ep]
+        ax.plot(ep, [x.mean() for x in v], marker="o", color=colors[c.label], label=f"{c.label} (n={len(c.done)})")
+        ax.fill_between(ep, [x.min() for x in v], [x.max() for x in v], color=colors[c.label], alpha=0.12)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="epoch", ylabel=NAMES.get(metric, metric),
+           title=f"{NAMES.get(metric, metric)} per epoch (line: mean, band: min–max over seeds)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the bands stay visible
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def fig_final(configs: list[Config], metrics: list[str]) -> plt.Figure:
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 0.5 * len(configs) + 1.8), squeeze=False)
+    colors = _colors(configs)
+    for ax, m in zip(axes[0], metrics, strict=True):
+        for i, c in enumerate(configs):
+            mean, _, lo, hi, n = mean_ci(list(c.values(m).values()))
+            err = [[mean - lo], [hi - mean]] if math.isfinite(lo) else None
+            ax.errorbar([mean], [i], xerr=err, fmt="o", capsize=4, color=colors[c.label])
+            ax.annotate(f"n={n}", (mean, i), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+        ax.set_yticks(range(len(configs)), [c.label for c in configs] if ax is axes[0][0] else [])
+        ax.set_ylim(-0.7, len(configs) - 0.3)
+        better = "lower" if m in LOWER_IS_BETTER else "higher"
+        ax.set(xlabel=f"final {NAMES.get(m, m)} ({better} is better)", title=f"{NAMES.get(m, m)}: mean, 95% t-CI")
+        ax.grid(alpha=0.3, axis="x")
+    return fig
+
+
+def fig_reliability(configs: list[Config]) -> plt.Figure | None:
+    shown = [c for c in configs if any(r.summary.get("reliability") for r in c.done)]
+    if not shown:
+        return None
+    fig, axes = _panels(len(shown))
+    for ax, c in zip(axes, shown, strict=True):
+        k = len(next(r.summary["reliability"]["count"] for r in c.done if r.summary.get("reliability")))
+        count, s_conf, s_acc = np.zeros(k), np.zeros(k), np.zeros(k)
+        for r in c.done:
+            rel = r.summary.get("reliability")
+            if rel:  # bin means × counts are sums, which add across seeds; empty bins (null) add 0
+                n = np.array(rel["count"], dtype=float)
+                count += n
+                s_conf += np.nan_to_num(np.array(rel["confidence"], dtype=float)) * n
+                s_acc += np.nan_to_num(np.array(rel["accuracy"], dtype=float)) * n
+        keep = count > 0
+        centers = (np.arange(k) + 0.5) / k
+        ax.bar(centers[keep], s_acc[keep] / count[keep], width=1 / k, edgecolor="k", alpha=0.7, label="accuracy")
+        ax.plot(s_conf[keep] / count[keep], s_acc[keep] / count[keep], "r.", label="(mean conf, acc)")
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
+               title=f"{c.label}\n(n={len(c.done)} seeds, {int(count.sum())} preds)")
+        ax.title.set_fontsize(9)
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle("Reliability diagrams, final epoch, bins summed over seeds")
+    return fig
+
+
+def fig_lam_hist(configs: list[Config]) -> plt.Figure | None:
+    shown = [c for c in configs if any(r.rows and r.rows[-1].get("lam_hist") for r in c.done)]
+    if not shown:
+        return None
+    fig, axes = _panels(len(shown), h=2.6)
+    colors = _colors(configs)
+    for ax, c in zip(axes, shown, strict=True):
+        h = np.sum([r.rows[-1]["lam_hist"] for r in c.done if r.rows and r.rows[-1].get("lam_hist")], axis=0)
+        k = len(h)
+        ax.bar((np.arange(k) + 0.5) / k, h / max(h.sum(), 1), width=1 / k, color=colors[c.label], edgecolor="k")
+        ax.set(xlim=(0, 1), xlabel="λ", ylabel="fraction of draws", title=f"{c.label} (n={len(c.done)})")
+        ax.title.set_fontsize(9)
+    fig.suptitle("λ histograms of the final epoch, summed over seeds")
+    return fig
+
+
+def fig_lam_distance(configs: list[Config]) -> plt.Figure | None:
+    shown = [c for c in configs if c.lam in DYNAMIC_LAM | {"beta"}]
+    if not any(c.lam in DYNAMIC_LAM for c in shown):
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = _colors(configs)
+    for c in shown:
+        d, lam = [], []
+        for r in c.done:
+            pairs = r.summary.get("lam_vs_distance") or {}
+            d += pairs.get("distance", [])
+            lam += pairs.get("lam", [])
+        ax.scatter(d, lam, s=8, alpha=0.5, color=colors[c.label], label=f"{c.label} (n={len(c.done)}, {len(d)} pairs)")
+    ax.set(xlabel="pair distance ‖x_i − x_j‖ (input space, normalised)", ylabel="λ", ylim=(-0.03, 1.03),
+           title="λ against pair distance (last batch of the final epoch)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def fig_mixed(configs: list[Config]) -> plt.Figure | None:
+    picks = [(c, next((r for r in c.done + c.runs if (r.path / "mixed_examples.png").exists()), None)) for c in configs]
+    picks = [(c, r) for c, r in picks if r is not None]
+    if not picks:
+        return None
+    fig, axes = _panels(len(picks), w=4.0, h=2.4)
+    for ax, (c, r) in zip(axes, picks, strict=True):
+        ax.imshow(plt.imread(r.path / "mixed_examples.png"), interpolation="nearest")
+        ax.set_title(f"{c.label}\n(seed {r.seed})", fontsize=9)
+        ax.axis("off")
+    fig.suptitle("Mixed training images (epoch 1), one run per configuration")
+    return fig
+
+
+def fig_boundaries(configs: list[Config]) -> plt.Figure | None:
+    import torch
+
+    from .data import load_dataset
+    from .models import build_model
+    from .records import load_checkpoint
+
+    picks = [(c, next((r for r in c.done if (r.path / "last.pt").exists()), None)) for c in configs
+             if c.flat.get("data.name") == "moons"]
+    picks = [(c, r) for c, r in picks if r is not None]
+    if not picks:
+        return None
+    fig, axes = _panels(len(picks), w=3.6, h=3.3)
+    for ax, (c, r) in zip(axes, picks, strict=True):
+        cfg = r.config
+        # The normalisation depends on the kept training examples, so rebuild exactly the run's data.
+        ds = load_dataset("moons", train_subset=cfg["data"].get("train_subset"), seed=cfg["seed"], device="cpu")
+        model = build_model(cfg["model"]["name"], in_shape=(2,), num_classes=2,
+                            **{k: v for k, v in cfg["model"].items() if k != "name"})
+        model.load_state_dict(load_checkpoint(r.path / "last.pt")["model"])
+        model.eval()
+        x, y = ds.x_test.numpy(), ds.y_test.numpy()
+        lo, hi = x.min(0) - 0.5, x.max(0) + 0.5
+        g0, g1 = np.meshgrid(np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200))
+        with torch.no_grad():
+            grid = torch.tensor(np.stack([g0.ravel(), g1.ravel()], 1), dtype=torch.float32)
+            prob = model(grid).softmax(1)[:, 1].reshape(g0.shape).numpy()
+        cs = ax.contourf(g0, g1, prob, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.8)
+        ax.contour(g0, g1, prob, levels=[0.5], colors="k", linewidths=1)
+        for cls, color in ((0, "navy"), (1, "darkred")):  # darker than the background, white-edged to stand out
+            ax.scatter(*x[y == cls].T, s=7, color=color, edgecolors="white", linewidths=0.3, label=f"test, class {cls}")
+        ax.set(xlabel="x₁ (normalised)", ylabel="x₂ (normalised)",
+               title=f"{c.label}\nseed {r.seed}, test acc {_f(r.value('test_acc'), 3)}")
+        ax.title.set_fontsize(9)
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.colorbar(cs, ax=axes, label="P(class 1)", shrink=0.8)
+    fig.suptitle("Decision boundaries on moons (test points overlaid)")
+    return fig
+
+
+# ----------------------------------------------------------------------------- the document
+
+
+def _budget(configs: list[Config]) -> str:
+    """data, train subset, model with its options, epochs; several values joined by commas."""
+    def vals(k: str) -> str:
+        return ",".join(dict.fromkeys("all" if c.flat.get(k) is None else str(c.flat.get(k)) for c in configs))
+    model_opts = dict.fromkeys(k for c in configs for k in c.flat if k.startswith("model.") and k != "model.name")
+    opts = ", ".join(f"{k.split('.', 1)[1]}={vals(k)}" for k in model_opts)
+    return (f"data={vals('data.name')} (train_subset={vals('data.train_subset')}), model={vals('model.name')}"
+            + (f" ({opts})" if opts else "") + f", {vals('trainer.epochs')} epochs")
+
+
+def _evidence(comps: dict[str, list[dict]], n_text: str, budget: str, baseline: str) -> str:
+    parts = []
+    for m, rows in comps.items():
+        name = NAMES.get(m, m)
+        hits = [r for r in rows if r["verdict"] in ("better", "worse")]
+        if not rows:
+            parts.append(f"on {name} no comparison could be made (no matching lam={baseline} or lam=none runs)")
+        elif not hits:
+            refs = " or ".join(dict.fromkeys(r["ref"] for r in rows))
+            parts.append(f"no λ policy is detectably better or worse than {refs} on {name} ({len(rows)} comparisons)")
+        else:
+            parts.append(f"on {name}, " + "; ".join(
+                f"{r['label']} is detectably {r['verdict']} than {r['ref_label']} (Δ={r['diff']:+.4f}, 95% CI "
+                f"[{r['lo']:+.4f}, {r['hi']:+.4f}], Holm p={r['p_adj']:.3g})" for r in hits)
+                + f", and no other of the {len(rows)} comparisons is detectable")
+    return (f"At {n_text} (budget: {budget}), " + "; ".join(parts) + ". The table is sorted by mean for reading "
+            "only: differences smaller than the seed-to-seed noise (Holm-adjusted paired t-test p ≥ 0.05, or a "
+            "95% CI of the difference that contains 0) are not ranked.")
+
+
+def _save(fig: plt.Figure, path: Path) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    path.write_bytes(buf.getvalue())
+    return buf.getvalue()
+
+
+def _md(blocks: list[tuple]) -> str:
+    out = []
+    for b in blocks:
+        if b[0] == "table":
+            out += ["| " + " | ".join(b[1]) + " |", "|" + "---|" * len(b[1])]
+            out += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in b[2]]
+            out.append("")
+        elif b[0] == "figure":
+            out += [f"![{b[2]}](figures/{b[1]}.png)", "", f"*{b[2]}*", ""]
+        else:
+            out += [{"h1": "# ", "h2": "## ", "p": ""}[b[0]] + b[1], ""]
+    return "\n".join(out)
+
+
+def _html(blocks: list[tuple], title: str) -> str:
+    e = html.escape
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
+           "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
+           "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
+           "img{max-width:100%}figcaption{font-style:italic}</style></head><body>"]
+    for b in blocks:
+        if b[0] == "table":
+            out.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in b[1]) + "</tr>" + "".join(
+                "<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in row) + "</tr>" for row in b[2]) + "</table>")
+        elif b[0] == "figure":
+            src = "data:image/png;base64," + base64.b64encode(b[3]).decode()
+            out.append(f"<figure id='{b[1]}'><img alt='{e(b[2])}' src='{src}'>"
+                       f"<figcaption>{e(b[2])}</figcaption></figure>")
+        else:
+            out.append(f"<{b[0]}>{e(b[1])}</{b[0]}>")
+    return "\n".join(out + ["</body></html>"])
+
+
+def _log_wandb(runs: list[Run], out: Path, columns: list[str], rows: list[list], meta: dict) -> None:
+    logger_cfg = next((r.config["logger"] for r in runs if r.config.get("logger", {}).get("name") == "wandb"), None)
+    if logger_cfg is None or importlib.util.find_spec("wandb") is None:
+        return
+    try:
+        from .loggers import LOGGERS
+
+        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        logger = LOGGERS.build("wandb", run_dir=out, config=meta, group="report", mode=mode,
+                               project=logger_cfg.get("project", "mixlab"), entity=logger_cfg.get("entity"))
+        logger.log_table("report", columns, rows)
+        logger.finish()
+    except Exception as e:  # noqa: BLE001 - the report on disk is what matters
+        warnings.warn(f"W&B report logging failed ({type(e).__name__}: {e}); the files are written", stacklevel=2)
+
+
+def _status_line(runs: list[Run]) -> str:
+    """"12 runs: 11 completed, 1 failed" (statuses in lifecycle order)."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    order = sorted(counts, key=lambda s: (STATUS_ORDER.index(s) if s in STATUS_ORDER else 99, s))
+    return f"{len(runs)} run{'s' * (len(runs) != 1)}: " + ", ".join(f"{counts[s]} {s}" for s in order)
+
+
+def _text_blocks(sweep: Path, runs: list[Run], table_block: tuple, comps: dict[str, list[dict]], n_text: str,
+                 budget: str, metric: str, baseline: str) -> list[tuple]:
+    """Header, evidence, the configuration table, one comparison table per metric, the failed runs."""
+    name = NAMES.get(metric, metric)
+    blocks: list[tuple] = [("h1", f"mixlab report: {sweep}"), ("p", f"{_status_line(runs)}. Budget: {budget}."),
+                           ("h2", "What the evidence supports"), ("p", _evidence(comps, n_text, budget, baseline)),
+                           ("h2", f"Configurations (sorted by mean {name}; not a ranking, see the verdicts)"),
+                           table_block]
+    for m, cr in comps.items():
+        blocks.append(("h2", f"Paired comparisons on {NAMES.get(m, m)} (seed-matched, Holm over {len(cr)} tests)"))
+        blocks.append(("table", ["configuration", "vs", "n pairs", "Δ mean", "95% CI", "p (paired t)", "p (Holm)",
+                                 "verdict"],
+                       [[c["label"], c["ref_label"], c["n"], _f(c["diff"]), f"[{_f(c['lo'])}, {_f(c['hi'])}]",
+                         _f(c["p"], 3), _f(c["p_adj"], 3), c["verdict"]] for c in cr]) if cr else
+                      ("p", f"No comparison possible: no lam={baseline} or lam=none configuration shares the other "
+                            "keys with the rest (missing baseline)."))
+    bad = [r for r in runs if r.status != "completed"]
+    blocks.append(("h2", f"Failed, diverged or unfinished runs ({len(bad)})"))
+    blocks.append(("table", ["run dir", "configuration", "seed", "status", "error"],
+                   [[str(r.path.relative_to(sweep)) or ".", r.label, r.seed, r.status, r.summary.get("error", "")]
+                    for r in bad]) if bad else ("p", f"None: all {len(runs)} runs completed."))
+    return blocks
+
+
+def _figures(configs: list[Config], metric: str, regression: bool) -> list[tuple[str, plt.Figure | None, str]]:
+    curve = "test_mse" if regression else ("test_acc" if metric == "median_last10_acc" else metric)
+    return [("curves", fig_curves(configs, curve), f"{NAMES.get(curve, curve)} per epoch, mean and min–max band"),
+            ("final", fig_final(configs, [metric] + ([] if regression or metric == "test_ece" else ["test_ece"])),
+             "Final metrics per configuration, mean with 95% t-interval over seeds"),
+            ("reliability", fig_reliability(configs), "Reliability diagrams, final epoch, seeds pooled"),
+            ("lam_hist", fig_lam_hist(configs), "λ distribution of the final epoch, seeds pooled"),
+            ("lam_distance", fig_lam_distance(configs), "λ against pair distance for distance/sk (beta for contrast)"),
+            ("mixed_examples", fig_mixed(configs), "Mixed training images (epoch 1) of one run per configuration"),
+            ("decision_boundaries", fig_boundaries(configs), "Decision boundaries on moons, one seed per config")]
+
+
+def write_report(sweep: str | Path, out: str | Path | None = None, baseline: str = "beta",
+                 metric: str = "test_acc") -> tuple[Path, str]:
+    """Write report.md, report.html and figures/ for ``sweep`` into ``out``; returns (md path, table)."""
+    if metric not in NAMES:
+        raise ValueError(f"--metric={metric!r}: expected one of {sorted(NAMES)}")
+    sweep = Path(sweep)
+    out = Path(out) if out is not None else sweep
+    runs = load_runs(sweep)
+    if not runs:
+        raise FileNotFoundError(f"{sweep}: expected run records (summary.json) below it, got none")
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    configs = group_runs(runs)
+    done = [r for r in runs if r.status == "completed"]
+    regression = bool(done) and all(r.value("test_acc") is None for r in done)
+    if regression and metric == "test_acc":
+        metric = "test_mse"  # no accuracy exists for a regression: its error is the objective
+    others = ["test_mae"] if regression else [m for m in ("test_acc", "median_last10_acc", "test_nll", "test_ece",
+                                                            "test_brier") if m != metric]
+    comps = {m: compare(configs, m, baseline) for m in dict.fromkeys([metric] + ([] if regression else ["test_ece"]))}
+    refs = tuple(dict.fromkeys([baseline, "none"]))
+    table = build_table(configs, metric, others, comps[metric], refs)
+    configs = [row["config"] for row in table]  # one order (the table's) in every figure
+    ns = sorted({row["n"] for row in table})
+    n_text = f"n={ns[0]}{'–' + str(ns[-1]) if len(ns) > 1 else ''} seeds per configuration"
+    columns = ["configuration", "n", f"{NAMES[metric]} mean ± std", "95% CI", *[NAMES[m] for m in others],
+               *[f"vs {ref}" for ref in refs]]
+    rows = [[row["label"], row["n"], _pm((row["mean"], row["std"])), f"[{_f(row['lo'])}, {_f(row['hi'])}]",
+             *[_pm(row[m]) for m in others], *[row[f"vs {ref}"] for ref in refs]] for row in table]
+    blocks = _text_blocks(sweep, runs, ("table", columns, rows), comps, n_text, _budget(configs), metric, baseline)
+    blocks.append(("h2", "Figures"))
+    for fname, fig, caption in _figures(configs, metric, regression):
+        if fig is not None:
+            blocks.append(("figure", fname, f"{caption} ({n_text}).", _save(fig, out / "figures" / f"{fname}.png")))
+    md = out / "report.md"
+    md.write_text(_md(blocks))
+    (out / "report.html").write_text(_html(blocks, f"mixlab report: {sweep}"))
+    _log_wandb(runs, out, columns, [[str(v) for v in row] for row in rows],
+               {"sweep": str(sweep), "metric": metric, "baseline": baseline, "runs": _status_line(runs)})
+    return md, _md([("table", columns, rows)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mixlab.report", description=__doc__.split("\n\n")[1])
+    ap.add_argument("sweep", help="a sweep directory (hydra.sweep.dir) or one run directory")
+    ap.add_argument("--out", help="where report.md, report.html and figures/ go (default: the sweep dir)")
+    ap.add_argument("--baseline", default="beta", help="lam.name of the reference policy (default: beta)")
+    ap.add_argument("--metric", default="test_acc", help="headline metric (default: test_acc; test_mse for regression)")
+    args = ap.parse_args(argv)
+    try:
+        md, table = write_report(args.sweep, args.out, args.baseline, args.metric)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"mixlab.report: error: {e}", file=sys.stderr)
+        return 2
+    print(f"report: {md} and {md.with_suffix('.html')}\n\n{table}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""mixlab.report on real run records: a tiny CLI sweep on digits, a tiny in-process one on moons."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+from scipy import stats as sps
+
+import mixlab.loggers
+from mixlab.report import build_table, compare, group_runs, load_runs, write_report
+from mixlab.train import train
+
+from .test_config import compose_cfg
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ("data=digits", "data.train_subset=128", "model=mlp", "model.hidden=[16]", "device=cpu",
+        "trainer.epochs=2", "trainer.progress=false")
+FIGURES = ("curves", "final", "reliability", "lam_hist", "mixed_examples")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """2 policies × 2 seeds through the real CLI, plus one hand-made failed run."""
+    d = tmp_path_factory.mktemp("sweep")
+    cmd = [sys.executable, "-m", "mixlab", "-m", *TINY, "lambda=none,beta", "seed=0,1", f"hydra.sweep.dir={d}"]
+    r = subprocess.run(cmd, cwd=d, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    failed = json.loads((d / "0" / "summary.json").read_text())
+    failed["config"]["seed"] = 7
+    failed.update(status="failed", error="RuntimeError: out of memory (made up)", final=None)
+    (d / "99").mkdir()
+    (d / "99" / "summary.json").write_text(json.dumps(failed))
+    return d
+
+
+@pytest.fixture(scope="module")
+def report(sweep, tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("report")
+    r = subprocess.run([sys.executable, "-m", "mixlab.report", str(sweep), "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out, r.stdout
+
+
+def finals(sweep: Path) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for p in sweep.glob("*/summary.json"):
+        s = json.loads(p.read_text())
+        if s["status"] == "completed":
+            out.setdefault(s["config"]["lam"]["name"], []).append(s["final"]["test_acc"])
+    return out
+
+
+def md_table(md: str, first_column: str = "configuration") -> list[dict[str, str]]:
+    """The first markdown table whose header starts with ``first_column``, as dicts."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_column} | n |"))
+    head = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(head, (c.strip() for c in line.strip("|").split("|")), strict=True)))
+    return rows
+
+
+def numbers(text: str) -> list[float]:
+    return [float(x) for x in re.findall(r"-?\d+\.\d+", text)]
+
+
+def test_table_numbers_match_the_run_records(sweep, report):
+    out, stdout = report
+    md = (out / "report.md").read_text()
+    assert f"report: {out / 'report.md'}" in stdout and "| lam=beta |" in stdout
+    rows = {r["configuration"]: r for r in md_table(md)}
+    assert sorted(rows) == ["lam=beta", "lam=none"]
+    for lam, accs in finals(sweep).items():
+        row = rows[f"lam={lam}"]
+        mean, std = sum(accs) / 2, abs(accs[0] - accs[1]) / math.sqrt(2)  # ddof=1 std of two values
+        half = sps.t.ppf(0.975, 1) * std / math.sqrt(2)
+        assert row["n"] == "2"
+        assert numbers(row["test accuracy mean ± std"]) == pytest.approx([mean, std], abs=6e-5)
+        assert numbers(row["95% CI"]) == pytest.approx([mean - half, mean + half], abs=6e-5)
+
+
+def test_build_table_exactly(sweep):
+    configs = group_runs(load_runs(sweep))
+    comps = compare(configs, "test_acc")
+    table = {r["label"]: r for r in build_table(configs, "test_acc", ["test_ece"], comps, ("beta", "none"))}
+    for lam, accs in finals(sweep).items():
+        row = table[f"lam={lam}"]
+        assert row["n"] == 2 and row["mean"] == pytest.approx(sum(accs) / 2, rel=1e-12)
+        assert (row["lo"], row["hi"]) == pytest.approx(sps.t.interval(0.95, 1, loc=row["mean"], scale=sps.sem(accs)))
+    assert table["lam=beta"]["vs beta"] == table["lam=none"]["vs none"] == "(reference)"
+    [c] = comps  # none vs beta, made once (beta vs none is the same test and is not counted twice by Holm)
+    assert c["label"] == "lam=none" and c["ref_label"] == "lam=beta" and c["n"] == 2 and c["p_adj"] == c["p"]
+    assert c["diff"] == pytest.approx(sum(finals(sweep)["none"]) / 2 - sum(finals(sweep)["beta"]) / 2)
+    assert table["lam=none"]["vs beta"].startswith(c["verdict"])
+    mirror = {"better": "worse", "worse": "better"}.get(c["verdict"], c["verdict"])
+    assert table["lam=beta"]["vs none"].startswith(mirror)
+
+
+def test_header_counts_and_failed_run_is_listed(report):
+    md = (report[0] / "report.md").read_text()
+    assert "5 runs: 4 completed, 1 failed" in md
+    section = md.split("## Failed, diverged or unfinished runs (1)")[1]
+    assert re.search(r"\| 99 \| lam=none \| 7 \| failed \| RuntimeError: out of memory \(made up\) \|", section)
+
+
+def test_evidence_paragraph_states_n_budget_and_no_ranking(report):
+    md = (report[0] / "report.md").read_text()
+    text = md.split("## What the evidence supports")[1].split("##")[0]
+    assert "n=2 seeds" in text and "data=digits (train_subset=128)" in text and "2 epochs" in text
+    assert "not ranked" in text and "test accuracy" in text and "ECE" in text
+
+
+def test_html_is_self_contained_with_every_figure(report):
+    out = report[0]
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page
+    assert "src='figures/" not in page and 'src="figures/' not in page
+    for name in FIGURES:
+        assert f"<figure id='{name}'>" in page, name
+        assert (out / "figures" / f"{name}.png").stat().st_size > 5000
+        assert f"(figures/{name}.png)" in (out / "report.md").read_text()
+    assert "lam_distance" not in page  # no distance or sk policy in this sweep
+
+
+def test_single_run_dir_and_missing_dir(sweep, tmp_path):
+    md, _ = write_report(sweep / "0", out=tmp_path)
+    assert "1 run: 1 completed" in md.read_text()
+    r = subprocess.run([sys.executable, "-m", "mixlab.report", str(tmp_path / "nope")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "expected a sweep or run directory" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def moons(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("moons")
+    for i, lam in enumerate(("beta", "distance")):
+        train(compose_cfg("data=moons", "data.train_subset=256", "model=mlp", "model.hidden=[16]", "device=cpu",
+                          "trainer.epochs=2", "trainer.progress=false", f"lambda={lam}"), d / str(i))
+    return d
+
+
+def test_moons_decision_boundaries_and_missing_none_baseline(moons, tmp_path):
+    md, _ = write_report(moons, out=tmp_path)
+    text = md.read_text()
+    assert (tmp_path / "figures" / "decision_boundaries.png").stat().st_size > 5000
+    assert (tmp_path / "figures" / "lam_distance.png").exists()
+    assert not (tmp_path / "figures" / "mixed_examples.png").exists()  # 2-D points are no images
+    rows = {r["configuration"]: r for r in md_table(text)}
+    assert rows["lam=distance"]["vs none"] == "no matching reference"
+    assert rows["lam=distance"]["vs beta"] == "not enough seeds"  # n=1: no crash, no claim
+
+
+def test_wandb_table_is_logged_and_a_failure_is_a_warning(moons, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    shutil.copytree(moons, runs)
+    s = json.loads((runs / "0" / "summary.json").read_text())
+    s["config"]["logger"] = {"name": "wandb", "project": "p", "entity": None, "mode": "auto"}
+    (runs / "0" / "summary.json").write_text(json.dumps(s))
+    calls = []
+
+    class Fake:
+        def log_table(self, key, columns, rows):
+            calls.append((key, columns, rows))
+
+        def finish(self):
+            calls.append("finish")
+
+    monkeypatch.setattr(mixlab.loggers.LOGGERS, "build", lambda name, **kw: calls.append((name, kw)) or Fake())
+    write_report(runs, out=tmp_path / "a")
+    assert calls[0][0] == "wandb" and calls[0][1]["group"] == "report" and calls[0][1]["mode"] in ("offline", "online")
+    assert calls[1][0] == "report" and calls[1][1][0] == "configuration" and calls[-1] == "finish"
+
+    def broken(name, **kw):
+        raise RuntimeError("no network")
+
+    monkeypatch.setattr(mixlab.loggers.LOGGERS, "build", broken)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        md, _ = write_report(runs, out=tmp_path / "b")
+    assert md.exists() and any("W&B report logging failed" in str(w.message) for w in caught)
+
+
+def test_regression_reports_mse_without_calibration(tmp_path):
+    for i, lam in enumerate(("none", "beta")):
+        train(compose_cfg("data=diabetes", "model=mlp", "model.hidden=[16]", "device=cpu", "trainer.epochs=1",
+                          "trainer.progress=false", f"lambda={lam}"), tmp_path / "runs" / str(i))
+    md, table = write_report(tmp_path / "runs", out=tmp_path / "out")
+    assert "| configuration | n | test MSE mean ± std | 95% CI | test MAE |" in table
+    assert "ECE" not in md.read_text()
+    assert not (tmp_path / "out" / "figures" / "reliability.png").exists()
+
+
+def test_unknown_metric_is_an_error_that_lists_the_choices(sweep, tmp_path):
+    with pytest.raises(ValueError, match=r"--metric='acc': expected one of \["):
+        write_report(sweep, out=tmp_path, metric="acc")
