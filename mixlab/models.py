@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -123,7 +122,8 @@ class MixModel(nn.Module):
         default = len(self.blocks)
         if num_mix_points is None:
             num_mix_points = default
-        if isinstance(num_mix_points, bool) or not isinstance(num_mix_points, int) or not 1 <= num_mix_points <= default:
+        valid = isinstance(num_mix_points, int) and not isinstance(num_mix_points, bool)
+        if not valid or not 1 <= num_mix_points <= default:
             raise ValueError(f"num_mix_points must be an int in 1..{default}, got {num_mix_points!r}")
         self.num_mix_points = num_mix_points
         self._init_weights()
@@ -192,7 +192,7 @@ class MixModel(nn.Module):
             h = self._apply_mix(mix, h, 0)  # type: ignore[arg-type]
         for i, block in enumerate(self.blocks, start=1):
             h = block(h)
-            if k == i - 1 and i > 1:
+            if k == i:
                 h = self._apply_mix(mix, h, i)  # type: ignore[arg-type]
         return self.pool(h)
 
@@ -343,7 +343,7 @@ class PreActResNet18(MixModel):
         widths = (width, 2 * width, 4 * width, 8 * width)
         blocks: list[nn.Module] = [_conv3x3(channels, width)]
         prev = width
-        for w, stride in zip(widths, (1, 2, 2, 2)):
+        for w, stride in zip(widths, (1, 2, 2, 2), strict=True):
             blocks.append(_preact_stage(prev, w, num_blocks=2, stride=stride))
             prev = w
         super().__init__(
@@ -377,13 +377,15 @@ class WideResNet(MixModel):
         in_shape = _check_in_shape(in_shape)
         channels, _, _ = _check_image_shape("wrn", in_shape)
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6 != 0:
-            raise ValueError(f"depth must be an int >= 10 with (depth - 4) % 6 == 0 (16, 22, 28, 40, ...), got {depth!r}")
+            raise ValueError(
+                f"depth must be an int >= 10 with (depth - 4) % 6 == 0 (16, 22, 28, 40, ...), got {depth!r}"
+            )
         widen = _check_positive_int("widen", widen)
         dropout = _check_dropout("dropout", dropout)
         per_group = (depth - 4) // 6
         blocks: list[nn.Module] = [_conv3x3(channels, 16)]
         prev = 16
-        for w, stride in zip((16 * widen, 32 * widen, 64 * widen), (1, 2, 2)):
+        for w, stride in zip((16 * widen, 32 * widen, 64 * widen), (1, 2, 2), strict=True):
             blocks.append(_preact_stage(prev, w, num_blocks=per_group, stride=stride, dropout=dropout))
             prev = w
         super().__init__(
