@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
-from . import __version__
 from .config import ConfigError, component_errors, options, validate
 from .data import Batches, Dataset, eval_batches, load_dataset
 from .loggers import LOGGERS

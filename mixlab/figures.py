@@ -1,0 +1,202 @@
+"""The report's figures: one function per picture, each from grouped run records (``report.Config``).
+
+Each returns a matplotlib Figure, or None when the sweep has nothing to show for it.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on a server or in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from .stats import mean_ci  # noqa: E402
+
+if TYPE_CHECKING:
+    from .report import Config
+
+LOWER_IS_BETTER = {"test_nll", "test_ece", "test_brier", "test_mse", "test_mae"}
+NAMES = {"test_acc": "test accuracy", "test_ece": "ECE", "test_nll": "NLL", "test_brier": "Brier",
+         "test_mse": "test MSE", "test_mae": "test MAE", "median_last10_acc": "median last-10 acc"}
+DYNAMIC_LAM = {"distance", "sk"}
+
+
+def _f(x: float | None, nd: int = 4) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x:.{nd}f}"
+
+
+def _colors(configs: list[Config]) -> dict[str, tuple]:
+    return {c.label: plt.cm.tab10(i % 10) for i, c in enumerate(configs)}
+
+
+def _panels(n: int, w: float = 3.4, h: float = 3.0) -> tuple[plt.Figure, list]:
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows + 0.6), squeeze=False, layout="constrained")
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def fig_curves(configs: list[Config], metric: str) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colors = _colors(configs)
+    for c in configs:
+        per_epoch: dict[int, list[float]] = {}
+        for r in c.done:
+            for row in r.rows:
+                if isinstance(row.get(metric), (int, float)):
+                    per_epoch.setdefault(int(row["epoch"]), []).append(float(row[metric]))
+        if not per_epoch:
+            continue
+        ep = sorted(per_epoch)
+        v = [np.array(per_epoch[e]) for e in ep]
+        ax.plot(ep, [x.mean() for x in v], marker="o", color=colors[c.label], label=f"{c.label} (n={len(c.done)})")
+        ax.fill_between(ep, [x.min() for x in v], [x.max() for x in v], color=colors[c.label], alpha=0.12)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="epoch", ylabel=NAMES.get(metric, metric),
+           title=f"{NAMES.get(metric, metric)} per epoch (line: mean, band: min–max over seeds)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the bands stay visible
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def fig_final(configs: list[Config], metrics: list[str]) -> plt.Figure:
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 0.5 * len(configs) + 1.8), squeeze=False)
+    colors = _colors(configs)
+    for ax, m in zip(axes[0], metrics, strict=True):
+        for i, c in enumerate(configs):
+            mean, _, lo, hi, n = mean_ci(list(c.values(m).values()))
+            err = [[mean - lo], [hi - mean]] if math.isfinite(lo) else None
+            ax.errorbar([mean], [i], xerr=err, fmt="o", capsize=4, color=colors[c.label])
+            ax.annotate(f"n={n}", (mean, i), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+        ax.set_yticks(range(len(configs)), [c.label for c in configs] if ax is axes[0][0] else [])
+        ax.set_ylim(-0.7, len(configs) - 0.3)
+        better = "lower" if m in LOWER_IS_BETTER else "higher"
+        ax.set(xlabel=f"final {NAMES.get(m, m)} ({better} is better)", title=f"{NAMES.get(m, m)}: mean, 95% t-CI")
+        ax.grid(alpha=0.3, axis="x")
+    return fig
+
+
+def fig_reliability(configs: list[Config]) -> plt.Figure | None:
+    shown = [c for c in configs if any(r.summary.get("reliability") for r in c.done)]
+    if not shown:
+        return None
+    fig, axes = _panels(len(shown))
+    for ax, c in zip(axes, shown, strict=True):
+        k = len(next(r.summary["reliability"]["count"] for r in c.done if r.summary.get("reliability")))
+        count, s_conf, s_acc = np.zeros(k), np.zeros(k), np.zeros(k)
+        for r in c.done:
+            rel = r.summary.get("reliability")
+            if rel:  # bin means × counts are sums, which add across seeds; empty bins (null) add 0
+                n = np.array(rel["count"], dtype=float)
+                count += n
+                s_conf += np.nan_to_num(np.array(rel["confidence"], dtype=float)) * n
+                s_acc += np.nan_to_num(np.array(rel["accuracy"], dtype=float)) * n
+        keep = count > 0
+        centers = (np.arange(k) + 0.5) / k
+        ax.bar(centers[keep], s_acc[keep] / count[keep], width=1 / k, edgecolor="k", alpha=0.7, label="accuracy")
+        ax.plot(s_conf[keep] / count[keep], s_acc[keep] / count[keep], "r.", label="(mean conf, acc)")
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
+               title=f"{c.label}\n(n={len(c.done)} seeds, {int(count.sum())} preds)")
+        ax.title.set_fontsize(9)
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle("Reliability diagrams, final epoch, bins summed over seeds")
+    return fig
+
+
+def fig_lam_hist(configs: list[Config]) -> plt.Figure | None:
+    shown = [c for c in configs if any(r.rows and r.rows[-1].get("lam_hist") for r in c.done)]
+    if not shown:
+        return None
+    fig, axes = _panels(len(shown), h=2.6)
+    colors = _colors(configs)
+    for ax, c in zip(axes, shown, strict=True):
+        h = np.sum([r.rows[-1]["lam_hist"] for r in c.done if r.rows and r.rows[-1].get("lam_hist")], axis=0)
+        k = len(h)
+        ax.bar((np.arange(k) + 0.5) / k, h / max(h.sum(), 1), width=1 / k, color=colors[c.label], edgecolor="k")
+        ax.set(xlim=(0, 1), xlabel="λ", ylabel="fraction of draws", title=f"{c.label} (n={len(c.done)})")
+        ax.title.set_fontsize(9)
+    fig.suptitle("λ histograms of the final epoch, summed over seeds")
+    return fig
+
+
+def fig_lam_distance(configs: list[Config]) -> plt.Figure | None:
+    shown = [c for c in configs if c.lam in DYNAMIC_LAM | {"beta"}]
+    if not any(c.lam in DYNAMIC_LAM for c in shown):
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = _colors(configs)
+    for c in shown:
+        d, lam = [], []
+        for r in c.done:
+            pairs = r.summary.get("lam_vs_distance") or {}
+            d += pairs.get("distance", [])
+            lam += pairs.get("lam", [])
+        ax.scatter(d, lam, s=8, alpha=0.5, color=colors[c.label], label=f"{c.label} (n={len(c.done)}, {len(d)} pairs)")
+    ax.set(xlabel="pair distance ‖x_i − x_j‖ (input space, normalised)", ylabel="λ", ylim=(-0.03, 1.03),
+           title="λ against pair distance (last batch of the final epoch)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def fig_mixed(configs: list[Config]) -> plt.Figure | None:
+    picks = [(c, next((r for r in c.done + c.runs if (r.path / "mixed_examples.png").exists()), None)) for c in configs]
+    picks = [(c, r) for c, r in picks if r is not None]
+    if not picks:
+        return None
+    fig, axes = _panels(len(picks), w=4.0, h=2.4)
+    for ax, (c, r) in zip(axes, picks, strict=True):
+        ax.imshow(plt.imread(r.path / "mixed_examples.png"), interpolation="nearest")
+        ax.set_title(f"{c.label}\n(seed {r.seed})", fontsize=9)
+        ax.axis("off")
+    fig.suptitle("Mixed training images (epoch 1), one run per configuration")
+    return fig
+
+
+def fig_boundaries(configs: list[Config]) -> plt.Figure | None:
+    import torch
+
+    from .data import load_dataset
+    from .models import build_model
+    from .records import load_checkpoint
+
+    picks = [(c, next((r for r in c.done if (r.path / "last.pt").exists()), None)) for c in configs
+             if c.flat.get("data.name") == "moons"]
+    picks = [(c, r) for c, r in picks if r is not None]
+    if not picks:
+        return None
+    fig, axes = _panels(len(picks), w=3.6, h=3.3)
+    for ax, (c, r) in zip(axes, picks, strict=True):
+        cfg = r.config
+        # The normalisation depends on the kept training examples, so rebuild exactly the run's data.
+        ds = load_dataset("moons", train_subset=cfg["data"].get("train_subset"), seed=cfg["seed"], device="cpu")
+        model = build_model(cfg["model"]["name"], in_shape=(2,), num_classes=2,
+                            **{k: v for k, v in cfg["model"].items() if k != "name"})
+        model.load_state_dict(load_checkpoint(r.path / "last.pt")["model"])
+        model.eval()
+        x, y = ds.x_test.numpy(), ds.y_test.numpy()
+        lo, hi = x.min(0) - 0.5, x.max(0) + 0.5
+        g0, g1 = np.meshgrid(np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200))
+        with torch.no_grad():
+            grid = torch.tensor(np.stack([g0.ravel(), g1.ravel()], 1), dtype=torch.float32)
+            prob = model(grid).softmax(1)[:, 1].reshape(g0.shape).numpy()
+        cs = ax.contourf(g0, g1, prob, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.8)
+        ax.contour(g0, g1, prob, levels=[0.5], colors="k", linewidths=1)
+        for cls, color in ((0, "navy"), (1, "darkred")):  # darker than the background, white-edged to stand out
+            ax.scatter(*x[y == cls].T, s=7, color=color, edgecolors="white", linewidths=0.3, label=f"test, class {cls}")
+        ax.set(xlabel="x₁ (normalised)", ylabel="x₂ (normalised)",
+               title=f"{c.label}\nseed {r.seed}, test acc {_f(r.value('test_acc'), 3)}")
+        ax.title.set_fontsize(9)
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.colorbar(cs, ax=axes, label="P(class 1)", shrink=0.8)
+    fig.suptitle("Decision boundaries on moons (test points overlaid)")
+    return fig
+
+
