@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from .pairing import METRICS, _rand, pair_distance
+from .pairing import METRICS, _check_space, _rand, _space, pair_distance
 from .registry import Registry
 
 LAMBDAS: Registry = Registry("lambda")
@@ -99,15 +99,6 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"{name}={value!r}: expected one of {list(allowed)}")
     return value
-
-
-def _space(x: Tensor, features: Tensor | None, space: str, who: str) -> Tensor:
-    """The tensor distances are measured in: the (flattened) inputs or the supplied features."""
-    if space == "input":
-        return x
-    if features is None:
-        raise ValueError(f"{who} with space='feature' needs features=(B, D) from the training loop; got None")
-    return features
 
 
 class Policy:
@@ -207,7 +198,7 @@ class Distance(Policy):
         self.map = _check_choice("map", map, ("exp", "inverse", "gaussian"))
         self.temperature = _check_positive("temperature", temperature)
         self.normalize = _check_choice("normalize", normalize, ("mean", "median", "none"))
-        self.space = _check_choice("space", space, ("input", "feature"))
+        self.space = _check_space(space)
 
     def __call__(self, x, partner, *, features=None, **_: object) -> Tensor:
         z = _space(x, features, self.space, "lambda 'distance'")
@@ -236,7 +227,7 @@ class SimilarityKernel(Policy):
         self.tau_max = _check_positive("tau_max", tau_max)
         self.tau_std = _check_positive("tau_std", tau_std)
         self.metric = _check_choice("metric", metric, METRICS)
-        self.space = _check_choice("space", space, ("input", "feature"))
+        self.space = _check_space(space)
 
     def tau(self, d: Tensor) -> Tensor:
         """The warping parameter τ_i of each pair from its raw distance d_i (B,)."""

@@ -18,12 +18,28 @@ from .registry import Registry
 
 PAIRINGS: Registry = Registry("pairing")
 METRICS = ("euclidean", "sqeuclidean", "cosine")
+SPACES = ("input", "feature")
 
 
 def _check_metric(metric: str) -> str:
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r}: expected one of {list(METRICS)}")
     return metric
+
+
+def _check_space(space: str) -> str:
+    if space not in SPACES:
+        raise ValueError(f"space={space!r}: expected one of {list(SPACES)}")
+    return space
+
+
+def _space(x: Tensor, features: Tensor | None, space: str, who: str) -> Tensor:
+    """The tensor distances are measured in: the (flattened) inputs, or the features the loop supplies."""
+    if space == "input":
+        return x
+    if features is None:
+        raise ValueError(f"{who} with space='feature' needs features=(B, D) from the training loop; got None")
+    return features
 
 
 def pair_distance(a: Tensor, b: Tensor, metric: str = "euclidean") -> Tensor:
@@ -115,16 +131,21 @@ class OffsetPairing:
 
 
 class _DistancePairing:
-    """Pick each sample's partner from the (B, B) distance matrix, never itself (B >= 2)."""
+    """Pick each sample's partner from the (B, B) distance matrix, never itself (B >= 2).
+
+    ``space='input'`` measures distances between the inputs (under manifold mixup: the hidden
+    state being mixed), ``space='feature'`` between the ``features`` the training loop passes.
+    """
 
     largest = False
 
-    def __init__(self, *, metric: str = "euclidean") -> None:
+    def __init__(self, *, metric: str = "euclidean", space: str = "input") -> None:
         self.metric = _check_metric(metric)
+        self.space = _check_space(space)
 
     def __call__(self, x: Tensor, y: Tensor | None = None, *, features: Tensor | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
-        z = x if features is None else features
+        z = _space(x, features, self.space, f"pairing {type(self).__name__}")
         d = pairwise_distance(z, self.metric)
         if d.shape[0] > 1:
             d.fill_diagonal_(-float("inf") if self.largest else float("inf"))
@@ -192,8 +213,9 @@ class OptimalPairing:
 
     host_sync = True
 
-    def __init__(self, *, metric: str = "euclidean") -> None:
+    def __init__(self, *, metric: str = "euclidean", space: str = "input") -> None:
         self.metric = _check_metric(metric)
+        self.space = _check_space(space)
 
     def __call__(self, x: Tensor, y: Tensor | None = None, *, features: Tensor | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
@@ -202,7 +224,8 @@ class OptimalPairing:
         b = x.shape[0]
         if b == 1:
             return torch.zeros(1, dtype=torch.long, device=x.device)
-        d = pairwise_distance(x if features is None else features, self.metric).double()
+        z = _space(x, features, self.space, "pairing 'optimal'")
+        d = pairwise_distance(z, self.metric).double()
         d.fill_diagonal_(float("inf"))  # forbid self-pairs; a derangement always exists for B >= 2
         _, cols = linear_sum_assignment(d.cpu().numpy())
         return torch.as_tensor(cols, dtype=torch.long).to(x.device)

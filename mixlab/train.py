@@ -93,14 +93,13 @@ def build(cfg: DictConfig) -> Parts:
     if cfg.pairing.name in ("same_class", "cross_class") and not classification:
         raise ConfigError(f"pairing={cfg.pairing.name!r}: needs class labels, but data={ds.name!r} is regression")
     mix = Mix(lam=cfg.lam.name, pairing=cfg.pairing.name, mixer=cfg.mixer.name,
-                  num_classes=ds.num_classes if classification else None, lam_kwargs=options(cfg.lam),
-                  pairing_kwargs=options(cfg.pairing), mixer_kwargs=options(cfg.mixer),
+              num_classes=ds.num_classes if classification else None, lam_kwargs=options(cfg.lam),
+              pairing_kwargs=options(cfg.pairing), mixer_kwargs=options(cfg.mixer),
               smoothing=cfg.smoothing if classification else 0.0, generator=generators["data"])
     mix.setup(num_samples=ds.n_train)
     with component_errors("optim"):
-        opt = options(cfg.optim)
-        optimizer, scheduler = build_optimizer(opt.pop("name", cfg.optim.name), model.parameters(),
-                                               steps_per_epoch=len(batches), epochs=cfg.trainer.epochs, **opt)
+        optimizer, scheduler = build_optimizer(cfg.optim.name, model.parameters(), steps_per_epoch=len(batches),
+                                               epochs=cfg.trainer.epochs, **options(cfg.optim))
     manifold = cfg.mixer.name == "manifold"
     uses_features = any(getattr(part, "space", "input") == "feature" for part in (mix.lam_policy, mix.pairing))
     forward = torch.compile(model) if cfg.trainer.compile else model

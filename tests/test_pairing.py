@@ -143,7 +143,9 @@ def test_nearest_farthest_match_brute_force(name, metric, use_features):
     x, _ = make_batch(23, seed=1)
     feats = torch.randn(23, 6, generator=torch.Generator().manual_seed(2))
     z = feats if use_features else x
-    partner = PAIRINGS.build(name, metric=metric)(x, None, features=feats if use_features else None).numpy()
+    space = "feature" if use_features else "input"
+    # features are always passed; only space='feature' may use them
+    partner = PAIRINGS.build(name, metric=metric, space=space)(x, None, features=feats).numpy()
     d = sq_dist_np(z, metric)
     np.fill_diagonal(d, np.inf if name == "nearest" else -np.inf)
     best = d.min(1) if name == "nearest" else d.max(1)
@@ -208,10 +210,10 @@ def test_optimal_small_batch_is_brute_force_optimum():
     np.testing.assert_allclose(_total(d, call("optimal", x, None)), best, rtol=1e-6)
 
 
-def test_optimal_uses_features_when_given():
+def test_optimal_uses_features_in_feature_space():
     x, _ = make_batch(12, seed=4)
     feats = torch.randn(12, 3, generator=torch.Generator().manual_seed(9))
-    partner = call("optimal", x, None, features=feats).numpy()
+    partner = PAIRINGS.build("optimal", space="feature")(x, None, features=feats).numpy()
     cost = sq_dist_np(feats, "euclidean")
     np.fill_diagonal(cost, np.inf)
     r, c = linear_sum_assignment(cost)
@@ -288,3 +290,12 @@ def test_bad_metric_is_a_value_error_naming_it(name):
 def test_misspelled_option_is_named(name):
     with pytest.raises(ValueError, match="metrik"):
         PAIRINGS.build(name, metrik="cosine")
+
+
+@pytest.mark.parametrize("name", ["nearest", "farthest", "optimal"])
+def test_feature_space_pairing_needs_features_and_checks_space(name):
+    x, _ = make_batch(5, seed=0)
+    with pytest.raises(ValueError, match="space='feature' needs features"):
+        PAIRINGS.build(name, space="feature")(x, None)
+    with pytest.raises(ValueError, match="space='pixels'"):
+        PAIRINGS.build(name, space="pixels")
