@@ -10,7 +10,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .config import ConfigError
-from .train import Diverged, train
+from .train import Diverged, Interrupted, train
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -20,6 +20,9 @@ def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     try:
         return train(cfg, hc.runtime.output_dir)
+    except Interrupted as e:  # pre-emption stops the whole sweep; re-running resumes it
+        print(f"mixlab: interrupted: {e}", file=sys.stderr)
+        sys.exit(143)
     except (ConfigError, Diverged) as e:
         print(f"mixlab: error: {e}", file=sys.stderr)
     except Exception as e:  # noqa: BLE001 - recorded in summary.json; one bad job must not sink a sweep

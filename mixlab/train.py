@@ -8,10 +8,14 @@ from ``last.pt`` and ends with the same metrics as an uninterrupted run (on CPU)
 from __future__ import annotations
 
 import math
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +38,38 @@ from .records import (MetricsLog, atomic_write_json, git_info, load_checkpoint, 
 
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class Interrupted(RuntimeError):
+    """SIGTERM or Ctrl-C (how SLURM pre-empts): stopped between two steps, last checkpoint intact."""
+
+
+@contextmanager
+def _signals_to_flag() -> Iterator[dict]:
+    """Turn SIGTERM/SIGINT into a flag the loop reads between steps, so a checkpoint or record being
+    written is finished first. A second signal stops at once (signals work in the main thread only)."""
+    flag: dict = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if flag["signal"] is not None:
+            raise KeyboardInterrupt
+        flag["signal"] = signal.Signals(signum).name
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _check_stop(stop: dict, epoch: int, step: int) -> None:
+    if stop["signal"] is not None:
+        raise Interrupted(f"{stop['signal']} during epoch {epoch} after step {step}; "
+                          f"re-run the same command to resume from the last finished epoch")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -115,7 +151,8 @@ def loss_per_sample(out: Tensor, target: Tensor, task: str) -> Tensor:
     return (out.squeeze(1) - target.float()).square() if target.dim() == 1 else (out - target).square().mean(1)
 
 
-def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: object | None) -> dict:
+def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: object | None,
+                stop: dict | None = None) -> dict:
     """One pass over the training set. Statistics stay on the device; the host reads them every
     ``log_every`` steps (for the progress bar and the divergence check) and at the end."""
     p.model.train()
@@ -170,6 +207,8 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
                 bar.set_postfix(loss=f"{s[0] / s[2]:.4f}", acc=f"{s[1] / s[2]:.3f}" if classification else "-")
         if bar is not None:
             bar.update(1)
+        if stop is not None:
+            _check_stop(stop, epoch, step + 1)
     seconds = time.perf_counter() - t0
     s = sums.tolist()
     row = {"train_loss": s[0] / s[2], "train_acc": s[1] / s[2] if classification else None,
@@ -248,19 +287,25 @@ def _progress_bar(total: int, desc: str, enabled: bool, **kw: object) -> object 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> float:
     """Train as ``cfg`` says, write the run records to ``run_dir``, return the final test accuracy
-    (test MSE for regression). Raises ``ConfigError`` for bad configuration (before training) and
-    ``Diverged`` for a non-finite loss; either way ``summary.json`` records the status and error."""
+    (test MSE for regression). Raises ``ConfigError`` for bad configuration (before training),
+    ``Diverged`` for a non-finite loss and ``Interrupted`` after SIGTERM/Ctrl-C; each way
+    ``summary.json`` records the status and error. A completed run is not redone."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    started = time.time()
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    summary: dict = {"status": "running", "config": resolved, "git": git_info(), "versions": versions(),
-                     "epochs": cfg.get("trainer", {}).get("epochs")}
-    log = MetricsLog(run_dir / "metrics.jsonl")
     previous = read_json(run_dir / "summary.json") or {}
     if previous.get("status") == "completed" and previous.get("config") == resolved:
         print(f"mixlab: {run_dir} already completed; skipping (delete summary.json to redo)", file=sys.stderr)
         return previous["objective"]
+    with _signals_to_flag() as stop:
+        return _run(cfg, run_dir, resolved, previous, stop)
+
+
+def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: dict) -> float:
+    started = time.time()
+    summary: dict = {"status": "running", "config": resolved, "git": git_info(), "versions": versions(),
+                     "epochs": cfg.get("trainer", {}).get("epochs")}
+    log = MetricsLog(run_dir / "metrics.jsonl")
     logger = None
     try:
         validate(cfg)
@@ -281,7 +326,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
         for epoch in range(start + 1, epochs + 1):
             t0 = time.perf_counter()
             batch_bar = _progress_bar(len(p.batches), f"epoch {epoch}", show, leave=False)
-            result = train_epoch(p, epoch, epochs, log_every=cfg.trainer.log_every, bar=batch_bar)
+            result = train_epoch(p, epoch, epochs, log_every=cfg.trainer.log_every, bar=batch_bar, stop=stop)
             if batch_bar is not None:
                 batch_bar.close()
             test = evaluate(p)
@@ -299,6 +344,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
             (epoch_bar.write if epoch_bar is not None else _eprint)(_epoch_line(row, epochs))
             if epoch_bar is not None:
                 epoch_bar.update(1)
+            if epoch < epochs:
+                _check_stop(stop, epoch + 1, 0)
         if epoch_bar is not None:
             epoch_bar.close()
         rows = log.rows()
@@ -306,8 +353,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
         summary.update(_final(rows, p.ds, wall_before + time.time() - started), status="completed")
         summary.pop("error", None)
         return summary["objective"]
-    except Exception as e:
-        status = "diverged" if isinstance(e, Diverged) else "failed"
+    except (Exception, KeyboardInterrupt) as e:
+        status = {Diverged: "diverged", Interrupted: "interrupted", KeyboardInterrupt: "interrupted"}.get(
+            type(e), "failed")
         summary.update(status=status, error=f"{type(e).__name__}: {e}", wall_seconds=time.time() - started)
         rows = log.rows()
         if rows:

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from mixlab.train import Diverged, train
 from .test_config import compose_cfg
 
 FAST = ("data=digits", "data.train_subset=256", "data.batch_size=32", "model=mlp", "model.hidden=[32]",
-        "device=cpu", "trainer.epochs=2", "trainer.progress=false")
+        "device=cpu", "trainer.epochs=2", "trainer.progress=false", "optim=sgd")
 EPOCH_FIELDS = {"epoch", "train_loss", "test_acc", "test_nll", "test_ece", "test_brier", "lam_mean", "lam_std",
                 "lam_min", "lam_max", "lam_hist", "pair_same_class", "pair_distance", "lr", "seconds",
                 "images_per_second"}
@@ -177,3 +179,26 @@ def test_cli_multirun_over_lambda_policies(tmp_path):
     assert sorted(summaries) == sorted(policies)
     assert all(s["status"] == "completed" and math.isfinite(s["final"]["test_acc"]) for s in summaries.values())
     assert sorted(p.parent.name for p in tmp_path.glob("*/metrics.jsonl")) == ["0", "1", "2", "3"]
+
+
+def test_sigterm_records_interrupted_and_rerun_resumes_to_identical_metrics(tmp_path):
+    overrides = [*FAST, "trainer.epochs=40", "data.train_subset=128"]
+    cmd = [sys.executable, "-m", "mixlab", *overrides, f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and "interrupted: SIGTERM" in err and "Traceback" not in err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "SIGTERM" in summary["error"]
+    done = load_checkpoint(tmp_path / "run" / "last.pt")["epoch"]
+    assert 2 <= done < 40 and len(metrics.read_text().splitlines()) == done
+
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and f"resuming after epoch {done}" in r.stderr
+    _, uninterrupted, _ = run(tmp_path, "trainer.epochs=40", "data.train_subset=128", name="full")
+    resumed = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert without_timing(resumed) == without_timing(uninterrupted)
