@@ -158,7 +158,8 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
     p.model.train()
     ds, dev, steps = p.ds, p.device, len(p.batches)
     classification = ds.task == "classification"
-    sums = torch.zeros(5, device=dev, dtype=torch.float64)  # loss, correct, n, same-class pairs, pair distance
+    sums = torch.zeros(4, device=dev, dtype=torch.float64)  # loss, correct, same-class pairs, pair distance
+    n = 0  # samples seen: known on the host, so never copied to the device
     lams: list[Tensor] = []
     images: Tensor | None = None
     t0 = time.perf_counter()
@@ -192,33 +193,31 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
         p.mix.observe(per_sample.detach(), index)
 
         last = p.mix.last
-        b = y.shape[0]
-        pair_d = pair_distance(x, x[last.partner]).sum()
-        same = (y == y[last.partner]).sum() if classification else torch.zeros((), device=dev)
-        correct = (out.argmax(1) == y_mix.argmax(1)).sum() if classification else torch.zeros((), device=dev)
-        sums += torch.stack([loss.detach() * b, correct, torch.tensor(b, device=dev), same, pair_d]).double()
+        n += y.shape[0]
+        pair_d = pair_distance(x, x.index_select(0, last.partner))  # input space, (B,)
+        zero = pair_d.new_zeros(())
+        same = (y == y[last.partner]).sum() if classification else zero
+        correct = (out.argmax(1) == y_mix.argmax(1)).sum() if classification else zero
+        sums += torch.stack([loss.detach() * y.shape[0], correct, same, pair_d.sum()]).double()
         lams.append(last.lam.detach())
-        pairs = (last.lam, x, last.partner)  # the epoch's last batch, for the λ-vs-distance record
         if (step + 1) % log_every == 0 or step + 1 == steps:
             s = sums.tolist()  # the one host sync per log interval
             if not math.isfinite(s[0]):
-                raise Diverged(f"training loss is {s[0] / s[2]} at epoch {epoch}, step {step + 1}")
+                raise Diverged(f"training loss is {s[0] / n} at epoch {epoch}, step {step + 1}")
             if bar is not None:
-                bar.set_postfix(loss=f"{s[0] / s[2]:.4f}", acc=f"{s[1] / s[2]:.3f}" if classification else "-")
+                bar.set_postfix(loss=f"{s[0] / n:.4f}", acc=f"{s[1] / n:.3f}" if classification else "-")
         if bar is not None:
             bar.update(1)
         if stop is not None:
             _check_stop(stop, epoch, step + 1)
     seconds = time.perf_counter() - t0
     s = sums.tolist()
-    row = {"train_loss": s[0] / s[2], "train_acc": s[1] / s[2] if classification else None,
-           "pair_same_class": s[3] / s[2] if classification else None, "pair_distance": s[4] / s[2],
-           "train_seconds": seconds, "images_per_second": s[2] / seconds}
+    row = {"train_loss": s[0] / n, "train_acc": s[1] / n if classification else None,
+           "pair_same_class": s[2] / n if classification else None, "pair_distance": s[3] / n,
+           "train_seconds": seconds, "images_per_second": n / seconds}
     row.update(lam_stats(torch.cat(lams)))
-    lam, x, partner = pairs
-    sample = slice(0, 256)
-    lam_vs_distance = {"distance": pair_distance(x[sample], x[partner[sample]]).tolist(),
-                       "lam": lam[sample].float().tolist()}
+    # up to 256 pairs of the epoch's last batch, for the report's λ-against-distance picture
+    lam_vs_distance = {"distance": pair_d[:256].tolist(), "lam": last.lam[:256].float().tolist()}
     return {"row": row, "images": images, "lam_vs_distance": lam_vs_distance}
 
 
