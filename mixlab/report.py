@@ -233,24 +233,29 @@ def _budget(configs: list[Config]) -> str:
             + (f" ({opts})" if opts else "") + f", {vals('trainer.epochs')} epochs")
 
 
-def _evidence(comps: dict[str, list[dict]], n_text: str, budget: str, baseline: str) -> str:
-    parts = []
+def _evidence(comps: dict[str, list[dict]], n_text: str, budget: str, baseline: str) -> list[tuple]:
+    """One bullet per metric and reference: which policies are detectably better, worse, or neither."""
+    items = []
     for m, rows in comps.items():
         name = NAMES.get(m, m)
-        hits = [r for r in rows if r["verdict"] in ("better", "worse")]
         if not rows:
-            parts.append(f"on {name} no comparison could be made (no matching lam={baseline} or lam=none runs)")
-        elif not hits:
-            refs = " or ".join(dict.fromkeys(r["ref"] for r in rows))
-            parts.append(f"no λ policy is detectably better or worse than {refs} on {name} ({len(rows)} comparisons)")
-        else:
-            parts.append(f"on {name}, " + "; ".join(
-                f"{r['label']} is detectably {r['verdict']} than {r['ref_label']} (Δ={r['diff']:+.4f}, 95% CI "
-                f"[{r['lo']:+.4f}, {r['hi']:+.4f}], Holm p={r['p_adj']:.3g})" for r in hits)
-                + f", and no other of the {len(rows)} comparisons is detectable")
-    return (f"At {n_text} (budget: {budget}), " + "; ".join(parts) + ". The table is sorted by mean for reading "
-            "only: differences smaller than the seed-to-seed noise (Holm-adjusted paired t-test p ≥ 0.05, or a "
-            "95% CI of the difference that contains 0) are not ranked.")
+            items.append(f"{name}: no comparison could be made (no matching lam={baseline} or lam=none runs)")
+        for ref in dict.fromkeys(r["ref_label"] for r in rows):
+            mine = [r for r in rows if r["ref_label"] == ref]
+            parts = []
+            for word in ("better", "worse"):
+                hits = [f"{r['label']} ({r['diff']:+.4f}, 95% CI [{r['lo']:+.4f}, {r['hi']:+.4f}])"
+                        for r in mine if r["verdict"] == word]
+                if hits:
+                    parts.append(f"detectably {word}: " + ", ".join(hits))
+            rest = [r["label"] for r in mine if r["verdict"] not in ("better", "worse")]
+            if rest:
+                parts.append("no detectable difference: " + ", ".join(rest))
+            items.append(f"{name} against {ref} — " + "; ".join(parts))
+    lead = (f"At {n_text} (budget: {budget}). Δ is the seed-matched mean difference; a policy is called better "
+            "or worse only when the Holm-adjusted paired t-test gives p < 0.05 and the 95% CI of Δ excludes 0. "
+            "Differences smaller than the seed-to-seed noise are not ranked, and a verdict holds for this budget only.")
+    return [("p", lead), ("ul", items)]
 
 
 def _save(fig: plt.Figure, path: Path) -> bytes:
@@ -270,6 +275,8 @@ def _md(blocks: list[tuple]) -> str:
             out.append("")
         elif b[0] == "figure":
             out += [f"![{b[2]}](figures/{b[1]}.png)", "", f"*{b[2]}*", ""]
+        elif b[0] == "ul":
+            out += [f"- {item}" for item in b[1]] + [""]
         else:
             out += [{"h1": "# ", "h2": "## ", "p": ""}[b[0]] + b[1], ""]
     return "\n".join(out)
@@ -289,6 +296,8 @@ def _html(blocks: list[tuple], title: str) -> str:
             src = "data:image/png;base64," + base64.b64encode(b[3]).decode()
             out.append(f"<figure id='{b[1]}'><img alt='{e(b[2])}' src='{src}'>"
                        f"<figcaption>{e(b[2])}</figcaption></figure>")
+        elif b[0] == "ul":
+            out.append("<ul>" + "".join(f"<li>{e(item)}</li>" for item in b[1]) + "</ul>")
         else:
             out.append(f"<{b[0]}>{e(b[1])}</{b[0]}>")
     return "\n".join(out + ["</body></html>"])
@@ -324,7 +333,7 @@ def _text_blocks(sweep: Path, runs: list[Run], table_block: tuple, comps: dict[s
     """Header, evidence, the configuration table, one comparison table per metric, the failed runs."""
     name = NAMES.get(metric, metric)
     blocks: list[tuple] = [("h1", f"mixlab report: {sweep}"), ("p", f"{_status_line(runs)}. Budget: {budget}."),
-                           ("h2", "What the evidence supports"), ("p", _evidence(comps, n_text, budget, baseline)),
+                           ("h2", "What the evidence supports"), *_evidence(comps, n_text, budget, baseline),
                            ("h2", f"Configurations (sorted by mean {name}; not a ranking, see the verdicts)"),
                            table_block]
     for m, cr in comps.items():
