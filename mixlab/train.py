@@ -332,9 +332,11 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: d
             extras = {"reliability": test.pop("reliability", None), "lam_vs_distance": result["lam_vs_distance"]}
             row = {"epoch": epoch, **result["row"], **test, "lr": p.optimizer.param_groups[0]["lr"],
                    "seconds": time.perf_counter() - t0}
-            save_checkpoint(run_dir / "last.pt", _state(p, epoch))  # before the record: a kill in between replays the epoch
-            atomic_write_json(run_dir / "last_epoch.json", extras)
+            # Record first, checkpoint second: a kill between the two resumes from epoch - 1, drops this
+            # row (MetricsLog.truncate) and replays the epoch to the same row. The other order would lose it.
             log.append(row)
+            atomic_write_json(run_dir / "last_epoch.json", extras)
+            save_checkpoint(run_dir / "last.pt", _state(p, epoch))
             logger.log(row, step=epoch)
             if result["images"] is not None and p.ds.is_image:
                 grid = _grid(result["images"], p.ds)

@@ -130,6 +130,27 @@ def test_resume_after_interruption_gives_identical_metrics(extra, tmp_path, monk
     assert without_timing(resumed) == without_timing(uninterrupted)
 
 
+def test_kill_between_record_and_checkpoint_loses_nothing(tmp_path, monkeypatch):
+    overrides = ("lambda=loss", "lam.per_sample=true", "trainer.epochs=3")
+    _, uninterrupted, _ = run(tmp_path, *overrides, name="full")
+    real_save, saves = train_module.save_checkpoint, []
+
+    def dies_before_epoch_2_checkpoint(path, state):
+        saves.append(state["epoch"])
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt  # epoch 2's row is written, its checkpoint is not
+        real_save(path, state)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", dies_before_epoch_2_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, *overrides, name="killed")
+    assert len((tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()) == 2
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    _, resumed, summary = run(tmp_path, *overrides, name="killed")
+    assert summary["status"] == "completed"
+    assert without_timing(resumed) == without_timing(uninterrupted)
+
+
 def test_rerun_of_a_completed_run_does_no_work(tmp_path, monkeypatch):
     _, first, _ = run(tmp_path)
     monkeypatch.setattr(train_module, "train_epoch", lambda *a, **k: pytest.fail("trained again"))
