@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from .pairing import METRICS, _check_space, _rand, _space, pair_distance
+from .pairing import METRICS, SPACES, _check_choice, _rand, _space, pair_distance
 from .registry import Registry
 
 LAMBDAS: Registry = Registry("lambda")
@@ -93,12 +93,6 @@ def _check_positive(name: str, value: float) -> float:
     if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
         raise ValueError(f"{name}={value!r}: expected a finite number > 0")
     return float(value)
-
-
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r}: expected one of {list(allowed)}")
-    return value
 
 
 class Policy:
@@ -198,7 +192,7 @@ class Distance(Policy):
         self.map = _check_choice("map", map, ("exp", "inverse", "gaussian"))
         self.temperature = _check_positive("temperature", temperature)
         self.normalize = _check_choice("normalize", normalize, ("mean", "median", "none"))
-        self.space = _check_space(space)
+        self.space = _check_choice("space", space, SPACES)
 
     def __call__(self, x, partner, *, features=None, **_: object) -> Tensor:
         z = _space(x, features, self.space, "lambda 'distance'")
@@ -227,7 +221,7 @@ class SimilarityKernel(Policy):
         self.tau_max = _check_positive("tau_max", tau_max)
         self.tau_std = _check_positive("tau_std", tau_std)
         self.metric = _check_choice("metric", metric, METRICS)
-        self.space = _check_space(space)
+        self.space = _check_choice("space", space, SPACES)
 
     def tau(self, d: Tensor) -> Tensor:
         """The warping parameter τ_i of each pair from its raw distance d_i (B,)."""

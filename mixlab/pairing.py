@@ -21,16 +21,10 @@ METRICS = ("euclidean", "sqeuclidean", "cosine")
 SPACES = ("input", "feature")
 
 
-def _check_metric(metric: str) -> str:
-    if metric not in METRICS:
-        raise ValueError(f"metric={metric!r}: expected one of {list(METRICS)}")
-    return metric
-
-
-def _check_space(space: str) -> str:
-    if space not in SPACES:
-        raise ValueError(f"space={space!r}: expected one of {list(SPACES)}")
-    return space
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r}: expected one of {list(allowed)}")
+    return value
 
 
 def _space(x: Tensor, features: Tensor | None, space: str, who: str) -> Tensor:
@@ -140,8 +134,8 @@ class _DistancePairing:
     largest = False
 
     def __init__(self, *, metric: str = "euclidean", space: str = "input") -> None:
-        self.metric = _check_metric(metric)
-        self.space = _check_space(space)
+        self.metric = _check_choice("metric", metric, METRICS)
+        self.space = _check_choice("space", space, SPACES)
 
     def __call__(self, x: Tensor, y: Tensor | None = None, *, features: Tensor | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
@@ -173,6 +167,7 @@ class _ClassPairing:
     """
 
     same = True
+    needs_classes = True  # the training loop rejects these on regression data before training
 
     def __call__(self, x: Tensor, y: Tensor | None = None, *, features: Tensor | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
@@ -202,7 +197,7 @@ class CrossClassPairing(_ClassPairing):
 
 
 @PAIRINGS.register("optimal")
-class OptimalPairing:
+class OptimalPairing(_DistancePairing):
     """A one-to-one assignment minimising the total pair distance, with no self-pairs.
 
     Optimal transport between the batch and itself with uniform weights, as in k-Mixup
@@ -212,10 +207,6 @@ class OptimalPairing:
     """
 
     host_sync = True
-
-    def __init__(self, *, metric: str = "euclidean", space: str = "input") -> None:
-        self.metric = _check_metric(metric)
-        self.space = _check_space(space)
 
     def __call__(self, x: Tensor, y: Tensor | None = None, *, features: Tensor | None = None,
                  generator: torch.Generator | None = None) -> Tensor:

@@ -126,7 +126,7 @@ def build(cfg: DictConfig) -> Parts:
                                   ("mixer", MIXERS, cfg.mixer)):
         with component_errors(group):
             registry.build(node.name, **options(node))  # validates the options; Mix builds its own
-    if cfg.pairing.name in ("same_class", "cross_class") and not classification:
+    if getattr(PAIRINGS.get(cfg.pairing.name), "needs_classes", False) and not classification:
         raise ConfigError(f"pairing={cfg.pairing.name!r}: needs class labels, but data={ds.name!r} is regression")
     mix = Mix(lam=cfg.lam.name, pairing=cfg.pairing.name, mixer=cfg.mixer.name,
               num_classes=ds.num_classes if classification else None, lam_kwargs=options(cfg.lam),
