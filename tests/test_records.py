@@ -321,16 +321,20 @@ def isolated_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_git_info_in_a_temp_repo(isolated_git: Path) -> None:
-    repo = isolated_git / "repo"
+def _one_commit_repo(root: Path) -> tuple[Path, str]:
+    """A git repo under ``root`` with a.txt committed once; returns it and the commit's sha."""
+    repo = root / "repo"
     repo.mkdir()
     _git(repo, "init", "-q")
     (repo / "a.txt").write_text("one\n")
     _git(repo, "add", "a.txt")
     _git(repo, "commit", "-q", "-m", "init")
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
-    sha = head.stdout.strip()
+    return repo, head.stdout.strip()
 
+
+def test_git_info_in_a_temp_repo(isolated_git: Path) -> None:
+    repo, sha = _one_commit_repo(isolated_git)
     info = git_info(repo)
     assert info == {"commit": sha, "dirty": False}
     (repo / "a.txt").write_text("two\n")
@@ -340,12 +344,8 @@ def test_git_info_in_a_temp_repo(isolated_git: Path) -> None:
 
 
 def test_git_info_untracked_file_is_dirty(isolated_git: Path) -> None:
-    repo = isolated_git / "repo"
-    repo.mkdir()
-    _git(repo, "init", "-q")
-    (repo / "a.txt").write_text("x\n")
-    _git(repo, "add", "a.txt")
-    _git(repo, "commit", "-q", "-m", "init")
+    repo, _ = _one_commit_repo(isolated_git)
+    assert git_info(repo)["dirty"] is False
     (repo / "new.py").write_text("")
     assert git_info(repo)["dirty"] is True
 
