@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from mixlab.registry import Registry
+from mixlab.registry import Registry, is_number
 
 __all__ = [
     "MODELS",
@@ -38,16 +38,25 @@ MixFn = Callable[[Tensor], Tensor]
 
 
 # --------------------------------------------------------------------------- validation
-def _check_positive_int(option: str, value: object) -> int:
-    # bool is an int subclass; True as a width is always a config mistake.
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{option} must be a positive int, got {value!r}")
+# Upper bounds on sizes: far above any published setting, they turn a typo (an extra zero or
+# three) into a one-line error instead of an out-of-memory crash while allocating the weights.
+MAX_WIDTH, MAX_WIDEN, MAX_HIDDEN, MAX_DEPTH = 1024, 64, 65536, 1000
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # True as a width is a config mistake
+
+
+def _check_positive_int(option: str, value: object, at_most: int | None = None) -> int:
+    if not _is_int(value) or value < 1 or (at_most is not None and value > at_most):
+        allowed = "an integer >= 1" if at_most is None else f"an integer in 1..{at_most}"
+        raise ValueError(f"{option}={value!r}: expected {allowed}")
     return value
 
 
 def _check_dropout(option: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{option} must be a float in [0, 1), got {value!r}")
+    if not (is_number(value) and 0.0 <= value < 1.0):
+        raise ValueError(f"{option}={value!r}: expected a number in [0, 1)")
     return float(value)
 
 
@@ -280,11 +289,9 @@ class MLP(MixModel):
         dropout: float = 0.0,
     ) -> None:
         in_shape = _check_in_shape(in_shape)
-        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or len(hidden) == 0:
-            raise ValueError(f"hidden must be a non-empty sequence of positive ints, got {hidden!r}")
-        for width in hidden:
-            if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-                raise ValueError(f"hidden must be a non-empty sequence of positive ints, got {hidden!r}")
+        is_list = not isinstance(hidden, (str, bytes)) and isinstance(hidden, Sequence) and len(hidden) > 0
+        if not is_list or not all(_is_int(w) and 1 <= w <= MAX_HIDDEN for w in hidden):
+            raise ValueError(f"hidden={hidden!r}: expected a non-empty list of integers in 1..{MAX_HIDDEN}")
         dropout = _check_dropout("dropout", dropout)
         blocks: list[nn.Module] = []
         prev = math.prod(in_shape)
@@ -315,7 +322,7 @@ class SimpleCNN(MixModel):
     def __init__(self, *, in_shape: tuple[int, ...], num_classes: int, width: int = 24) -> None:
         in_shape = _check_in_shape(in_shape)
         channels, _, _ = _check_image_shape("cnn", in_shape, min_size=8)
-        width = _check_positive_int("width", width)
+        width = _check_positive_int("width", width, MAX_WIDTH)
         widths = (width, 2 * width, 4 * width)
         blocks: list[nn.Module] = []
         prev = channels
@@ -339,7 +346,7 @@ class PreActResNet18(MixModel):
     def __init__(self, *, in_shape: tuple[int, ...], num_classes: int, width: int = 64) -> None:
         in_shape = _check_in_shape(in_shape)
         channels, _, _ = _check_image_shape("preact_resnet18", in_shape)
-        width = _check_positive_int("width", width)
+        width = _check_positive_int("width", width, MAX_WIDTH)
         widths = (width, 2 * width, 4 * width, 8 * width)
         blocks: list[nn.Module] = [_conv3x3(channels, width)]
         prev = width
@@ -376,11 +383,10 @@ class WideResNet(MixModel):
     ) -> None:
         in_shape = _check_in_shape(in_shape)
         channels, _, _ = _check_image_shape("wrn", in_shape)
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6 != 0:
-            raise ValueError(
-                f"depth must be an int >= 10 with (depth - 4) % 6 == 0 (16, 22, 28, 40, ...), got {depth!r}"
-            )
-        widen = _check_positive_int("widen", widen)
+        if not _is_int(depth) or not 10 <= depth <= MAX_DEPTH or (depth - 4) % 6 != 0:
+            raise ValueError(f"depth={depth!r}: expected an integer in 10..{MAX_DEPTH} with (depth - 4) % 6 == 0 "
+                             "(16, 22, 28, 40, ...)")
+        widen = _check_positive_int("widen", widen, MAX_WIDEN)
         dropout = _check_dropout("dropout", dropout)
         per_group = (depth - 4) // 6
         blocks: list[nn.Module] = [_conv3x3(channels, 16)]

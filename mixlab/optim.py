@@ -6,7 +6,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .registry import Registry
+from .registry import Registry, is_number
 
 OPTIMIZERS: Registry = Registry("optim")
 SCHEDULES = ("cosine", "step", "constant")
@@ -16,7 +16,7 @@ SCHEDULES = ("cosine", "step", "constant")
 def sgd(params: Iterable, *, lr: float = 0.05, momentum: float = 0.9, nesterov: bool = True,
         weight_decay: float = 5e-4) -> torch.optim.Optimizer:
     if nesterov and momentum <= 0:
-        raise ValueError(f"optim.momentum={momentum}: nesterov=true needs momentum > 0")
+        raise ValueError(f"optim.momentum={momentum!r}: expected a number in (0, 1) with optim.nesterov=true")
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
 
 
@@ -49,6 +49,9 @@ def build_optimizer(name: str, params: Iterable, *, steps_per_epoch: int, epochs
     """The optimiser registered as ``name`` and a LambdaLR stepped once per optimiser step."""
     if schedule not in SCHEDULES:
         raise ValueError(f"optim.schedule={schedule!r}: expected one of {list(SCHEDULES)}")
+    # A warm-up longer than training never reaches the peak rate; 1e300 epochs would overflow round().
+    if not (is_number(warmup_epochs) and 0 <= warmup_epochs <= epochs):
+        raise ValueError(f"optim.warmup_epochs={warmup_epochs!r}: expected a number in [0, {epochs}] (trainer.epochs)")
     optimizer = OPTIMIZERS.build(name, params=params, **options)
     total, warmup = steps_per_epoch * epochs, round(warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -1,6 +1,7 @@
 """Config tier: the real conf/ composed through Hydra's compose API."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -127,8 +128,11 @@ def test_misspelled_component_option_is_named():
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    # This checkout first on the path: `python -m mixlab` from another directory must not depend on
+    # where (or whether) the package was installed.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, "-m", "mixlab", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
 
 
 @pytest.mark.parametrize("override,expected", [
