@@ -196,27 +196,182 @@ class CrossClassPairing(_ClassPairing):
     same = False
 
 
+# --------------------------------------------------------------------------- optimal (one-to-one) pairing
+
+OPTIMAL_SOLVERS = ("auto", "exact", "sinkhorn")
+# solver='auto' on an accelerator: exact up to this batch size, sinkhorn above. From
+# docs/bench_optimal.json (scripts/bench_optimal.py, host: 2 shared EPYC cores): the Hungarian
+# takes ~0.5 ms at B = 128 and ~6 ms at 256, less than the sinkhorn solver's fixed cost (its ~1.6k
+# small ops take ~25 ms to dispatch there even at B = 8; on a GPU they are launches that do not
+# stall it), so up to 256 the exact optimum costs no more. Past that the Hungarian grows ~4-5x
+# per doubling (25-33 ms at 512, ~0.6 s at 2048) and the GPU idles through all of it.
+AUTO_EXACT_MAX_BATCH = 256
+_NEG = -float("inf")
+
+
+def exact_assignment(cost: Tensor) -> Tensor:
+    """The optimal derangement of the (B, B) ``cost`` (diagonal forbidden), by the Hungarian
+    algorithm on the host (``scipy.optimize.linear_sum_assignment``, float64). Copies the
+    matrix to the host: one device sync. B >= 2."""
+    from scipy.optimize import linear_sum_assignment
+
+    d = cost.detach().double()
+    d.fill_diagonal_(float("inf"))  # a derangement always exists for B >= 2
+    _, cols = linear_sum_assignment(d.cpu().numpy())
+    return torch.as_tensor(cols, dtype=torch.long).to(cost.device)
+
+
+def _put(t: Tensor, index: Tensor, value: Tensor, where: Tensor) -> Tensor:
+    """``t[index[k]] = value[k]`` for the k where ``where[k]``, without a sync: the other k
+    write to a scratch slot past the end. Assumes no two selected k share an index."""
+    n = t.shape[0]
+    padded = torch.cat([t, t.new_zeros(1)])
+    return padded.scatter(0, torch.where(where, index, n), value.to(t.dtype))[:n]
+
+
+def _lowest_top_bidder(col: Tensor, bid: Tensor, bidding: Tensor) -> tuple[Tensor, Tensor]:
+    """Row ``i`` (where ``bidding[i]``) bids ``bid[i]`` for column ``col[i]``. For each column:
+    the lowest-index row among its highest bidders (B if no bid), and the highest bid."""
+    b = col.shape[0]
+    rows = torch.arange(b, device=col.device)
+    bid = torch.where(bidding, bid, _NEG)
+    best = torch.full((b,), _NEG, device=col.device).scatter_reduce(0, col, bid, "amax")
+    top = bidding & (bid == best[col])
+    return torch.full((b,), b, dtype=torch.long, device=col.device).scatter_reduce(
+        0, col, torch.where(top, rows, b), "amin"), best
+
+
+def sinkhorn_assignment(cost: Tensor, *, iters: int = 20, tau_end: float = 1e-2, auction_rounds: int = 24,
+                        greedy_rounds: int = 8, polish_rounds: int = 4) -> Tensor:
+    """An approximately optimal derangement of the (B, B) ``cost`` (its diagonal is ignored),
+    computed entirely on ``cost.device`` with a fixed sequence of kernels: no host-device sync.
+
+    Always a permutation with no fixed point for B >= 2 (``[0]`` for B = 1), deterministic for a
+    given input. Every step is a fixed number of O(B^2) passes:
+
+    1. normalise: subtract row then column minima (the assignment is unchanged) and divide by
+       the mean off-diagonal entry, so the temperatures below are relative to the cost's scale;
+    2. ``iters`` log-domain Sinkhorn iterations (uniform marginals) with the temperature annealed
+       geometrically from 1 to ``tau_end``: its column potential is a near-optimal dual;
+    3. ``auction_rounds`` of a parallel (Jacobi) auction (Bertsekas) started from those prices:
+       every unassigned row bids for its best column, raising its price by (best - second best
+       + a step growing from 1e-3 to 1 over the rounds); the highest bid wins a column and
+       displaces its owner; ties go to the lowest row index;
+    4. ``greedy_rounds`` in which the rows still unassigned take free columns, cheapest first,
+       without displacing anyone; whatever is left is matched in index order (sort-based);
+    5. self-pairs that fill made are removed: two or more are rotated among themselves, a lone
+       one swaps partners with the next row (both stay one-to-one and self-free);
+    6. ``polish_rounds`` of parallel 2-opt: rows i, j that are each other's best swap (positive
+       gain, no self-pair created) exchange partners.
+    """
+    b = cost.shape[0]
+    dev = cost.device
+    if b == 1:
+        return torch.zeros(1, dtype=torch.long, device=dev)
+    if b == 2:
+        return torch.arange(1, -1, -1, device=dev)  # not torch.tensor(..., device): a host->device copy waits
+    rows = torch.arange(b, device=dev)
+    eye = torch.eye(b, dtype=torch.bool, device=dev)
+
+    # 1. normalised cost, +inf on the diagonal; off-diagonal mean 1 (0 if all equal), entries in [0, B^2].
+    c = cost.detach().float().masked_fill(eye, float("inf"))
+    c = c - c.amin(1, keepdim=True)
+    c = c - c.amin(0, keepdim=True)
+    c = c / (c.masked_fill(eye, 0.0).sum() / (b * (b - 1))).clamp_min(1e-30)
+
+    # 2. annealed log-domain Sinkhorn -> column potential g (a price vector, -g).
+    f = torch.zeros(b, device=dev)
+    g = torch.zeros(b, device=dev)
+    for t in range(iters):
+        eps = tau_end ** (t / max(iters - 1, 1))
+        f = -eps * torch.logsumexp((g[None, :] - c) / eps, dim=1)
+        g = -eps * torch.logsumexp((f[:, None] - c) / eps, dim=0)
+
+    # 3. Jacobi auction from prices -g. partner: row -> column, owner: column -> row (-1: none).
+    price = -g
+    partner = torch.full((b,), -1, dtype=torch.long, device=dev)
+    owner = torch.full((b,), -1, dtype=torch.long, device=dev)
+    for r in range(auction_rounds):
+        value = -c - price[None, :]
+        w1, j = value.max(1)  # first maximum on ties: deterministic
+        w2 = value.scatter(1, j[:, None], _NEG).amax(1)
+        step = 1e-3 * 1e3 ** (r / max(auction_rounds - 1, 1))
+        free = partner < 0
+        win, best = _lowest_top_bidder(j, price[j] + (w1 - w2).clamp_max(1e6) + step, free)
+        got = win < b
+        partner = _put(partner, owner, torch.full_like(owner, -1), got & (owner >= 0))  # displaced
+        owner = torch.where(got, win, owner)
+        price = torch.where(got, best, price)
+        partner = _put(partner, win, rows, got)
+
+    # 4. greedy on what is left, then in-order fill.
+    for _ in range(greedy_rounds):
+        value = torch.where((partner < 0)[:, None] & (owner < 0)[None, :], -c, _NEG)
+        bid, j = value.max(1)
+        win, _ = _lowest_top_bidder(j, bid, bid > _NEG)
+        got = win < b
+        owner = torch.where(got, win, owner)
+        partner = _put(partner, win, rows, got)
+    free_rows = torch.argsort((partner >= 0).long() * b + rows)  # unassigned first, in index order
+    free_cols = torch.argsort((owner >= 0).long() * b + rows)
+    partner = _put(partner, free_rows, free_cols, rows < (partner < 0).sum())
+
+    # 5. remove self-pairs (only the fill can make them).
+    fixed = partner == rows
+    m = fixed.sum()
+    order = torch.argsort((~fixed).long() * b + rows)  # fixed points first
+    rotated = _put(partner, order, order[(rows + 1) % m.clamp_min(1)], rows < m)
+    lone, nxt = order[:1], (order[:1] + 1) % b
+    swapped = partner.scatter(0, torch.cat([lone, nxt]), torch.cat([partner[nxt], lone]))
+    partner = torch.where(m == 1, swapped, rotated)
+
+    # 6. parallel 2-opt on mutual best swaps.
+    for _ in range(polish_rounds):
+        cur = c.gather(1, partner[:, None]).squeeze(1)
+        cross = c[:, partner]  # cross[i, j] = c[i, partner[j]]
+        gain = torch.nan_to_num(cur[:, None] + cur[None, :] - cross - cross.T, nan=_NEG)
+        g_best, j = gain.max(1)
+        swap = (j[j] == rows) & (g_best > 0)
+        partner = torch.where(swap, partner[j], partner)
+    return partner
+
+
 @PAIRINGS.register("optimal")
 class OptimalPairing(_DistancePairing):
     """A one-to-one assignment minimising the total pair distance, with no self-pairs.
 
     Optimal transport between the batch and itself with uniform weights, as in k-Mixup
-    (Greenewald et al. 2023): solved exactly with the Hungarian algorithm
-    (``scipy.optimize.linear_sum_assignment``) on the host. This copies the (B, B) cost
-    matrix to the host once per batch: one device sync (``host_sync = True``).
+    (Greenewald et al. 2023). ``solver``:
+
+    - ``exact``: the Hungarian algorithm (``scipy.optimize.linear_sum_assignment``) on the
+      host. Copies the (B, B) cost matrix to the host once per batch: one device sync, and the
+      GPU idles while the host solves (O(B^3)).
+    - ``sinkhorn``: an approximate solver on the tensor's device with no sync
+      (:func:`sinkhorn_assignment`); still one-to-one and self-free, total cost typically
+      within 1% of the optimum (tests/test_pairing.py states the bound it is held to).
+    - ``auto`` (default): ``exact`` on the CPU (nothing to stall) and for B <=
+      ``AUTO_EXACT_MAX_BATCH``, ``sinkhorn`` on an accelerator above that.
+
+    ``host_sync`` is True unless ``solver='sinkhorn'`` (``auto`` syncs on the CPU and on small batches).
     """
 
-    host_sync = True
+    def __init__(self, *, metric: str = "euclidean", space: str = "input", solver: str = "auto") -> None:
+        super().__init__(metric=metric, space=space)
+        self.solver = _check_choice("solver", solver, OPTIMAL_SOLVERS)
+        self.host_sync = self.solver != "sinkhorn"
+
+    def uses_exact(self, device: torch.device, b: int) -> bool:
+        """Whether a batch of ``b`` on ``device`` is solved exactly (on the host)."""
+        if self.solver == "auto":
+            return torch.device(device).type == "cpu" or b <= AUTO_EXACT_MAX_BATCH
+        return self.solver == "exact"
 
     def __call__(self, x: Tensor, y: Tensor | None = None, *, features: Tensor | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
-        from scipy.optimize import linear_sum_assignment
-
         b = x.shape[0]
         if b == 1:
             return torch.zeros(1, dtype=torch.long, device=x.device)
         z = _space(x, features, self.space, "pairing 'optimal'")
-        d = pairwise_distance(z, self.metric).double()
-        d.fill_diagonal_(float("inf"))  # forbid self-pairs; a derangement always exists for B >= 2
-        _, cols = linear_sum_assignment(d.cpu().numpy())
-        return torch.as_tensor(cols, dtype=torch.long).to(x.device)
+        d = pairwise_distance(z, self.metric)
+        partner = exact_assignment(d) if self.uses_exact(d.device, b) else sinkhorn_assignment(d)
+        return partner.to(x.device)
