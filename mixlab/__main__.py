@@ -1,7 +1,14 @@
-"""``python -m mixlab [group=option ...] [key=value ...]`` — one run; add ``-m`` for a sweep."""
+"""``python -m mixlab [group=option ...] [key=value ...]`` — one run; add ``-m`` for a sweep.
+
+Several processes (DDP): ``torchrun --standalone --nproc_per_node=N -m mixlab ...``.
+"""
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
@@ -19,7 +26,7 @@ CONF = str(Path(__file__).resolve().parent.parent / "conf")
 def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     try:
-        return train(cfg, hc.runtime.output_dir)
+        return train(cfg, hc.runtime.output_dir)  # under torchrun, every process uses rank 0's
     except Interrupted as e:  # pre-emption stops the whole sweep; re-running resumes it
         print(f"mixlab: interrupted: {e}", file=sys.stderr)
         sys.exit(143)
@@ -35,5 +42,18 @@ def main(cfg: DictConfig) -> float:
     return float("nan")
 
 
+def _other_ranks_write_nothing() -> None:
+    """Under torchrun every process composes the config, but only rank 0's Hydra writes directories,
+    files and logs: the others' Hydra works in a private temporary directory, removed at exit
+    (their ``${now:...}`` could be a second later than rank 0's)."""
+    rank = int(os.environ.get("RANK", "0"))
+    if rank > 0:
+        tmp = tempfile.mkdtemp(prefix=f"mixlab-rank{rank}-")
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+        sys.argv += [f"hydra.run.dir={tmp}", f"hydra.sweep.dir={tmp}", "hydra.output_subdir=null",
+                     "hydra/job_logging=none", "hydra/hydra_logging=none"]
+
+
 if __name__ == "__main__":
+    _other_ranks_write_nothing()
     main()

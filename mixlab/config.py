@@ -1,18 +1,20 @@
 """Validation of the composed config at the boundary, before anything is built or trained.
 
-Top-level and loop keys are checked here against a table of rules; each component's own
-options (``lam.alpha``, ``model.depth``, ...) are checked by its constructor, and
+Top-level, loop, data, optimiser and logger keys are checked here against a table of rules;
+each component's own options (``lam.alpha``, ``model.depth``, ...) are type-checked against
+its constructor's annotations by ``Registry.build`` and range-checked by the constructor, and
 ``component_errors`` prefixes those messages with the config group. Every failure is one
-line: ``<key>=<value>: expected <what is allowed>``.
+line: ``<key>=<value>: expected <what is allowed>`` (``tests/test_fuzz_config.py`` fuzzes every key).
 """
 from __future__ import annotations
 
-import math
 import re
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
+
+from .registry import is_number as _is_num
 
 
 class ConfigError(ValueError):
@@ -23,8 +25,8 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def _is_list(v: Any, length: int | None = None) -> bool:
+    return isinstance(v, list) and (length is None or len(v) == length)
 
 
 def _auto_bool(v: Any) -> bool:
@@ -33,7 +35,8 @@ def _auto_bool(v: Any) -> bool:
 
 Rule = tuple[str, Callable[[Any], bool]]
 RULES: dict[str, Rule] = {
-    "seed": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    # torch seeds take 0..2**64-1, and the loop seeds a second generator with seed + 1
+    "seed": ("an integer in [0, 2**63)", lambda v: _is_int(v) and 0 <= v < 2**63),
     "device": ("auto | cpu | cuda | cuda:N", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v)),
     "smoothing": ("a number in [0, 1)", lambda v: _is_num(v) and 0 <= v < 1),
     "trainer.epochs": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
@@ -42,18 +45,30 @@ RULES: dict[str, Rule] = {
     "trainer.compile": ("true | false", lambda v: isinstance(v, bool)),
     "trainer.log_every": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
     "trainer.progress": ("true | false", lambda v: isinstance(v, bool)),
+    "trainer.pairing_scope": ("local | global", lambda v: v in ("local", "global")),
+    "trainer.features": ("forward | cache", lambda v: v in ("forward", "cache")),
     "data.batch_size": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
     "data.train_subset": ("null or an integer >= 1", lambda v: v is None or (_is_int(v) and v >= 1)),
     "data.crop_padding": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
     "data.hflip": ("true | false", lambda v: isinstance(v, bool)),
     "data.download": ("true | false", lambda v: isinstance(v, bool)),
     "data.root": ("null or a path", lambda v: v is None or isinstance(v, str)),
+    "optim.schedule": ("cosine | step | constant", lambda v: v in ("cosine", "step", "constant")),
     "optim.lr": ("a number > 0", lambda v: _is_num(v) and v > 0),
     "optim.weight_decay": ("a number >= 0", lambda v: _is_num(v) and v >= 0),
     "optim.momentum": ("a number in [0, 1)", lambda v: _is_num(v) and 0 <= v < 1),
+    "optim.nesterov": ("true | false", lambda v: isinstance(v, bool)),
+    "optim.betas": ("two numbers in [0, 1)", lambda v: _is_list(v, 2) and all(_is_num(b) and 0 <= b < 1 for b in v)),
     "optim.warmup_epochs": ("a number >= 0", lambda v: _is_num(v) and v >= 0),
     "optim.gamma": ("a number in (0, 1]", lambda v: _is_num(v) and 0 < v <= 1),
-    "optim.milestones": ("a list of fractions in (0, 1)", lambda v: all(_is_num(m) and 0 < m < 1 for m in v)),
+    "optim.milestones": ("a list of fractions in (0, 1)",
+                         lambda v: _is_list(v) and all(_is_num(m) and 0 < m < 1 for m in v)),
+    # The logger is built after the data and model, so its options are checked here, before anything is built.
+    "logger.project": ("a string", lambda v: isinstance(v, str)),
+    "logger.entity": ("null or a string", lambda v: v is None or isinstance(v, str)),
+    "logger.mode": ("auto | online | offline | disabled", lambda v: v in ("auto", "online", "offline", "disabled")),
+    "logger.tags": ("a list of strings", lambda v: _is_list(v) and all(isinstance(t, str) for t in v)),
+    "logger.images": ("true | false", lambda v: isinstance(v, bool)),
 }
 
 
@@ -80,7 +95,10 @@ def component_errors(group: str) -> Iterator[None]:
         yield
     except (ValueError, TypeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        prefix = f"{group}." if re.match(r"^\w+=", msg) else f"{group}: "
+        if msg.startswith(f"{group}."):  # the component named the full key itself (data.train_subset=...)
+            prefix = ""
+        else:
+            prefix = f"{group}." if re.match(r"^\w+=", msg) else f"{group}: "
         raise ConfigError(prefix + msg) from None
 
 

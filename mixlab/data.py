@@ -13,7 +13,9 @@ returning raw (un-normalised) CPU tensors; :func:`load_dataset` does the common 
 from __future__ import annotations
 
 import gzip
+import io
 import math
+import pickle
 import struct
 import zlib
 from dataclasses import dataclass
@@ -245,6 +247,14 @@ class Batches:
     pixels each side, an independent offset per sample) and, with ``hflip``, a horizontal
     flip of each sample with probability 0.5. The last batch may be smaller unless
     ``drop_last``.
+
+    Several processes (``world_size`` > 1, this one being ``rank``): ``batch_size`` is the
+    global batch, and each process gets its contiguous ``batch_size // world_size`` rows of it
+    (``batch_size`` must divide evenly). Every process must pass a generator in the same state:
+    all draw the same permutation and the augmentation of the whole global batch, so they stay
+    in step and their batches are disjoint. The permutation is padded by wrapping around to a
+    multiple of ``world_size`` (as ``DistributedSampler`` does), so every process gets the same
+    number of rows at each step, the short last batch included.
     """
 
     def __init__(
@@ -256,8 +266,15 @@ class Batches:
         crop_padding: int = 0,
         hflip: bool = False,
         drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         _check_batch_size(batch_size)
+        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+            raise ValueError(f"rank={rank!r}, world_size={world_size!r}: expected 0 <= rank < world_size")
+        if batch_size % world_size:
+            raise ValueError(f"batch_size={batch_size}: expected a multiple of the {world_size} processes "
+                             "(it is the global batch, split evenly between them)")
         if not isinstance(generator, torch.Generator):
             raise ValueError(f"generator={generator!r}: expected a torch.Generator")
         if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
@@ -276,6 +293,7 @@ class Batches:
         self.crop_padding = crop_padding
         self.hflip = hflip
         self.drop_last = drop_last
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         n = self.ds.n_train
@@ -287,20 +305,26 @@ class Batches:
         n, bs = self.ds.n_train, self.batch_size
         # Draw on the generator's device (a CPU generator cannot sample CUDA tensors), then move.
         order = torch.randperm(n, generator=self.generator, device=self.generator.device).to(device)
+        w = self.world_size
+        if w > 1 and not self.drop_last and n % w:
+            order = torch.cat([order, order.repeat(w)[: w - n % w]])  # wrap around: equal shares
         for b in range(len(self)):
             index = order[b * bs : (b + 1) * bs]
-            x = x_all[index]
+            mine = slice(self.rank * len(index) // w, (self.rank + 1) * len(index) // w)
+            x = x_all[index[mine]]
             if self.crop_padding or self.hflip:
-                x = self._augment(x)
-            yield x, y_all[index], index
+                x = self._augment(x, len(index), mine)
+            yield x, y_all[index[mine]], index[mine]
 
-    def _augment(self, x: Tensor) -> Tensor:
-        g, p, B = self.generator, self.crop_padding, x.shape[0]
-        offsets = torch.randint(0, 2 * p + 1, (B, 2), generator=g, device=g.device).to(x.device)
+    def _augment(self, x: Tensor, total: int, mine: slice) -> Tensor:
+        # Draws for the whole global batch (``total`` rows), of which this process uses its own:
+        # the shared generator stays in step across processes.
+        g, p = self.generator, self.crop_padding
+        offsets = torch.randint(0, 2 * p + 1, (total, 2), generator=g, device=g.device)[mine].to(x.device)
         if self.hflip:
-            flip = (torch.rand(B, generator=g, device=g.device) < 0.5).to(x.device)
+            flip = (torch.rand(total, generator=g, device=g.device)[mine] < 0.5).to(x.device)
         else:
-            flip = torch.zeros(B, dtype=torch.bool, device=x.device)
+            flip = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         return crop_and_flip(x, offsets=offsets, flip=flip, padding=p)
 
 
@@ -338,6 +362,19 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1")
 
 
+# --------------------------------------------------------------------------- file errors
+
+
+class DataFileError(ValueError):
+    """A data set file that is unreadable or not what its format says. The message is one line
+    that starts with the file's path and says what is wrong with it."""
+
+
+class DataNotFoundError(FileNotFoundError, DataFileError):
+    """A data set (or one of its files) is not where it was looked for. Both a FileNotFoundError and,
+    like every bad-data error here, a ValueError: the CLI reports it as one line, not a traceback."""
+
+
 # --------------------------------------------------------------------------- idx files
 
 # idx type byte -> big-endian numpy dtype (the format stores everything most significant first).
@@ -348,32 +385,38 @@ def read_idx(path: str | Path, *, expected_magic: int | None = None) -> np.ndarr
     """Parse an idx file (plain or ``.gz``) into an array of the shape its header declares.
 
     The magic number is two zero bytes, a type byte and the number of dimensions; then one
-    big-endian uint32 per dimension, then the data. Any mismatch (unknown type, wrong
-    ``expected_magic``, truncated or over-long data, broken gzip) is a ValueError naming ``path``.
+    big-endian uint32 per dimension, then the data. Any mismatch (empty file, unknown type, wrong
+    ``expected_magic``, truncated or over-long data, broken gzip) is a :class:`DataFileError`
+    (a ValueError) naming ``path``.
     """
     path = Path(path)
     raw = _read_bytes(path)
+    if not raw:
+        what = "empty file" if path.suffix != ".gz" or path.stat().st_size == 0 else "empty after gunzip"
+        raise DataFileError(f"{path}: {what} (0 bytes); expected an idx file")
     if len(raw) < 4:
-        raise ValueError(f"{path}: truncated: {len(raw)} bytes, too short for the 4-byte idx magic number")
+        raise DataFileError(f"{path}: truncated: {len(raw)} bytes, too short for the 4-byte idx magic number")
     (magic,) = struct.unpack(">I", raw[:4])
     if expected_magic is not None and magic != expected_magic:
-        raise ValueError(f"{path}: bad magic number 0x{magic:08x}; expected 0x{expected_magic:08x}")
+        raise DataFileError(f"{path}: bad magic number 0x{magic:08x}; expected 0x{expected_magic:08x}")
     zero, type_code, ndim = magic >> 16, (magic >> 8) & 0xFF, magic & 0xFF
     if zero != 0 or type_code not in _IDX_DTYPES or ndim == 0:
-        raise ValueError(
+        raise DataFileError(
             f"{path}: bad magic number 0x{magic:08x}; expected 0x0000TTDD with type TT in "
             f"{[hex(t) for t in _IDX_DTYPES]} and DD >= 1 dimensions"
         )
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated: header declares {ndim} dimensions but the file has {len(raw)} bytes")
+        raise DataFileError(
+            f"{path}: truncated: header declares {ndim} dimensions but the file has {len(raw)} bytes"
+        )
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(_IDX_DTYPES[type_code])
     expected = math.prod(dims) * dtype.itemsize
     got = len(raw) - header
     if got != expected:
         what = "truncated" if got < expected else "has trailing bytes"
-        raise ValueError(
+        raise DataFileError(
             f"{path}: {what}: header declares shape {dims} ({expected} data bytes) but {got} bytes follow"
         )
     # Native byte order so torch.from_numpy accepts it.
@@ -381,13 +424,17 @@ def read_idx(path: str | Path, *, expected_magic: int | None = None) -> np.ndarr
 
 
 def _read_bytes(path: Path) -> bytes:
-    if path.suffix != ".gz":
-        return path.read_bytes()
     try:
+        if path.suffix != ".gz":
+            return path.read_bytes()
         with gzip.open(path, "rb") as f:
             return f.read()
-    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
-        raise ValueError(f"{path}: not a valid gzip file ({type(e).__name__}: {e})") from None
+    except FileNotFoundError:
+        raise DataNotFoundError(f"{path}: no such file") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise DataFileError(f"{path}: not a valid gzip file ({type(e).__name__}: {e})") from None
+    except OSError as e:  # a directory, no permission, an I/O error
+        raise DataFileError(f"{path}: cannot be read ({type(e).__name__}: {e.strerror or e})") from None
 
 
 # --------------------------------------------------------------------------- Fashion-MNIST
@@ -403,17 +450,35 @@ def _fashion_candidates(root: str | None) -> list[Path]:
     return dirs
 
 
+def _fashion_files_in(d: Path) -> tuple[dict[str, Path], list[str]]:
+    """The idx files present in ``d`` (plain or .gz) by key, and the stems of those absent."""
+    found: dict[str, Path] = {}
+    absent: list[str] = []
+    for key, stem in FASHION_MNIST_FILES.items():
+        for candidate in (d / stem, d / f"{stem}.gz"):
+            if candidate.is_file():
+                found[key] = candidate
+                break
+        else:
+            absent.append(stem)
+    return found, absent
+
+
 def find_fashion_mnist(root: str | None) -> dict[str, Path] | None:
     """The four idx files from the first directory holding all of them (plain or .gz), else None."""
     for d in _fashion_candidates(root):
-        found: dict[str, Path] = {}
-        for key, stem in FASHION_MNIST_FILES.items():
-            for candidate in (d / stem, d / f"{stem}.gz"):
-                if candidate.is_file():
-                    found[key] = candidate
-                    break
-        if len(found) == len(FASHION_MNIST_FILES):
+        found, absent = _fashion_files_in(d)
+        if not absent:
             return found
+    return None
+
+
+def _incomplete_root(root: str | None) -> tuple[Path, list[str]] | None:
+    """The first data.root layout that holds some of the four files but not all: (directory, absent stems)."""
+    for d in _fashion_candidates(root)[:-1]:
+        found, absent = _fashion_files_in(d)
+        if found and absent:
+            return d, absent
     return None
 
 
@@ -422,14 +487,16 @@ def _read_fashion_split(images_path: Path, labels_path: Path) -> tuple[Tensor, T
     images = read_idx(images_path, expected_magic=0x00000803)  # uint8, 3 dimensions
     labels = read_idx(labels_path, expected_magic=0x00000801)  # uint8, 1 dimension
     if images.shape[1:] != (28, 28):
-        raise ValueError(f"{images_path}: images are {images.shape[1:]}; expected 28x28")
+        raise DataFileError(
+            f"{images_path}: images are {images.shape[1]}x{images.shape[2]}; expected 28x28"
+        )
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(
+        raise DataFileError(
             f"{labels_path}: {labels.shape[0]} labels but {images_path} has {images.shape[0]} images"
         )
     if labels.size and int(labels.max()) > 9:
         bad = int(np.argmax(labels > 9))
-        raise ValueError(f"{labels_path}: label {int(labels[bad])} at position {bad} is out of range 0..9")
+        raise DataFileError(f"{labels_path}: label {int(labels[bad])} at position {bad} is out of range 0..9")
     x = torch.from_numpy(images).unsqueeze(1).float().div_(255.0)
     return x, torch.from_numpy(labels).long()
 
@@ -440,8 +507,22 @@ def fashion_mnist(*, root: str | None = None, download: bool = True) -> RawData:
 
     Found in data.root (plain, ``fashion-mnist/`` or torchvision's ``FashionMNIST/raw/``
     layout), else in Debian's ``dataset-fashion-mnist``, else downloaded by torchvision.
+    A data.root that holds some of the four files but not all is an error naming the missing
+    ones (without data.download), never a silent switch to another copy.
     """
+    how = (f"Get it with one of: `apt-get install dataset-fashion-mnist` (installs to {DEBIAN_FASHION_MNIST_DIR}); "
+           "or data.root=DIR where DIR holds the four idx files; "
+           "or data.download=true with internet access (torchvision downloads them).")
     files = find_fashion_mnist(root)
+    incomplete = _incomplete_root(root)
+    if incomplete is not None and (files is None or files["train_images"].parent == DEBIAN_FASHION_MNIST_DIR):
+        if not download:
+            d, absent = incomplete
+            raise DataNotFoundError(
+                f"{d / absent[0]}[.gz]: no such file: data.root={root} holds only part of Fashion-MNIST "
+                f"({d} lacks {', '.join(f'{a}[.gz]' for a in absent)}). {how}"
+            )
+        files = None  # let torchvision fill data.root in
     if files is None and download:
         from torchvision.datasets import FashionMNIST
 
@@ -452,12 +533,7 @@ def fashion_mnist(*, root: str | None = None, download: bool = True) -> RawData:
     if files is None:
         searched = ", ".join(str(d) for d in _fashion_candidates(root))
         names = ", ".join(f"{s}[.gz]" for s in FASHION_MNIST_FILES.values())
-        raise FileNotFoundError(
-            f"Fashion-MNIST not found: looked for {names} in {searched}. Get it with one of: "
-            f"`apt-get install dataset-fashion-mnist` (installs to {DEBIAN_FASHION_MNIST_DIR}); "
-            "or data.root=DIR where DIR holds the four idx files; "
-            "or data.download=true with internet access (torchvision downloads them)."
-        )
+        raise DataNotFoundError(f"Fashion-MNIST not found: looked for {names} in {searched}. {how}")
     x_train, y_train = _read_fashion_split(files["train_images"], files["train_labels"])
     x_test, y_test = _read_fashion_split(files["test_images"], files["test_labels"])
     return x_train, y_train, x_test, y_test, 10, "classification"
@@ -466,27 +542,104 @@ def fashion_mnist(*, root: str | None = None, download: bool = True) -> RawData:
 # --------------------------------------------------------------------------- CIFAR
 
 
+class _SafeUnpickler(pickle.Unpickler):
+    """CIFAR's batches are pickles of a dict of bytes, lists and numpy arrays. A pickle can name
+    any callable to run on load; this one only lets through what rebuilds numpy arrays."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct")}
+
+    def __init__(self, path: Path, raw: bytes) -> None:
+        super().__init__(io.BytesIO(raw), encoding="latin1")
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.ALLOWED:
+            raise DataFileError(f"{self.path}: refuses to load {module}.{name}: a CIFAR batch holds only "
+                                "a dict of bytes, lists and numpy arrays")
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled CIFAR batch: ``data`` uint8 (N, 3072) (a 3x32x32 image per row), labels (N,) in
+    0..num_classes-1. Anything else is a :class:`DataFileError` naming ``path``."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataFileError(f"{path}: cannot be read ({type(e).__name__}: {e.strerror or e})") from None
+    if not raw:
+        raise DataFileError(f"{path}: empty file (0 bytes); expected a pickled CIFAR batch")
+    try:
+        entry = _SafeUnpickler(path, raw).load()
+    except DataFileError:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated or garbage bytes raise any of several types
+        raise DataFileError(
+            f"{path}: not a readable CIFAR batch, truncated or corrupted ({type(e).__name__}: {e})"
+        ) from None
+    if not isinstance(entry, dict) or "data" not in entry or label_key not in entry:
+        got = sorted(map(str, entry)) if isinstance(entry, dict) else type(entry).__name__
+        raise DataFileError(f"{path}: expected a dict with keys 'data' and {label_key!r}, got {got}")
+    data, labels = np.asarray(entry["data"]), np.asarray(entry[label_key])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataFileError(
+            f"{path}: 'data' is {data.dtype} of shape {data.shape}; expected uint8 (N, 3072), one 3x32x32 image a row"
+        )
+    if labels.ndim != 1 or labels.shape[0] != data.shape[0]:
+        raise DataFileError(f"{path}: {labels.size} labels of shape {labels.shape} for {data.shape[0]} images")
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise DataFileError(f"{path}: labels are {labels.dtype}; expected integers")
+    out = (labels < 0) | (labels >= num_classes)
+    if out.any():
+        bad = int(np.argmax(out))
+        raise DataFileError(
+            f"{path}: label {int(labels[bad])} at position {bad} is out of range 0..{num_classes - 1}"
+        )
+    return data, labels.astype(np.int64)
+
+
 def _cifar(cls_name: str, *, root: str | None, download: bool) -> RawData:
     import torchvision.datasets as tvd
+    import torchvision.datasets.cifar as tv_cifar
+    from torchvision.datasets.utils import download_and_extract_archive
 
     cls = getattr(tvd, cls_name)
     target = Path(root).expanduser() if root is not None else DEFAULT_ROOT
     folder = target / cls.base_folder
-    needed = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-    missing = [f for f in needed if not (folder / f).is_file()]
-    if missing and not download:
+    meta = (cls.meta["filename"], cls.meta["md5"])
+    needed = [*cls.train_list, *cls.test_list, meta]
+    missing = [f for f, _ in needed if not (folder / f).is_file()]
+
+    def intact(name: str, md5: str) -> bool:
+        # Looked up on torchvision's module at call time, as torchvision's own classes do.
+        return tv_cifar.check_integrity(str(folder / name), md5)
+
+    if download and (missing or not all(intact(f, md5) for f, md5 in needed)):
+        # Fetches the archive (checking its md5) and re-extracts it over a missing or corrupted copy.
+        download_and_extract_archive(cls.url, str(target), filename=cls.filename, md5=cls.tgz_md5)
+        missing = [f for f, _ in needed if not (folder / f).is_file()]
+    if missing:
         # torchvision would say only "not found or corrupted"; say what is missing and how to fix it.
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"{cls_name} not found: {folder} lacks {missing}. Get it with data.download=true (internet; "
             f"torchvision fetches {cls.url}), or extract {cls.filename} into DIR and set data.root=DIR."
         )
-    splits = []
-    for train in (True, False):
-        d = cls(str(target), train=train, download=download)
-        # .data is (N, 32, 32, 3) uint8 HWC; models want (N, 3, 32, 32) in [0, 1].
-        x = torch.from_numpy(np.ascontiguousarray(d.data)).permute(0, 3, 1, 2).float().div_(255.0)
-        splits += [x.contiguous(), torch.as_tensor(d.targets, dtype=torch.int64)]
     num_classes = 10 if cls_name == "CIFAR10" else 100
+    label_key = "labels" if cls_name == "CIFAR10" else "fine_labels"
+    splits = []
+    for files in (cls.train_list, cls.test_list):
+        parts = [_read_cifar_batch(folder / f, label_key, num_classes) for f, _ in files]
+        # Rows are the R, G and B planes of 32x32 each: (N, 3, 32, 32) as they stand, in [0, 1].
+        x = torch.from_numpy(np.concatenate([d for d, _ in parts])).view(-1, 3, 32, 32).float().div_(255.0)
+        splits += [x, torch.from_numpy(np.concatenate([lab for _, lab in parts]))]
+    # Structure first (the more telling message), then the published checksums: a file can parse
+    # and still not be the real one.
+    for name, md5 in needed:
+        if not intact(name, md5):
+            raise DataFileError(
+                f"{folder / name}: corrupted or not the published file (md5 differs from {md5}); "
+                f"re-extract {cls.filename}, or delete {folder} and set data.download=true"
+            )
     return splits[0], splits[1], splits[2], splits[3], num_classes, "classification"
 
 

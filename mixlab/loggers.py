@@ -35,6 +35,11 @@ class NoLogger:
         pass
 
 
+# What a W&B call may raise without failing the run: any error, and SystemExit (a library that
+# gives up by calling sys.exit). Not KeyboardInterrupt: Ctrl-C still stops the run.
+_WANDB_ERRORS = (Exception, SystemExit)
+
+
 def _has_wandb_key() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
@@ -64,21 +69,22 @@ class WandbLogger(NoLogger):
             self.wandb = wandb
             self.run = wandb.init(project=project, entity=entity, mode=mode, dir=str(run_dir), config=config,
                                   group=group, tags=list(tags), name=run_dir.name, reinit="finish_previous")
-        except Exception as e:  # noqa: BLE001 - W&B must never fail a run
+        except _WANDB_ERRORS as e:  # W&B must never fail a run
             self._fail("init", e)
 
-    def _fail(self, what: str, e: BaseException) -> None:
+    def _fail(self, what: str, e: BaseException, *, quiet: bool = True) -> None:
         warnings.warn(f"W&B {what} failed ({type(e).__name__}: {e}); continuing with local records only",
                       stacklevel=3)
-        self.run = None
+        if quiet:
+            self.run = None
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+    def _call(self, what: str, fn: Any, *args: Any, quiet: bool = True, **kwargs: Any) -> None:
         if self.run is None:
             return
         try:
             fn(*args, **kwargs)
-        except Exception as e:  # noqa: BLE001
-            self._fail(what, e)
+        except _WANDB_ERRORS as e:
+            self._fail(what, e, quiet=quiet)
 
     def log(self, row: dict, *, step: int) -> None:
         def _log() -> None:
@@ -99,7 +105,7 @@ class WandbLogger(NoLogger):
         self._call("log", lambda: self.run.log({key: self.wandb.Table(columns=columns, data=rows)}))
 
     def finish(self, summary: dict | None = None) -> None:
-        if summary:
-            self._call("summary", lambda: self.run.summary.update(summary))
+        if summary:  # a failed summary upload still lets finish() flush what was logged
+            self._call("summary", lambda: self.run.summary.update(summary), quiet=False)
         self._call("finish", lambda: self.run.finish())
         self.run = None

@@ -8,11 +8,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-from .lam import LAMBDAS, NoMix
+from .lam import LAMBDAS, NoMix, Policy
 from .pairing import PAIRINGS, _rand
 from .registry import Registry
 
@@ -132,8 +133,9 @@ class CutMix:
 class Mixed:
     """What the latest ``Mix`` call did: each sample's partner and the λ actually applied."""
 
-    partner: Tensor  # (B,) int64
+    partner: Tensor  # (B,) int64, into the batch, or into ``pool`` when that is set
     lam: Tensor  # (B,) float32
+    pool: tuple[Tensor, Tensor] | None = None  # scope='global': the gathered (x, y) ``partner`` indexes
 
 
 class Mix:
@@ -153,27 +155,45 @@ class Mix:
     per-sample state, ``progress=`` ∈ [0, 1] for schedules, ``observe(loss, index)`` for the loss.
     ``mix.last`` holds the latest ``Mixed(partner, lam)``. With ``lam='none'`` the inputs come back
     unchanged (and the targets one-hot), without pairing work.
+
+    Several processes (DDP): ``gather(t)`` returns every process's ``t`` (equal shapes)
+    concatenated along dim 0 in rank order, and ``rank`` is this process's. ``observe`` then
+    feeds the λ policy the losses of all processes, so its state is the same everywhere. With
+    ``scope='local'`` each process pairs within its own batch, drawing from its own
+    ``generator``. With ``scope='global'`` pairing and λ are drawn over the gathered global
+    batch with ``shared_generator``, which must be in the same state on every process (so all
+    draw the same global pairing), and each process mixes its own rows with partners from any
+    process; ``mix.last.partner`` then indexes ``mix.last.pool``. No gradient flows into the
+    gathered rows: right for input mixup and CutMix, not for manifold mixup (hidden states).
     """
 
     def __init__(self, lam: str = "beta", pairing: str = "random", mixer: str = "input", *,
                  num_classes: int | None = None, lam_kwargs: dict | None = None, pairing_kwargs: dict | None = None,
                  mixer_kwargs: dict | None = None, smoothing: float = 0.0,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, gather: Callable[[Tensor], Tensor] | None = None,
+                 rank: int = 0, scope: str = "local", shared_generator: torch.Generator | None = None) -> None:
         self.lam_policy = LAMBDAS.build(lam, **(lam_kwargs or {}))
         self.pairing = PAIRINGS.build(pairing, **(pairing_kwargs or {}))
         self.mixer = MIXERS.build(mixer, **(mixer_kwargs or {}))
         self.num_classes, self.smoothing, self.generator = num_classes, smoothing, generator
+        if scope not in ("local", "global"):
+            raise ValueError(f"scope={scope!r}: expected one of ['local', 'global']")
+        if scope == "global" and (gather is None or shared_generator is None):
+            raise ValueError("scope='global' needs gather= (all processes' rows) and shared_generator=")
+        self.gather, self.rank, self.scope, self.shared_generator = gather, rank, scope, shared_generator
         self.last: Mixed | None = None
 
     def sample(self, x: Tensor, y: Tensor | None = None, *, features: Tensor | None = None,
-               index: Tensor | None = None, progress: float | None = None) -> tuple[Tensor, Tensor]:
-        """Draw ``(partner, lam)`` for a batch, without mixing anything."""
+               index: Tensor | None = None, progress: float | None = None,
+               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Draw ``(partner, lam)`` for a batch, without mixing anything (from ``generator``, by
+        default the one ``Mix`` was built with)."""
         if isinstance(self.lam_policy, NoMix):
             b = x.shape[0]
             return torch.arange(b, device=x.device), torch.ones(b, device=x.device)
         # Pairing and λ are sampling decisions, not part of the model: no gradient flows through
         # them (under manifold mixup x is a hidden state, and d/dx √0 at a self-pair is NaN).
-        g, x = self.generator, x.detach()
+        g, x = (self.generator if generator is None else generator), x.detach()
         features = None if features is None else features.detach()
         partner = self.pairing(x, y, features=features, generator=g)
         lam = self.lam_policy(x, partner, features=features, index=index, progress=progress, generator=g)
@@ -181,13 +201,38 @@ class Mix:
 
     def __call__(self, x: Tensor, y: Tensor, *, features: Tensor | None = None, index: Tensor | None = None,
                  progress: float | None = None) -> tuple[Tensor, Tensor]:
+        if self.scope == "global" and not isinstance(self.lam_policy, NoMix):
+            return self._mix_global(x, y, features=features, index=index, progress=progress)
         partner, lam = self.sample(x, y, features=features, index=index, progress=progress)
         x_mix, lam = (x, lam) if isinstance(self.lam_policy, NoMix) else self.mixer(x, partner, lam, generator=self.generator)
         self.last = Mixed(partner, lam)
         return x_mix, mix_targets(y, partner, lam, self.num_classes, self.smoothing)
 
+    def _mix_global(self, x: Tensor, y: Tensor, *, features: Tensor | None, index: Tensor | None,
+                    progress: float | None) -> tuple[Tensor, Tensor]:
+        gather, b = self.gather, x.shape[0]
+        xs, ys = gather(x.detach()), gather(y)
+        fs = None if features is None else gather(features.detach())
+        idx = None if index is None else gather(index)
+        partner_all, lam_all = self.sample(xs, ys, features=fs, index=idx, progress=progress,
+                                           generator=self.shared_generator)
+        mine = slice(self.rank * b, (self.rank + 1) * b)
+        partner, lam = partner_all[mine], lam_all[mine]
+        # Mix [own rows; their partners' rows] with partner i -> B + i (the second half with itself,
+        # λ = 1) and keep the first half: any mixer works unchanged and the own rows keep their gradient.
+        rows = torch.arange(b, 2 * b, device=x.device).repeat(2)
+        x_mix, lam2 = self.mixer(torch.cat([x, xs.index_select(0, partner)]), rows,
+                                 torch.cat([lam, torch.ones_like(lam)]), generator=self.generator)
+        lam = lam2[:b]
+        self.last = Mixed(partner, lam, pool=(xs, ys))
+        y_pair = torch.cat([y, ys.index_select(0, partner)])
+        return x_mix[:b], mix_targets(y_pair, rows, lam2, self.num_classes, self.smoothing)[:b]
+
     def observe(self, loss: Tensor, index: Tensor | None = None) -> None:
         """Feed the latest training loss (per sample (B,) or its mean) to the λ policy."""
+        if self.gather is not None and type(self.lam_policy).observe is not Policy.observe:
+            loss = self.gather(loss.detach().reshape(-1))
+            index = None if index is None else self.gather(index)
         self.lam_policy.observe(loss, index)
 
     def setup(self, *, num_samples: int) -> None:

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import re
 import secrets
 import subprocess
 from collections.abc import Callable, Mapping
@@ -24,11 +25,13 @@ import torch
 
 __all__ = [
     "MetricsLog",
+    "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
     "git_info",
     "load_checkpoint",
     "read_json",
+    "remove_stale_temps",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
@@ -60,11 +63,16 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# `.<destination name>.<12 hex digits>.tmp`: the temp files of _atomic_write.
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
+
+
 def _atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
     """Call ``write(f)`` on a fresh temp file next to ``path``, fsync it, then ``os.replace`` it onto ``path``.
 
     On any error the temp file is removed and the error re-raised; ``path`` is untouched.
-    Parent directories are created as needed.
+    Parent directories are created as needed. Only SIGKILL (or a power cut) can leave the temp
+    file behind; :func:`remove_stale_temps` clears those.
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -84,6 +92,36 @@ def _atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(dest.parent)
+
+
+def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Atomically replace ``path`` with what ``write(f)`` writes to a binary file object ``f``.
+
+    For writers that want a file, e.g. ``atomic_write(p, lambda f: save_image(grid, f, format="png"))``.
+    """
+    if not callable(write):
+        raise ValueError(f"write: expected a callable taking a binary file, got {type(write).__name__}")
+    _atomic_write(path, write)
+
+
+def remove_stale_temps(directory: PathLike) -> list[Path]:
+    """Delete the temp files that writes killed before their rename left in ``directory``; return them.
+
+    Call it only where no other process is writing into ``directory`` at the same time (a run
+    directory belongs to one run), since it cannot tell a dead writer's temp file from a live one's.
+    A missing directory has none.
+    """
+    try:
+        entries = list(Path(directory).iterdir())
+    except FileNotFoundError:
+        return []
+    removed = []
+    for p in entries:
+        if _TEMP_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -21,19 +21,21 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 from torchvision.utils import make_grid, save_image
 
 from .config import ConfigError, component_errors, options, validate
 from .data import Batches, Dataset, eval_batches, load_dataset
-from .loggers import LOGGERS
+from .distributed import Dist, setup as setup_distributed
+from .loggers import LOGGERS, NoLogger
 from .metrics import classification_metrics, lam_stats, median_last, regression_metrics, reliability
 from .lam import LAMBDAS
 from .mixing import MIXERS, Mix
 from .models import MixModel, build_model
 from .optim import build_optimizer
 from .pairing import PAIRINGS, pair_distance
-from .records import (MetricsLog, atomic_write_json, git_info, load_checkpoint, read_json, rng_state,
-                      save_checkpoint, set_rng_state, versions)
+from .records import (MetricsLog, atomic_write, atomic_write_json, git_info, load_checkpoint, read_json,
+                      remove_stale_temps, rng_state, save_checkpoint, set_rng_state, versions)
 
 
 class Diverged(RuntimeError):
@@ -68,16 +70,23 @@ def _signals_to_flag() -> Iterator[dict]:
 
 def _check_stop(stop: dict, epoch: int, step: int) -> None:
     if stop["signal"] is not None:
-        raise Interrupted(f"{stop['signal']} during epoch {epoch} after step {step}; "
-                          f"re-run the same command to resume from the last finished epoch")
+        _interrupted(stop["signal"], epoch, step)
 
 
-def resolve_device(name: str) -> torch.device:
+def _interrupted(signal_name: str | None, epoch: int, step: int) -> None:
+    raise Interrupted(f"{signal_name or 'a signal to another process'} during epoch {epoch} after step {step}; "
+                      f"re-run the same command to resume from the last finished epoch")
+
+
+def resolve_device(name: str, d: Dist = Dist()) -> torch.device:
+    """The device ``device=`` names; under torchrun ``auto``/``cuda`` mean this process's cuda:LOCAL_RANK."""
+    if d.world > 1 and name.startswith("cuda:"):
+        raise ConfigError(f"device={name!r}: under torchrun each process uses cuda:LOCAL_RANK; expected auto | cuda | cpu")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r}: CUDA is not available on this machine; expected auto | cpu")
-    return torch.device(name)
+    return torch.device("cuda", d.local_rank) if name == "cuda" and d.world > 1 else torch.device(name)
 
 
 def _auto(flag: object, device: torch.device) -> bool:
@@ -90,7 +99,7 @@ class Parts:
 
     ds: Dataset
     model: MixModel
-    forward: torch.nn.Module  # the model, or its torch.compile'd wrapper
+    forward: torch.nn.Module  # the model (DDP-wrapped with several processes), maybe torch.compile'd
     mix: Mix
     batches: Batches
     optimizer: torch.optim.Optimizer
@@ -101,23 +110,68 @@ class Parts:
     channels_last: bool
     manifold: bool
     needs_features: bool
+    dist: Dist = field(default_factory=Dist)
+    eval_forward: torch.nn.Module | None = None  # for evaluation: never DDP-wrapped (rank 0 evaluates alone)
+    bank: FeatureBank | None = None  # trainer.features=cache
 
 
-def build(cfg: DictConfig) -> Parts:
-    device = resolve_device(cfg.device)
+class FeatureBank:
+    """Each training sample's penultimate embedding by dataset index (``trainer.features=cache``),
+    so feature-space pairing and λ need no extra forward pass after the first epoch.
+
+    Epoch 1 fills the bank from the extra clean forward (``_clean_features``). From epoch 2 a
+    step reads ``bank[index]`` and then refreshes the rows of the samples that led their mix
+    (λ >= ½) with the embedding of that mixed input, which the step's own forward computed
+    (caught by a hook on the head). The features are therefore up to an epoch stale and, for a
+    refreshed row, those of a blend dominated by the sample: an approximation of the exact
+    ``trainer.features=forward``, traded for its cost (``docs/benchmarks.md``).
+    """
+
+    def __init__(self, model: MixModel, num_samples: int, device: torch.device, d: Dist) -> None:
+        self.rows = torch.zeros(num_samples, model.embed_dim, device=device)
+        self.d, self.caught = d, None
+        model.classifier.register_forward_hook(self._catch)
+
+    def _catch(self, module: torch.nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        self.caught = inputs[0].detach()
+
+    def read(self, index: Tensor) -> Tensor:
+        return self.rows.index_select(0, index)
+
+    def write(self, index: Tensor, features: Tensor, keep: Tensor) -> None:
+        """``rows[index] = features`` where ``keep``, gathered over processes; no host sync."""
+        index, features, keep = self.d.gather(index), self.d.gather(features.float()), self.d.gather(keep)
+        self.rows.index_copy_(0, index, torch.where(keep[:, None], features, self.rows.index_select(0, index)))
+
+
+def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
+    """The run's parts; ``d`` is this process's place among torchrun's (one process by default).
+
+    Several processes: model init, data order, augmentation and the manifold mix point come from
+    ``seed`` on every process; dropout and pairing/λ (``trainer.pairing_scope=local``) from a seed
+    of each process's own (``Dist.seed``), so the processes draw differently and reproducibly."""
+    device = resolve_device(cfg.device, d)
+    scope = cfg.trainer.get("pairing_scope", "local")
+    if scope == "global" and cfg.mixer.name == "manifold":
+        raise ConfigError("trainer.pairing_scope='global': not supported with mixer=manifold "
+                          "(hidden states are not gathered across processes); expected local")
     torch.manual_seed(cfg.seed)  # model init and dropout
     generators = {
         "data": torch.Generator(device).manual_seed(cfg.seed),  # batch order, augmentation, pairing, λ
         "layer": torch.Generator().manual_seed(cfg.seed + 1),  # manifold mix point: a host int, no sync
     }
+    if d.world > 1:  # pairing and λ of this process; "data" stays in step on all of them
+        generators["mix"] = torch.Generator(device).manual_seed(d.seed(cfg.seed))
     with component_errors("data"):
         ds = load_dataset(cfg.data.name, root=cfg.data.root, train_subset=cfg.data.train_subset, seed=cfg.seed,
                           device=device, download=cfg.data.download)
         batches = Batches(ds, batch_size=cfg.data.batch_size, generator=generators["data"],
-                          crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip)
+                          crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip, rank=d.rank, world_size=d.world)
     with component_errors("model"):
         model = build_model(cfg.model.name, in_shape=ds.input_shape, num_classes=ds.num_classes,
                             **options(cfg.model)).to(device)
+    if d.world > 1:
+        torch.manual_seed(d.seed(cfg.seed))  # dropout: each process its own masks
     channels_last = _auto(cfg.trainer.channels_last, device) and len(ds.input_shape) == 3
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -131,7 +185,9 @@ def build(cfg: DictConfig) -> Parts:
     mix = Mix(lam=cfg.lam.name, pairing=cfg.pairing.name, mixer=cfg.mixer.name,
               num_classes=ds.num_classes if classification else None, lam_kwargs=options(cfg.lam),
               pairing_kwargs=options(cfg.pairing), mixer_kwargs=options(cfg.mixer),
-              smoothing=cfg.smoothing if classification else 0.0, generator=generators["data"])
+              smoothing=cfg.smoothing if classification else 0.0, generator=generators.get("mix", generators["data"]),
+              gather=d.gather if d.world > 1 else None, rank=d.rank, scope=scope if d.world > 1 else "local",
+              shared_generator=generators["data"])
     mix.setup(num_samples=ds.n_train)
     with component_errors("optim"):
         optimizer, scheduler = build_optimizer(cfg.optim.name, model.parameters(), steps_per_epoch=len(batches),
@@ -139,8 +195,14 @@ def build(cfg: DictConfig) -> Parts:
     manifold = cfg.mixer.name == "manifold"
     uses_features = any(getattr(part, "space", "input") == "feature" for part in (mix.lam_policy, mix.pairing))
     forward = torch.compile(model) if cfg.trainer.compile else model
+    eval_forward = forward
+    if d.world > 1:
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        forward = torch.compile(ddp) if cfg.trainer.compile else ddp
+    needs_features = uses_features and not manifold
+    bank = FeatureBank(model, ds.n_train, device, d) if needs_features and cfg.trainer.features == "cache" else None
     return Parts(ds, model, forward, mix, batches, optimizer, scheduler, generators, device,
-                 _auto(cfg.trainer.amp, device), channels_last, manifold, uses_features and not manifold)
+                 _auto(cfg.trainer.amp, device), channels_last, manifold, needs_features, d, eval_forward, bank)
 
 
 def loss_per_sample(out: Tensor, target: Tensor, task: str) -> Tensor:
@@ -154,9 +216,11 @@ def loss_per_sample(out: Tensor, target: Tensor, task: str) -> Tensor:
 def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: object | None,
                 stop: dict | None = None) -> dict:
     """One pass over the training set. Statistics stay on the device; the host reads them every
-    ``log_every`` steps (for the progress bar and the divergence check) and at the end."""
+    ``log_every`` steps (for the progress bar and the divergence check) and at the end. With
+    several processes they are summed over all of them there (one all-reduce, which also carries
+    the stop flag, so all processes stop, or diverge, at the same step)."""
     p.model.train()
-    ds, dev, steps = p.ds, p.device, len(p.batches)
+    ds, dev, steps, d = p.ds, p.device, len(p.batches), p.dist
     classification = ds.task == "classification"
     sums = torch.zeros(4, device=dev, dtype=torch.float64)  # loss, correct, same-class pairs, pair distance
     n = 0  # samples seen: known on the host, so never copied to the device
@@ -179,7 +243,9 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
                 out = p.forward(x, mix_at=at, mix=mix_hidden)
                 y_mix = held["y"]
             else:
-                features = _clean_features(p, x) if p.needs_features else None
+                features = None
+                if p.needs_features:
+                    features = p.bank.read(index) if p.bank is not None and epoch > 1 else _clean_features(p, x)
                 x_mix, y_mix = p.mix(x, y, features=features, index=index, progress=progress)
                 if images is None and epoch == 1:
                     images = x_mix[:32].detach()
@@ -191,31 +257,43 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
         p.optimizer.step()
         p.scheduler.step()
         p.mix.observe(per_sample.detach(), index)
+        if p.bank is not None:
+            if epoch == 1:
+                p.bank.write(index, features, torch.ones_like(index, dtype=torch.bool))
+            else:
+                p.bank.write(index, p.bank.caught, p.mix.last.lam >= 0.5)
 
         last = p.mix.last
         n += y.shape[0]
-        pair_d = pair_distance(x, x.index_select(0, last.partner))  # input space, (B,)
+        px, py = last.pool if last.pool is not None else (x, y)  # pairing_scope=global: the gathered batch
+        pair_d = pair_distance(x, px.index_select(0, last.partner))  # input space, (B,)
         zero = pair_d.new_zeros(())
-        same = (y == y[last.partner]).sum() if classification else zero
+        same = (y == py[last.partner]).sum() if classification else zero
         correct = (out.argmax(1) == y_mix.argmax(1)).sum() if classification else zero
         sums += torch.stack([loss.detach() * y.shape[0], correct, same, pair_d.sum()]).double()
         lams.append(last.lam.detach())
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            s = sums.tolist()  # the one host sync per log interval
+            if d.world == 1:
+                s, seen, stopping = sums.tolist(), n, False  # the one host sync per log interval
+            else:
+                flags = torch.tensor([n, stop is not None and stop["signal"] is not None], device=dev,
+                                     dtype=torch.float64)
+                *s, seen, stopping = d.sum(torch.cat([sums, flags])).tolist()
             if not math.isfinite(s[0]):
-                raise Diverged(f"training loss is {s[0] / n} at epoch {epoch}, step {step + 1}")
+                raise Diverged(f"training loss is {s[0] / seen} at epoch {epoch}, step {step + 1}")
             if bar is not None:
-                bar.set_postfix(loss=f"{s[0] / n:.4f}", acc=f"{s[1] / n:.3f}" if classification else "-")
+                bar.set_postfix(loss=f"{s[0] / seen:.4f}", acc=f"{s[1] / seen:.3f}" if classification else "-")
+            if stopping:
+                _interrupted((stop or {}).get("signal"), epoch, step + 1)
         if bar is not None:
             bar.update(1)
-        if stop is not None:
+        if stop is not None and d.world == 1:
             _check_stop(stop, epoch, step + 1)
     seconds = time.perf_counter() - t0
-    s = sums.tolist()
-    row = {"train_loss": s[0] / n, "train_acc": s[1] / n if classification else None,
-           "pair_same_class": s[2] / n if classification else None, "pair_distance": s[3] / n,
-           "train_seconds": seconds, "images_per_second": n / seconds}
-    row.update(lam_stats(torch.cat(lams)))
+    row = {"train_loss": s[0] / seen, "train_acc": s[1] / seen if classification else None,
+           "pair_same_class": s[2] / seen if classification else None, "pair_distance": s[3] / seen,
+           "train_seconds": seconds, "images_per_second": seen / seconds}
+    row.update(lam_stats(d.gather(torch.cat(lams))))
     # up to 256 pairs of the epoch's last batch, for the report's λ-against-distance picture
     lam_vs_distance = {"distance": pair_d[:256].tolist(), "lam": last.lam[:256].float().tolist()}
     return {"row": row, "images": images, "lam_vs_distance": lam_vs_distance}
@@ -240,7 +318,7 @@ def evaluate(p: Parts, *, batch_size: int = 1000) -> dict:
         if p.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=p.amp):
-            outs.append(p.forward(x).float())
+            outs.append((p.eval_forward or p.forward)(x).float())
     out = torch.cat(outs)
     if p.ds.task == "classification":
         m = classification_metrics(out, p.ds.y_test)
@@ -251,17 +329,33 @@ def evaluate(p: Parts, *, batch_size: int = 1000) -> dict:
             "test_mse": m["mse"], "test_mae": m["mae"]}
 
 
-def _state(p: Parts, epoch: int) -> dict:
+def _rng(p: Parts) -> dict | list[dict]:
+    """The RNG states to checkpoint: this process's, or with several a list of every process's
+    (a collective: all processes call it)."""
+    state = rng_state(p.generators)
+    return state if p.dist.world == 1 else p.dist.all_objects(state)
+
+
+def _state(p: Parts, epoch: int, rng: dict | list[dict] | None = None) -> dict:
     return {"epoch": epoch, "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
-            "scheduler": p.scheduler.state_dict(), "mix": p.mix.state_dict(), "rng": rng_state(p.generators)}
+            "scheduler": p.scheduler.state_dict(), "mix": p.mix.state_dict(),
+            "rng": rng_state(p.generators) if rng is None else rng,
+            "features": p.bank.rows if p.bank is not None else None}
 
 
 def _restore(p: Parts, ckpt: dict) -> int:
+    rng, world = ckpt["rng"], p.dist.world
+    saved = len(rng) if isinstance(rng, list) else 1
+    if saved != world:
+        raise ConfigError(f"last.pt was written by {saved} process(es) and this run has {world}; "
+                          f"expected the same number to resume exactly (or a new run directory)")
     p.model.load_state_dict(ckpt["model"])
     p.optimizer.load_state_dict(ckpt["optimizer"])
     p.scheduler.load_state_dict(ckpt["scheduler"])
     p.mix.load_state_dict(ckpt["mix"])
-    set_rng_state(ckpt["rng"], p.generators)
+    if p.bank is not None and ckpt.get("features") is not None:
+        p.bank.rows.copy_(ckpt["features"])
+    set_rng_state(rng[p.dist.rank] if isinstance(rng, list) else rng, p.generators)
     return int(ckpt["epoch"])
 
 
@@ -288,39 +382,54 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     """Train as ``cfg`` says, write the run records to ``run_dir``, return the final test accuracy
     (test MSE for regression). Raises ``ConfigError`` for bad configuration (before training),
     ``Diverged`` for a non-finite loss and ``Interrupted`` after SIGTERM/Ctrl-C; each way
-    ``summary.json`` records the status and error. A completed run is not redone."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ``summary.json`` records the status and error. A completed run is not redone.
+
+    Under ``torchrun`` every process calls this; rank 0's ``run_dir`` is used by all of them, and
+    only rank 0 evaluates, prints and writes the records (the others return its result)."""
+    d = setup_distributed()
+    run_dir = Path(d.broadcast(str(run_dir)))
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     previous = read_json(run_dir / "summary.json") or {}
     if previous.get("status") == "completed" and previous.get("config") == resolved:
-        print(f"mixlab: {run_dir} already completed; skipping (delete summary.json to redo)", file=sys.stderr)
+        if d.main:
+            print(f"mixlab: {run_dir} already completed; skipping (delete summary.json to redo)", file=sys.stderr)
         return previous["objective"]
     with _signals_to_flag() as stop:
-        return _run(cfg, run_dir, resolved, previous, stop)
+        return _run(cfg, run_dir, resolved, previous, stop, d)
 
 
-def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: dict) -> float:
+def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: dict, d: Dist = Dist()) -> float:
     started = time.time()
-    summary: dict = {"status": "running", "config": resolved, "git": git_info(), "versions": versions(),
-                     "epochs": cfg.get("trainer", {}).get("epochs")}
+    summary: dict = {"status": "running", "config": resolved, "git": git_info() if d.main else None,
+                     "versions": versions(), "epochs": cfg.get("trainer", {}).get("epochs")}
+    if d.world > 1:
+        summary["world_size"] = d.world
     log = MetricsLog(run_dir / "metrics.jsonl")
+    if d.main:
+        remove_stale_temps(run_dir)  # of writes killed before their rename; only this run writes here
     logger = None
     try:
         validate(cfg)
-        p = build(cfg)
+        p = build(cfg, d)
         summary["dataset"] = p.ds.summary()
         ckpt = load_checkpoint(run_dir / "last.pt", map_location=p.device)
         start = _restore(p, ckpt) if ckpt is not None else 0
-        log.truncate(start)
+        if d.main:
+            log.truncate(start)
         wall_before = previous.get("wall_seconds", 0.0) if start else 0.0
-        with component_errors("logger"):
-            logger = LOGGERS.build(cfg.logger.name, run_dir=run_dir, config=resolved, group=_hydra_group(),
-                                   **options(cfg.logger))
-        print(f"mixlab: {ds_line(p.ds)} | model={cfg.model.name} pairing={cfg.pairing.name} "
-              f"lambda={cfg.lam.name} mixer={cfg.mixer.name} | device={p.device} | records: {run_dir}"
-              + (f" (resuming after epoch {start})" if start else ""), file=sys.stderr)
-        epochs, show = cfg.trainer.epochs, cfg.trainer.progress
+        if d.main:
+            with component_errors("logger"):
+                logger = LOGGERS.build(cfg.logger.name, run_dir=run_dir, config=resolved, group=_hydra_group(),
+                                       **options(cfg.logger))
+            print(f"mixlab: {ds_line(p.ds)} | model={cfg.model.name} pairing={cfg.pairing.name} "
+                  f"lambda={cfg.lam.name} mixer={cfg.mixer.name} | device={p.device}"
+                  + (f" x {d.world} processes" if d.world > 1 else "") + f" | records: {run_dir}"
+                  + (f" (resuming after epoch {start})" if start else ""), file=sys.stderr)
+        else:
+            logger = NoLogger(run_dir=run_dir, config=resolved)
+        epochs, show = cfg.trainer.epochs, cfg.trainer.progress and d.main
         epoch_bar = _progress_bar(epochs, "epochs", show, initial=start)
         for epoch in range(start + 1, epochs + 1):
             t0 = time.perf_counter()
@@ -328,6 +437,11 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: d
             result = train_epoch(p, epoch, epochs, log_every=cfg.trainer.log_every, bar=batch_bar, stop=stop)
             if batch_bar is not None:
                 batch_bar.close()
+            rng = _rng(p)
+            if not d.main:  # rank 0 evaluates and writes; the others wait for it at the next collective
+                if epoch < epochs and d.any(stop["signal"] is not None):
+                    _interrupted(stop["signal"], epoch + 1, 0)
+                continue
             test = evaluate(p)
             extras = {"reliability": test.pop("reliability", None), "lam_vs_distance": result["lam_vs_distance"]}
             row = {"epoch": epoch, **result["row"], **test, "lr": p.optimizer.param_groups[0]["lr"],
@@ -336,37 +450,44 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: d
             # row (MetricsLog.truncate) and replays the epoch to the same row. The other order would lose it.
             log.append(row)
             atomic_write_json(run_dir / "last_epoch.json", extras)
-            save_checkpoint(run_dir / "last.pt", _state(p, epoch))
+            grid = _grid(result["images"], p.ds) if result["images"] is not None and p.ds.is_image else None
+            if grid is not None:  # a record too: atomic, and before the checkpoint (a kill replays the epoch)
+                atomic_write(run_dir / "mixed_examples.png", lambda f: save_image(grid, f, format="png"))
+            save_checkpoint(run_dir / "last.pt", _state(p, epoch, rng))
             logger.log(row, step=epoch)
-            if result["images"] is not None and p.ds.is_image:
-                grid = _grid(result["images"], p.ds)
-                save_image(grid, run_dir / "mixed_examples.png")
+            if grid is not None:
                 logger.log_images("mixed_examples", grid, step=epoch)
             (epoch_bar.write if epoch_bar is not None else _eprint)(_epoch_line(row, epochs))
             if epoch_bar is not None:
                 epoch_bar.update(1)
             if epoch < epochs:
-                _check_stop(stop, epoch + 1, 0)
+                if d.world == 1:
+                    _check_stop(stop, epoch + 1, 0)
+                elif d.any(stop["signal"] is not None):
+                    _interrupted(stop["signal"], epoch + 1, 0)
         if epoch_bar is not None:
             epoch_bar.close()
-        rows = log.rows()
-        summary.update(read_json(run_dir / "last_epoch.json") or {})
-        summary.update(_final(rows, p.ds, wall_before + time.time() - started), status="completed")
-        summary.pop("error", None)
-        return summary["objective"]
+        if d.main:
+            rows = log.rows()
+            summary.update(read_json(run_dir / "last_epoch.json") or {})
+            summary.update(_final(rows, p.ds, wall_before + time.time() - started), status="completed")
+            summary.pop("error", None)
     except (Exception, KeyboardInterrupt) as e:
         status = {Diverged: "diverged", Interrupted: "interrupted", KeyboardInterrupt: "interrupted"}.get(
             type(e), "failed")
         summary.update(status=status, error=f"{type(e).__name__}: {e}", wall_seconds=time.time() - started)
-        rows = log.rows()
+        rows = log.rows() if d.main else []
         if rows:
             summary.update({k: v for k, v in _final(rows, None, summary["wall_seconds"]).items()
                             if k not in ("objective", "dataset")})
         raise
     finally:
-        atomic_write_json(run_dir / "summary.json", summary)
+        if d.main:
+            atomic_write_json(run_dir / "summary.json", summary)
         if logger is not None:
             logger.finish({k: v for k, v in summary.items() if k in ("status", "median_last10_acc", "final")})
+    # rank 0's result, once summary.json is written: every process returns when the run is recorded
+    return d.broadcast(summary.get("objective"))
 
 
 def _final(rows: list[dict], ds: Dataset | None, wall: float) -> dict:

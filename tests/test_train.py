@@ -17,6 +17,8 @@ import mixlab.train as train_module
 from mixlab.lam import LAMBDAS
 from mixlab.mixing import MIXERS
 from mixlab.pairing import PAIRINGS
+from mixlab.distributed import Dist
+from mixlab.models import build_model
 from mixlab.records import load_checkpoint
 from mixlab.train import Diverged, train
 
@@ -93,6 +95,29 @@ def test_feature_space_lambda_with_input_mixer(tmp_path):
     assert summary["status"] == "completed" and rows[0]["lam_std"] > 0
 
 
+@pytest.mark.parametrize("source, clean_passes", [("forward", 16), ("cache", 8)])
+def test_feature_cache_skips_the_extra_forward_after_epoch_1(source, clean_passes, tmp_path, monkeypatch):
+    real, calls = train_module._clean_features, []
+    monkeypatch.setattr(train_module, "_clean_features", lambda p, x: calls.append(1) or real(p, x))
+    _, rows, summary = run(tmp_path, "lambda=distance", "lam.space=feature", f"trainer.features={source}")
+    assert summary["status"] == "completed" and rows[1]["lam_std"] > 0
+    assert len(calls) == clean_passes  # 8 steps an epoch: the cache pays the extra pass in epoch 1 only
+
+
+def test_feature_bank_refreshes_only_the_rows_that_led_their_mix():
+    model = build_model("mlp", in_shape=(5,), num_classes=3, hidden=[4])
+    bank = train_module.FeatureBank(model, 6, torch.device("cpu"), Dist())
+    model(torch.randn(3, 5))
+    caught = model.embed(torch.randn(3, 5))  # the hook keeps the input of the head of the latest forward
+    model.head(caught)
+    assert torch.equal(bank.caught, caught.detach())
+    bank.write(torch.tensor([4, 0, 2]), caught, torch.tensor([True, False, True]))
+    expected = torch.zeros(6, 4)
+    expected[4], expected[2] = caught[0], caught[2]
+    assert torch.equal(bank.rows, expected)
+    assert torch.equal(bank.read(torch.tensor([2, 4])), expected[[2, 4]])
+
+
 def test_regression_on_diabetes(tmp_path):
     mse, rows, summary = run(tmp_path, "data=diabetes", "data.train_subset=null", "lambda=constant")
     assert summary["status"] == "completed" and summary["dataset"]["task"] == "regression"
@@ -107,7 +132,8 @@ def test_same_seed_same_metrics_and_other_seed_differs(tmp_path):
 
 
 @pytest.mark.parametrize("extra", [("lambda=loss", "lam.per_sample=true", "model.dropout=0.2"),
-                                   ("mixer=manifold", "model=cnn", "model.width=8", "lambda=beta")])
+                                   ("mixer=manifold", "model=cnn", "model.width=8", "lambda=beta"),
+                                   ("lambda=distance", "lam.space=feature", "trainer.features=cache")])
 def test_resume_after_interruption_gives_identical_metrics(extra, tmp_path, monkeypatch):
     overrides = (*extra, "trainer.epochs=3")
     _, uninterrupted, _ = run(tmp_path, *overrides, name="full")
@@ -223,3 +249,26 @@ def test_sigterm_records_interrupted_and_rerun_resumes_to_identical_metrics(tmp_
     _, uninterrupted, _ = run(tmp_path, "trainer.epochs=40", "data.train_subset=128", name="full")
     resumed = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert without_timing(resumed) == without_timing(uninterrupted)
+
+
+# --------------------------------------------------------------------------- no host syncs in a step
+
+STEP_CASES = ([f"lambda={n}" for n in LAMBDAS.names()] +
+              [f"pairing={n}" for n in PAIRINGS.names() if n != "optimal"] +
+              ["pairing=optimal pairing.solver=sinkhorn", "lambda=loss lam.per_sample=true",
+               "lambda=distance lam.space=feature trainer.features=cache", "mixer=cutmix model=cnn model.width=8"])
+
+
+@pytest.mark.parametrize("case", STEP_CASES)
+def test_training_steps_never_wait_for_the_device(case, monkeypatch):
+    """Every step of an epoch runs without a host sync; the first one is the read at the end of the
+    epoch (``log_every`` larger than the epoch). The exact ``optimal`` solver syncs by design."""
+    from .test_mixing import find_syncs
+
+    overrides = [o for o in FAST if not ("model=cnn" in case and o.startswith("model."))] + case.split()
+    p = train_module.build(compose_cfg(*overrides))
+    steps = len(p.batches)
+    train_module.train_epoch(p, 1, 2, log_every=10**9, bar=None)  # epoch 1 fills a feature cache
+    syncs = find_syncs(lambda: train_module.train_epoch(p, 2, 2, log_every=10**9, bar=None), monkeypatch)
+    assert syncs == ["Tensor.tolist()"]  # the end-of-epoch read, raised by the detector after the last step
+    assert p.scheduler.last_epoch == 2 * steps
