@@ -72,8 +72,19 @@ RULES: dict[str, Rule] = {
 }
 
 
+CLOSED = ("data", "trainer")  # nodes read key by key: an unknown key in them would be ignored silently
+
+
 def validate(cfg: DictConfig) -> None:
-    """Raise ``ConfigError`` for the first key that breaks its rule (absent keys are skipped)."""
+    """Raise ``ConfigError`` for the first key that breaks its rule (absent keys are skipped), or for
+    a key in ``data``/``trainer`` that nothing reads (``+data.batchsize=64``; the components' own
+    nodes reject unknown options when they are built)."""
+    for node in CLOSED:
+        known = {k.split(".", 1)[1] for k in RULES if k.startswith(f"{node}.")} | {"name"}
+        for key in OmegaConf.select(cfg, node, default=None) or {}:
+            if key not in known:
+                raise ConfigError(f"{node}.{key}={OmegaConf.select(cfg, f'{node}.{key}')!r}: unknown key; "
+                                  f"expected one of {sorted(known)}")
     for key, (allowed, ok) in RULES.items():
         value = OmegaConf.select(cfg, key, default="<absent>")
         if value == "<absent>":

@@ -39,7 +39,11 @@ from .records import (MetricsLog, atomic_write, atomic_write_json, git_info, loa
 
 
 class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite (at ``epoch``, ``step``: recorded in summary.json)."""
+
+    def __init__(self, loss: float, epoch: int, step: int) -> None:
+        super().__init__(f"training loss is {loss} at epoch {epoch}, step {step}")
+        self.epoch, self.step = epoch, step
 
 
 class Interrupted(RuntimeError):
@@ -280,7 +284,7 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
                                      dtype=torch.float64)
                 *s, seen, stopping = d.sum(torch.cat([sums, flags])).tolist()
             if not math.isfinite(s[0]):
-                raise Diverged(f"training loss is {s[0] / seen} at epoch {epoch}, step {step + 1}")
+                raise Diverged(s[0] / seen, epoch, step + 1)
             if bar is not None:
                 bar.set_postfix(loss=f"{s[0] / seen:.4f}", acc=f"{s[1] / seen:.3f}" if classification else "-")
             if stopping:
@@ -476,6 +480,8 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: d
         status = {Diverged: "diverged", Interrupted: "interrupted", KeyboardInterrupt: "interrupted"}.get(
             type(e), "failed")
         summary.update(status=status, error=f"{type(e).__name__}: {e}", wall_seconds=time.time() - started)
+        if isinstance(e, Diverged):
+            summary["diverged_at"] = {"epoch": e.epoch, "step": e.step}
         rows = log.rows() if d.main else []
         if rows:
             summary.update({k: v for k, v in _final(rows, None, summary["wall_seconds"]).items()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -121,10 +122,37 @@ def test_invalid_temperatures_raise(override, key):
         build(cfg)
 
 
+@pytest.mark.parametrize("override", ["+data.batchsize=64", "+trainer.epoch=3"])
+def test_an_added_key_nothing_reads_is_an_error(override):
+    key = override[1:].split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}=.*unknown key; expected one of \["):
+        validate(compose_cfg(*TINY, override))
+
+
 def test_misspelled_component_option_is_named():
     cfg = compose_cfg(*TINY, "+lam.alpah=2")
     with pytest.raises(ConfigError, match=r"^lam: .*alpah"):
         build(cfg)
+
+
+@pytest.mark.parametrize("node", ["lam", "pairing", "mixer", "model", "optim", "logger", "data"])
+def test_a_target_import_path_is_never_instantiated(node, monkeypatch):
+    """Components come from the registries only: a Hydra ``_target_`` smuggled onto the command line is
+    an unknown option, never an import path that gets called."""
+    import builtins
+
+    called = []
+    monkeypatch.setattr(builtins, "breakpoint", lambda *a, **k: called.append(1))
+    cfg = compose_cfg(*TINY, f"+{node}._target_=builtins.breakpoint")
+    with pytest.raises(ConfigError, match=rf"^{node}\b.*_target_"):
+        validate(cfg)
+        build(cfg)
+        from mixlab.loggers import LOGGERS as loggers  # built last, in train()
+        from mixlab.config import component_errors, options
+
+        with component_errors("logger"):
+            loggers.build(cfg.logger.name, run_dir=Path("."), config={}, **options(cfg.logger))
+    assert not called
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -50,16 +50,18 @@ def test_relaunch_skips_finished_runs_and_completes_the_rest(tmp_path):
     assert all(len((out / k / "metrics.jsonl").read_text().splitlines()) == 3 for k in after)
 
 
-def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
-    # pairing=same_class on regression data fails at build time for that job only
+def test_failing_and_diverging_jobs_do_not_stop_the_sweep(tmp_path):
+    # pairing=same_class on regression data fails at build time; lr=1e12 diverges in its first epoch
     r = sweep(tmp_path / "s", "data=diabetes", "data.train_subset=null", "trainer.epochs=1",
-              "pairing=random,same_class")
+              "pairing=same_class,random", "optim.lr=1e12,0.01")
     assert r.returncode == 0, r.stderr[-2000:]
     s = summaries(tmp_path / "s")
-    statuses = sorted((v["config"]["pairing"]["name"], v["status"]) for v in s.values())
-    assert statuses == [("random", "completed"), ("same_class", "failed")]
-    failed = next(v for v in s.values() if v["status"] == "failed")
-    assert "same_class" in failed["error"]
+    statuses = sorted((v["config"]["pairing"]["name"], v["config"]["optim"]["lr"], v["status"]) for v in s.values())
+    assert statuses == [("random", 0.01, "completed"), ("random", 1e12, "diverged"),
+                        ("same_class", 0.01, "failed"), ("same_class", 1e12, "failed")]
+    assert all("same_class" in v["error"] for v in s.values() if v["status"] == "failed")
+    diverged = next(v for v in s.values() if v["status"] == "diverged")
+    assert "training loss is nan at epoch 1, step" in diverged["error"]
 
 
 def test_parallel_launcher_runs_jobs_at_once(tmp_path):

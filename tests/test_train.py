@@ -184,11 +184,24 @@ def test_rerun_of_a_completed_run_does_no_work(tmp_path, monkeypatch):
     assert summary["status"] == "completed" and again == first
 
 
-def test_divergence_is_recorded(tmp_path):
-    with pytest.raises(Diverged, match="epoch 1, step"):
-        run(tmp_path, "optim.lr=1e30", "optim.nesterov=false", "optim.momentum=0.0", "trainer.log_every=1")
+def test_divergence_is_recorded_and_the_last_good_checkpoint_kept(tmp_path, monkeypatch):
+    _, good, _ = run(tmp_path, "trainer.log_every=1", name="good")
+    real_step = train_module.loss_per_sample
+
+    def nan_in_epoch_2_step_3(out, target, task, calls=[]):  # noqa: B006 - a call counter
+        calls.append(1)
+        loss = real_step(out, target, task)
+        return loss * float("nan") if len(calls) == 8 + 3 else loss  # 8 steps an epoch
+
+    monkeypatch.setattr(train_module, "loss_per_sample", nan_in_epoch_2_step_3)
+    with pytest.raises(Diverged, match=r"^training loss is nan at epoch 2, step 3$"):
+        run(tmp_path, "trainer.log_every=1")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["status"] == "diverged" and "Diverged" in summary["error"]
+    assert summary["status"] == "diverged" and summary["diverged_at"] == {"epoch": 2, "step": 3}
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["epoch"] == 1  # the last good checkpoint, intact and loadable
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert without_timing(rows) == without_timing(good[:1])
 
 
 def test_wandb_offline_writes_a_local_run(tmp_path, monkeypatch):
