@@ -281,6 +281,10 @@ class Batches:
             raise ValueError(f"crop_padding={crop_padding!r}: expected an integer >= 0")
         if not isinstance(hflip, bool):
             raise ValueError(f"hflip={hflip!r}: expected true or false")
+        if ds.x_train.dim() == 4 and crop_padding > min(ds.input_shape[1:]):
+            side = min(ds.input_shape[1:])  # a wider pad only crops more of the padding itself
+            raise ValueError(f"crop_padding={crop_padding}: expected an integer in 0..{side} "
+                             f"(at most the {ds.input_shape[1]}x{ds.input_shape[2]} image's side)")
         if ds.x_train.dim() != 4 and (crop_padding or hflip):
             raise ValueError(
                 f"crop_padding={crop_padding}, hflip={hflip}: augmentation needs image inputs "

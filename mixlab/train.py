@@ -90,6 +90,9 @@ def resolve_device(name: str, d: Dist = Dist()) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r}: CUDA is not available on this machine; expected auto | cpu")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"device={name!r}: this machine has {torch.cuda.device_count()} GPU(s); "
+                          f"expected auto | cpu | cuda | cuda:0..{torch.cuda.device_count() - 1}")
     return torch.device("cuda", d.local_rank) if name == "cuda" and d.world > 1 else torch.device(name)
 
 

@@ -89,7 +89,7 @@ SPEC: dict[str, Spec] = {
     "data.download": BOOL,
     "data.batch_size": integer(1),
     "data.train_subset": integer(1, 1437, null=True),  # digits has 1437 training examples
-    "data.crop_padding": integer(0),
+    "data.crop_padding": integer(0, 8),  # at most the side of digits' 8x8 images
     "data.hflip": BOOL,
     "model.hidden": list_of(integer(1, 65536), extra=([],)),
     "model.dropout": number(0, 1, open="hi"),

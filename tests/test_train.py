@@ -17,6 +17,7 @@ import mixlab.train as train_module
 from mixlab.lam import LAMBDAS
 from mixlab.mixing import MIXERS
 from mixlab.pairing import PAIRINGS
+from mixlab.config import ConfigError
 from mixlab.distributed import Dist
 from mixlab.models import build_model
 from mixlab.records import load_checkpoint
@@ -116,6 +117,14 @@ def test_feature_bank_refreshes_only_the_rows_that_led_their_mix():
     expected[4], expected[2] = caught[0], caught[2]
     assert torch.equal(bank.rows, expected)
     assert torch.equal(bank.read(torch.tensor([2, 4])), expected[[2, 4]])
+
+
+def test_a_gpu_index_the_machine_lacks_is_a_config_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert train_module.resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ConfigError, match=r"^device='cuda:2': this machine has 2 GPU\(s\); expected .*cuda:0\.\.1$"):
+        train_module.resolve_device("cuda:2")
 
 
 def test_regression_on_diabetes(tmp_path):
