@@ -325,7 +325,7 @@ def evaluate(p: Parts, *, batch_size: int = 1000) -> dict:
         if p.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=p.amp):
-            outs.append((p.eval_forward or p.forward)(x).float())
+            outs.append((p.eval_forward if p.eval_forward is not None else p.forward)(x).float())
     out = torch.cat(outs)
     if p.ds.task == "classification":
         m = classification_metrics(out, p.ds.y_test)

@@ -119,6 +119,17 @@ def test_feature_bank_refreshes_only_the_rows_that_led_their_mix():
     assert torch.equal(bank.read(torch.tensor([2, 4])), expected[[2, 4]])
 
 
+def test_compiled_model_trains_evaluates_and_feeds_the_feature_cache(tmp_path):
+    _, eager, _ = run(tmp_path, "lambda=distance", "lam.space=feature", "trainer.features=cache", name="eager")
+    _, compiled, summary = run(tmp_path, "lambda=distance", "lam.space=feature", "trainer.features=cache",
+                               "trainer.compile=true", name="compiled")
+    assert summary["status"] == "completed"
+    # Same computation, other kernels: equal up to float rounding, including epoch 2's cached features.
+    for a, b in zip(eager, compiled):
+        assert b["test_acc"] == pytest.approx(a["test_acc"], abs=0.02)
+        assert b["lam_mean"] == pytest.approx(a["lam_mean"], rel=1e-3)
+
+
 def test_a_gpu_index_the_machine_lacks_is_a_config_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
