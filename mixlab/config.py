@@ -14,6 +14,8 @@ from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
+from .loggers import WANDB_MODES
+from .optim import SCHEDULES
 from .registry import is_number as _is_num
 
 
@@ -29,35 +31,39 @@ def _is_list(v: Any, length: int | None = None) -> bool:
     return isinstance(v, list) and (length is None or len(v) == length)
 
 
-def _auto_bool(v: Any) -> bool:
-    return v == "auto" or isinstance(v, bool)
-
-
 Rule = tuple[str, Callable[[Any], bool]]
+
+
+def _one_of(*names: str) -> Rule:
+    return " | ".join(names), lambda v: v in names
+
+
+BOOL: Rule = ("true | false", lambda v: isinstance(v, bool))
+AUTO_BOOL: Rule = ("auto | true | false", lambda v: v == "auto" or isinstance(v, bool))
 RULES: dict[str, Rule] = {
     # torch seeds take 0..2**64-1, and the loop seeds a second generator with seed + 1
     "seed": ("an integer in [0, 2**63)", lambda v: _is_int(v) and 0 <= v < 2**63),
     "device": ("auto | cpu | cuda | cuda:N", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v)),
     "smoothing": ("a number in [0, 1)", lambda v: _is_num(v) and 0 <= v < 1),
     "trainer.epochs": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
-    "trainer.amp": ("auto | true | false", _auto_bool),
-    "trainer.channels_last": ("auto | true | false", _auto_bool),
-    "trainer.compile": ("true | false", lambda v: isinstance(v, bool)),
+    "trainer.amp": AUTO_BOOL,
+    "trainer.channels_last": AUTO_BOOL,
+    "trainer.compile": BOOL,
     "trainer.log_every": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
-    "trainer.progress": ("true | false", lambda v: isinstance(v, bool)),
-    "trainer.pairing_scope": ("local | global", lambda v: v in ("local", "global")),
-    "trainer.features": ("forward | cache", lambda v: v in ("forward", "cache")),
+    "trainer.progress": BOOL,
+    "trainer.pairing_scope": _one_of("local", "global"),
+    "trainer.features": _one_of("forward", "cache"),
     "data.batch_size": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
     "data.train_subset": ("null or an integer >= 1", lambda v: v is None or (_is_int(v) and v >= 1)),
     "data.crop_padding": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
-    "data.hflip": ("true | false", lambda v: isinstance(v, bool)),
-    "data.download": ("true | false", lambda v: isinstance(v, bool)),
+    "data.hflip": BOOL,
+    "data.download": BOOL,
     "data.root": ("null or a path", lambda v: v is None or isinstance(v, str)),
-    "optim.schedule": ("cosine | step | constant", lambda v: v in ("cosine", "step", "constant")),
+    "optim.schedule": _one_of(*SCHEDULES),
     "optim.lr": ("a number > 0", lambda v: _is_num(v) and v > 0),
     "optim.weight_decay": ("a number >= 0", lambda v: _is_num(v) and v >= 0),
     "optim.momentum": ("a number in [0, 1)", lambda v: _is_num(v) and 0 <= v < 1),
-    "optim.nesterov": ("true | false", lambda v: isinstance(v, bool)),
+    "optim.nesterov": BOOL,
     "optim.betas": ("two numbers in [0, 1)", lambda v: _is_list(v, 2) and all(_is_num(b) and 0 <= b < 1 for b in v)),
     "optim.warmup_epochs": ("a number >= 0", lambda v: _is_num(v) and v >= 0),
     "optim.gamma": ("a number in (0, 1]", lambda v: _is_num(v) and 0 < v <= 1),
@@ -66,9 +72,9 @@ RULES: dict[str, Rule] = {
     # The logger is built after the data and model, so its options are checked here, before anything is built.
     "logger.project": ("a string", lambda v: isinstance(v, str)),
     "logger.entity": ("null or a string", lambda v: v is None or isinstance(v, str)),
-    "logger.mode": ("auto | online | offline | disabled", lambda v: v in ("auto", "online", "offline", "disabled")),
+    "logger.mode": _one_of(*WANDB_MODES),
     "logger.tags": ("a list of strings", lambda v: _is_list(v) and all(isinstance(t, str) for t in v)),
-    "logger.images": ("true | false", lambda v: isinstance(v, bool)),
+    "logger.images": BOOL,
 }
 
 

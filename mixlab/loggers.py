@@ -35,6 +35,7 @@ class NoLogger:
         pass
 
 
+WANDB_MODES = ("auto", "online", "offline", "disabled")
 # What a W&B call may raise without failing the run: any error, and SystemExit (a library that
 # gives up by calling sys.exit). Not KeyboardInterrupt: Ctrl-C still stops the run.
 _WANDB_ERRORS = (Exception, SystemExit)
@@ -59,8 +60,8 @@ class WandbLogger(NoLogger):
     def __init__(self, *, run_dir: Path, config: dict, group: str | None = None, project: str = "mixlab",
                  entity: str | None = None, mode: str = "auto", tags: list[str] | tuple = (),
                  images: bool = True) -> None:
-        if mode not in ("auto", "online", "offline", "disabled"):
-            raise ValueError(f"logger.mode={mode!r}: expected one of ['auto', 'online', 'offline', 'disabled']")
+        if mode not in WANDB_MODES:
+            raise ValueError(f"logger.mode={mode!r}: expected one of {list(WANDB_MODES)}")
         self.images, self.run = images, None
         mode = ("online" if _has_wandb_key() else "offline") if mode == "auto" else mode
         try:

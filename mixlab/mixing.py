@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .lam import LAMBDAS, NoMix, Policy
-from .pairing import PAIRINGS, _rand
+from .pairing import PAIRINGS, _check_choice, _rand
 from .registry import Registry
 
 MIXERS: Registry = Registry("mixer")
@@ -176,8 +176,7 @@ class Mix:
         self.pairing = PAIRINGS.build(pairing, **(pairing_kwargs or {}))
         self.mixer = MIXERS.build(mixer, **(mixer_kwargs or {}))
         self.num_classes, self.smoothing, self.generator = num_classes, smoothing, generator
-        if scope not in ("local", "global"):
-            raise ValueError(f"scope={scope!r}: expected one of ['local', 'global']")
+        _check_choice("scope", scope, ("local", "global"))
         if scope == "global" and (gather is None or shared_generator is None):
             raise ValueError("scope='global' needs gather= (all processes' rows) and shared_generator=")
         self.gather, self.rank, self.scope, self.shared_generator = gather, rank, scope, shared_generator

@@ -200,11 +200,11 @@ class CrossClassPairing(_ClassPairing):
 
 OPTIMAL_SOLVERS = ("auto", "exact", "sinkhorn")
 # solver='auto' on an accelerator: exact up to this batch size, sinkhorn above. From
-# docs/bench_optimal.json (scripts/bench_optimal.py, host: 2 shared EPYC cores): the Hungarian
-# takes ~0.5 ms at B = 128 and ~6 ms at 256, less than the sinkhorn solver's fixed cost (its ~1.6k
-# small ops take ~25 ms to dispatch there even at B = 8; on a GPU they are launches that do not
-# stall it), so up to 256 the exact optimum costs no more. Past that the Hungarian grows ~4-5x
-# per doubling (25-33 ms at 512, ~0.6 s at 2048) and the GPU idles through all of it.
+# docs/bench_optimal.json (scripts/bench_optimal.py, host: 2 EPYC cores, 1 thread): the Hungarian
+# takes ~0.5 ms at B = 128 and ~2 ms at 256, less than the sinkhorn solver's fixed cost (its ~1.6k
+# small ops take ~7 ms to dispatch there even at B = 8; on a GPU they are launches that do not
+# stall it), so up to 256 the exact optimum costs no more. Past that the Hungarian grows ~5x
+# per doubling (10 ms at 512, ~0.3 s at 2048) and the GPU idles through all of it.
 AUTO_EXACT_MAX_BATCH = 256
 _NEG = -float("inf")
 

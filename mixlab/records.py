@@ -63,17 +63,20 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-# `.<destination name>.<12 hex digits>.tmp`: the temp files of _atomic_write.
+# `.<destination name>.<12 hex digits>.tmp`: the temp files of atomic_write.
 _TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
 
 
-def _atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(f)`` on a fresh temp file next to ``path``, fsync it, then ``os.replace`` it onto ``path``.
+def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(f)`` on a fresh temp file next to ``path``, fsync it, then ``os.replace`` it onto ``path``:
+    e.g. ``atomic_write(p, lambda f: save_image(grid, f, format="png"))``.
 
     On any error the temp file is removed and the error re-raised; ``path`` is untouched.
     Parent directories are created as needed. Only SIGKILL (or a power cut) can leave the temp
     file behind; :func:`remove_stale_temps` clears those.
     """
+    if not callable(write):
+        raise ValueError(f"write: expected a callable taking a binary file, got {type(write).__name__}")
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.tmp")
@@ -92,16 +95,6 @@ def _atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(dest.parent)
-
-
-def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """Atomically replace ``path`` with what ``write(f)`` writes to a binary file object ``f``.
-
-    For writers that want a file, e.g. ``atomic_write(p, lambda f: save_image(grid, f, format="png"))``.
-    """
-    if not callable(write):
-        raise ValueError(f"write: expected a callable taking a binary file, got {type(write).__name__}")
-    _atomic_write(path, write)
 
 
 def remove_stale_temps(directory: PathLike) -> list[Path]:
@@ -128,7 +121,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: the file holds either its old content or all of ``data``."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ValueError(f"data: expected bytes, got {type(data).__name__}")
-    _atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def _json_safe(obj: Any) -> Any:
@@ -234,7 +227,7 @@ def save_checkpoint(path: PathLike, state: dict[str, Any]) -> None:
     To be loadable by :func:`load_checkpoint`, ``state`` must hold only what
     ``torch.load(weights_only=True)`` accepts: tensors, containers, numbers, strings, None.
     """
-    _atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict[str, Any] | None:

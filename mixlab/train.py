@@ -72,8 +72,11 @@ def _signals_to_flag() -> Iterator[dict]:
             signal.signal(s, h)
 
 
-def _check_stop(stop: dict, epoch: int, step: int) -> None:
-    if stop["signal"] is not None:
+def _check_stop(stop: dict, epoch: int, step: int, d: Dist = Dist()) -> None:
+    """Raise ``Interrupted`` after SIGTERM/Ctrl-C. With several processes this is a collective (every
+    process calls it), and all of them stop when any one was signalled."""
+    signalled = stop["signal"] is not None
+    if d.any(signalled) if d.world > 1 else signalled:
         _interrupted(stop["signal"], epoch, step)
 
 
@@ -107,6 +110,7 @@ class Parts:
     ds: Dataset
     model: MixModel
     forward: torch.nn.Module  # the model (DDP-wrapped with several processes), maybe torch.compile'd
+    eval_forward: torch.nn.Module  # for evaluation: never DDP-wrapped (rank 0 evaluates alone)
     mix: Mix
     batches: Batches
     optimizer: torch.optim.Optimizer
@@ -118,7 +122,6 @@ class Parts:
     manifold: bool
     needs_features: bool
     dist: Dist = field(default_factory=Dist)
-    eval_forward: torch.nn.Module | None = None  # for evaluation: never DDP-wrapped (rank 0 evaluates alone)
     bank: FeatureBank | None = None  # trainer.features=cache
 
 
@@ -208,8 +211,8 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
         forward = torch.compile(ddp) if cfg.trainer.compile else ddp
     needs_features = uses_features and not manifold
     bank = FeatureBank(model, ds.n_train, device, d) if needs_features and cfg.trainer.features == "cache" else None
-    return Parts(ds, model, forward, mix, batches, optimizer, scheduler, generators, device,
-                 _auto(cfg.trainer.amp, device), channels_last, manifold, needs_features, d, eval_forward, bank)
+    return Parts(ds, model, forward, eval_forward, mix, batches, optimizer, scheduler, generators, device,
+                 _auto(cfg.trainer.amp, device), channels_last, manifold, needs_features, d, bank)
 
 
 def loss_per_sample(out: Tensor, target: Tensor, task: str) -> Tensor:
@@ -294,7 +297,7 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
                 _interrupted((stop or {}).get("signal"), epoch, step + 1)
         if bar is not None:
             bar.update(1)
-        if stop is not None and d.world == 1:
+        if stop is not None and d.world == 1:  # several processes: the all-reduce above carries the flag
             _check_stop(stop, epoch, step + 1)
     seconds = time.perf_counter() - t0
     row = {"train_loss": s[0] / seen, "train_acc": s[1] / seen if classification else None,
@@ -325,7 +328,7 @@ def evaluate(p: Parts, *, batch_size: int = 1000) -> dict:
         if p.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=p.amp):
-            outs.append((p.eval_forward if p.eval_forward is not None else p.forward)(x).float())
+            outs.append(p.eval_forward(x).float())
     out = torch.cat(outs)
     if p.ds.task == "classification":
         m = classification_metrics(out, p.ds.y_test)
@@ -343,10 +346,10 @@ def _rng(p: Parts) -> dict | list[dict]:
     return state if p.dist.world == 1 else p.dist.all_objects(state)
 
 
-def _state(p: Parts, epoch: int, rng: dict | list[dict] | None = None) -> dict:
+def _state(p: Parts, epoch: int, rng: dict | list[dict]) -> dict:
     return {"epoch": epoch, "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
             "scheduler": p.scheduler.state_dict(), "mix": p.mix.state_dict(),
-            "rng": rng_state(p.generators) if rng is None else rng,
+            "rng": rng,
             "features": p.bank.rows if p.bank is not None else None}
 
 
@@ -445,33 +448,27 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: d
             if batch_bar is not None:
                 batch_bar.close()
             rng = _rng(p)
-            if not d.main:  # rank 0 evaluates and writes; the others wait for it at the next collective
-                if epoch < epochs and d.any(stop["signal"] is not None):
-                    _interrupted(stop["signal"], epoch + 1, 0)
-                continue
-            test = evaluate(p)
-            extras = {"reliability": test.pop("reliability", None), "lam_vs_distance": result["lam_vs_distance"]}
-            row = {"epoch": epoch, **result["row"], **test, "lr": p.optimizer.param_groups[0]["lr"],
-                   "seconds": time.perf_counter() - t0}
-            # Record first, checkpoint second: a kill between the two resumes from epoch - 1, drops this
-            # row (MetricsLog.truncate) and replays the epoch to the same row. The other order would lose it.
-            log.append(row)
-            atomic_write_json(run_dir / "last_epoch.json", extras)
-            grid = _grid(result["images"], p.ds) if result["images"] is not None and p.ds.is_image else None
-            if grid is not None:  # a record too: atomic, and before the checkpoint (a kill replays the epoch)
-                atomic_write(run_dir / "mixed_examples.png", lambda f: save_image(grid, f, format="png"))
-            save_checkpoint(run_dir / "last.pt", _state(p, epoch, rng))
-            logger.log(row, step=epoch)
-            if grid is not None:
-                logger.log_images("mixed_examples", grid, step=epoch)
-            (epoch_bar.write if epoch_bar is not None else _eprint)(_epoch_line(row, epochs))
-            if epoch_bar is not None:
-                epoch_bar.update(1)
+            if d.main:  # rank 0 evaluates and writes; the others wait for it at the next collective
+                test = evaluate(p)
+                extras = {"reliability": test.pop("reliability", None), "lam_vs_distance": result["lam_vs_distance"]}
+                row = {"epoch": epoch, **result["row"], **test, "lr": p.optimizer.param_groups[0]["lr"],
+                       "seconds": time.perf_counter() - t0}
+                # Record first, checkpoint second: a kill between the two resumes from epoch - 1, drops this
+                # row (MetricsLog.truncate) and replays the epoch to the same row. The other order would lose it.
+                log.append(row)
+                atomic_write_json(run_dir / "last_epoch.json", extras)
+                grid = _grid(result["images"], p.ds) if result["images"] is not None and p.ds.is_image else None
+                if grid is not None:  # a record too: atomic, and before the checkpoint (a kill replays the epoch)
+                    atomic_write(run_dir / "mixed_examples.png", lambda f: save_image(grid, f, format="png"))
+                save_checkpoint(run_dir / "last.pt", _state(p, epoch, rng))
+                logger.log(row, step=epoch)
+                if grid is not None:
+                    logger.log_images("mixed_examples", grid, step=epoch)
+                (epoch_bar.write if epoch_bar is not None else _eprint)(_epoch_line(row, epochs))
+                if epoch_bar is not None:
+                    epoch_bar.update(1)
             if epoch < epochs:
-                if d.world == 1:
-                    _check_stop(stop, epoch + 1, 0)
-                elif d.any(stop["signal"] is not None):
-                    _interrupted(stop["signal"], epoch + 1, 0)
+                _check_stop(stop, epoch + 1, 0, d)
         if epoch_bar is not None:
             epoch_bar.close()
         if d.main:
