@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from mixlab.config import ConfigError, validate
 from mixlab.data import DATASETS

@@ -24,11 +24,9 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import pickle
 import random
 import re
 import signal
-import struct
 import subprocess
 import tempfile
 import sys
@@ -48,6 +46,7 @@ from mixlab.records import MetricsLog, load_checkpoint, read_json, remove_stale_
 from mixlab.train import train
 
 from .test_config import compose_cfg
+from .test_data import _pickle, write_idx, write_tiny_fashion
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMING = {"seconds", "train_seconds", "images_per_second"}
@@ -486,23 +485,6 @@ def test_atomic_write_with_a_writer_function(tmp_path):
 # ----------------------------------------------------------------------------- bad data
 
 
-def write_idx(path: Path, array: np.ndarray, *, type_code: int = 0x08) -> Path:
-    """`array` as an idx file, gzipped when the name ends in .gz."""
-    dtype = {0x08: ">u1", 0x0C: ">i4", 0x0D: ">f4"}[type_code]
-    payload = struct.pack(">I", (type_code << 8) | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload += np.ascontiguousarray(array, dtype=dtype).tobytes()
-    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
-    return path
-
-
-def write_fashion(root: Path, n_train: int = 5, n_test: int = 3) -> None:
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        write_idx(root / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-        write_idx(root / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n, dtype=np.uint8))
-
-
 def _gunzipped(p: Path) -> bytes:
     return gzip.decompress(p.read_bytes())
 
@@ -536,10 +518,6 @@ FASHION_CASES = {
     "label 255": ("t10k-labels-idx1-ubyte.gz", lambda p: write_idx(p, np.array([0, 255, 1], np.uint8)),
                   r"label 255 at position 1 is out of range 0\.\.9"),
 }
-
-
-def _pickle(path: Path, obj: object) -> None:
-    path.write_bytes(pickle.dumps(obj))
 
 
 def write_cifar10(root: Path) -> Path:
@@ -593,13 +571,6 @@ RAN_CODE = Path(tempfile.gettempdir()) / "mixlab-unpickled-code-ran"
 N_BAD_DATA_CASES = len(FASHION_CASES) + len(CIFAR_CASES) + 2
 
 
-def _no_md5(monkeypatch) -> None:
-    # torchvision compares each file's md5 with the real archive's; generated files cannot match.
-    import torchvision.datasets.cifar as cifar_module
-
-    monkeypatch.setattr(cifar_module, "check_integrity", lambda *args, **kwargs: True)
-
-
 def assert_names_file_and_problem(err: BaseException, path: Path, what: str) -> None:
     msg = str(err)
     assert "\n" not in msg and str(path) in msg and re.search(what, msg), msg
@@ -608,8 +579,8 @@ def assert_names_file_and_problem(err: BaseException, path: Path, what: str) -> 
 @pytest.mark.parametrize("case", FASHION_CASES)
 def test_corrupted_fashion_mnist_is_detected_at_load(case, tmp_path, monkeypatch):
     monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")  # a full copy that must not stand in
-    write_fashion(tmp_path / "debian", n_train=7)
-    write_fashion(tmp_path / "root")
+    write_tiny_fashion(tmp_path / "debian", n_train=7, gz=True)
+    write_tiny_fashion(tmp_path / "root", gz=True)
     load_dataset("fashion_mnist", root=str(tmp_path / "root"), download=False)  # intact: loads
     name, corrupt, what = FASHION_CASES[case]
     corrupt(tmp_path / "root" / name)
@@ -620,15 +591,14 @@ def test_corrupted_fashion_mnist_is_detected_at_load(case, tmp_path, monkeypatch
 
 def test_missing_fashion_file_is_also_a_file_not_found_error(tmp_path, monkeypatch):
     monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "nowhere")
-    write_fashion(tmp_path / "root" / "FashionMNIST" / "raw")
+    write_tiny_fashion(tmp_path / "root" / "FashionMNIST" / "raw", gz=True)
     (tmp_path / "root" / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(FileNotFoundError, match=r"FashionMNIST/raw/t10k-labels-idx1-ubyte\[\.gz\]: no such file"):
         load_dataset("fashion_mnist", root=str(tmp_path / "root"), download=False)
 
 
 @pytest.mark.parametrize("case", CIFAR_CASES)
-def test_corrupted_cifar_is_detected_at_load(case, tmp_path, monkeypatch):
-    _no_md5(monkeypatch)
+def test_corrupted_cifar_is_detected_at_load(case, tmp_path, no_md5):
     folder = write_cifar10(tmp_path)
     assert load_dataset("cifar10", root=str(tmp_path), download=False).n_train == 10  # intact: loads
     name, corrupt, what = CIFAR_CASES[case]
@@ -640,8 +610,7 @@ def test_corrupted_cifar_is_detected_at_load(case, tmp_path, monkeypatch):
     assert not RAN_CODE.exists()  # nothing executes code from a data file
 
 
-def test_cifar100_label_out_of_range(tmp_path, monkeypatch):
-    _no_md5(monkeypatch)
+def test_cifar100_label_out_of_range(tmp_path, no_md5):
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
     _pickle(folder / "train", _batch([99, 100], key="fine_labels"))
@@ -672,7 +641,7 @@ def test_cli_reports_bad_data_in_one_line(case, zygote, tmp_path):
         name, corrupt, what = CIFAR_CASES[case.removeprefix("cifar: ")]
         path, data = folder / name, "data=cifar10"
     else:
-        write_fashion(root)
+        write_tiny_fashion(root, gz=True)
         name, corrupt, what = FASHION_CASES[case]
         path, data = root / name, "data=fashion_mnist"
     corrupt(path)
