@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from .pairing import METRICS, SPACES, _check_choice, _rand, _space, pair_distance
+from .pairing import METRICS, SPACES, _check_choice, _rand, _space, batch_distance_scale, pair_distance
 from .registry import Registry, is_number
 
 LAMBDAS: Registry = Registry("lambda")
@@ -39,23 +39,34 @@ def beta_icdf(u: Tensor, a: Tensor | float, *, grid: int = 1024) -> Tensor:
         a float32 tensor of ``u``'s shape with values in [0, 1].
     """
     u64 = u.double()
-    q = torch.minimum(u64, 1.0 - u64)  # in [0, 1/2]
+    t = beta_icdf_lower(torch.minimum(u64, 1.0 - u64), a)
+    return torch.where(u64 > 0.5, 1.0 - t, t).float()
+
+
+def beta_icdf_lower(q: Tensor, a: Tensor | float, *, grid: int = 1024) -> Tensor:
+    """The lower half of :func:`beta_icdf`: F⁻¹(q) for ``q`` in [0, ½], in float64, in [0, ½].
+
+    Working with the lower tail keeps the digits that ``1 - t`` would lose: a Beta(0.1, 0.1)
+    draw within 1e-9 of 1 is exactly 1.0 in float32, but its distance to 1 is a perfectly good
+    float64. Warping a draw again (SK-Mixup) must start from that distance, not from 1.0.
+    """
+    q = q.double()
+    shape = q.shape
     if isinstance(a, (int, float)):  # one shared table (1, grid), cached: no rebuild per batch
-        (s, c, p, e), q = _scalar_table(float(a), grid, str(u.device)), q.reshape(1, -1)
+        (s, c, p, e), q = _scalar_table(float(a), grid, str(q.device)), q.reshape(1, -1)
     else:
-        a64 = a.to(device=u.device, dtype=torch.float64)
+        a64 = a.to(device=q.device, dtype=torch.float64)
         if a64.numel() == 1:
             a64, q = a64.reshape(1), q.reshape(1, -1)
         else:  # a table per element (n, grid)
-            a64, q = a64.expand_as(u64).reshape(-1), q.reshape(-1, 1)
+            a64, q = a64.expand(shape).reshape(-1), q.reshape(-1, 1)
         s, c, p, e = _table(a64, grid)
     q = q.pow(1.0 / e)
     k = torch.searchsorted(c, q).clamp(1, grid - 1)
     c0, c1 = c.gather(1, k - 1), c.gather(1, k)
     s0, s1 = s.gather(1, k - 1), s.gather(1, k)
     s_q = s0 + (s1 - s0) * ((q - c0) / (c1 - c0).clamp_min(1e-300))
-    t = s_q.pow(1.0 / p).reshape(u64.shape)
-    return torch.where(u64 > 0.5, 1.0 - t, t).float()
+    return s_q.pow(1.0 / p).reshape(shape)
 
 
 def _table(a64: Tensor, grid: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -109,11 +120,13 @@ class Policy:
                  progress: float | None = None, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
 
-    def observe(self, loss: Tensor, index: Tensor | None = None) -> None:
-        """Training feedback: the loss of the latest mixed batch, per sample (B,) or its mean ()."""
+    def observe(self, loss: Tensor, index: Tensor | None = None, *, target_entropy: Tensor | None = None) -> None:
+        """Training feedback: the loss of the latest mixed batch, per sample (B,) or its mean (), and
+        the entropy of each mixed target (B,) where the targets are class distributions (else None)."""
 
-    def setup(self, *, num_samples: int) -> None:
-        """Tell the policy how many samples the training set has (for per-sample state)."""
+    def setup(self, *, num_samples: int | None = None, num_classes: int | None = None) -> None:
+        """Tell the policy the training-set size (for per-sample state) and the number of classes
+        (None for regression)."""
 
     def state_dict(self) -> dict:
         return {}
@@ -132,9 +145,13 @@ class NoMix(Policy):
 
 @LAMBDAS.register("constant")
 class Constant(Policy):
-    """λ = ``value`` for every pair (seed 002 trains with 0.2)."""
+    """λ = ``value`` for every pair: each sample keeps weight ``value``, its partner 1 − ``value``.
 
-    def __init__(self, *, value: float = 0.2) -> None:
+    Seed 002 trains with 0.2 given to the *partner* (x̂_i = 0.8·x_i + 0.2·x_j), which is
+    ``value=0.8`` here (the default): mixlab's λ is always the sample's own weight.
+    """
+
+    def __init__(self, *, value: float = 0.8) -> None:
         if not (is_number(value) and 0.0 <= value <= 1.0):
             raise ValueError(f"value={value!r}: expected a number in [0, 1]")
         self.value = float(value)
@@ -157,23 +174,19 @@ class Beta(Policy):
 
 @LAMBDAS.register("automix")
 class AutoMix(Policy):
-    """Seed 002's AutoMixup: λ = ½·(1 − ε)/(1 + ε), ε ~ U(0, 1) per sample.
+    """Seed 002's AutoMixup: the partner gets λ_seed = ½·(1 − ε)/(1 + ε), ε ~ U(0, 1) per sample,
+    and the sample itself keeps 1 − λ_seed (x̂_i = (1 − λ_seed)·x_i + λ_seed·x_j).
 
-    λ lies in [0, ½] and E[λ] = ∫₀¹ ½(1−ε)/(1+ε) dε = ln 2 − ½ ≈ 0.193: the partner always
-    weighs at least as much as the sample itself.
+    mixlab's λ is the sample's own weight, so this returns λ = 1 − ½(1 − ε)/(1 + ε) ∈ [½, 1],
+    E[λ] = 1 − (ln 2 − ½) = 1.5 − ln 2 ≈ 0.807: every sample dominates the example it leads.
+    Under a permutation pairing the two conventions give the same blends in distribution; under
+    ``nearest``, ``offset``, ``same_class`` and other pairings that are not, only this one keeps
+    every sample dominant in its own mixed example.
     """
 
     def __call__(self, x, partner, *, generator=None, **_: object) -> Tensor:
         eps = _rand((x.shape[0],), generator, x.device)
-        return 0.5 * (1.0 - eps) / (1.0 + eps)
-
-
-def _normalise(d: Tensor, how: str) -> Tensor:
-    """d / mean(d) or d / median(d) over the batch; ``none`` keeps raw distances."""
-    if how == "none":
-        return d
-    scale = d.mean() if how == "mean" else d.median()
-    return d / scale.clamp_min(1e-12)
+        return 1.0 - 0.5 * (1.0 - eps) / (1.0 + eps)
 
 
 @LAMBDAS.register("distance")
@@ -186,8 +199,11 @@ class Distance(Policy):
     space the training loop passes (the model's penultimate embedding, or the hidden state
     at the mixing layer for manifold mixup).
 
-    ``normalize`` divides d by its batch ``mean`` (default) or ``median``, so d ≈ 1 for a
-    typical pair whatever the data's scale. ``normalize='none'`` is the seed's literal form;
+    ``normalize`` divides d by the ``mean`` (default) or ``median`` distance over *all* pairs of
+    the batch (:func:`~mixlab.pairing.batch_distance_scale`), so d ≈ 1 for a typical pair
+    whatever the data's scale, while what the pairing chose still shows: ``pairing=nearest``
+    gives d < 1 (λ large, little mixing), ``farthest`` d > 1. (Dividing by the chosen pairs' own
+    mean would normalise both to ≈ 1 and erase the pairing.) ``normalize='none'`` is the seed's literal form;
     on images it is degenerate: raw Euclidean distances between Fashion-MNIST images are
     ~20 (normalised pixels), e^(−20) ≈ 2e-9, so λ ≈ 0 and every sample is replaced by its
     partner with the partner's label: no interpolation happens at all.
@@ -203,7 +219,10 @@ class Distance(Policy):
 
     def __call__(self, x, partner, *, features=None, **_: object) -> Tensor:
         z = _space(x, features, self.space, "lambda 'distance'")
-        d = _normalise(pair_distance(z, z.index_select(0, partner), self.metric), self.normalize) / self.temperature
+        d = pair_distance(z, z.index_select(0, partner), self.metric)
+        if self.normalize != "none":
+            d = d / batch_distance_scale(z, self.metric, self.normalize).clamp_min(1e-12)
+        d = d / self.temperature
         if self.map == "exp":
             return torch.exp(-d)
         if self.map == "inverse":
@@ -215,11 +234,19 @@ class Distance(Policy):
 class SimilarityKernel(Policy):
     """SK-Mixup (Bouniot et al., "Tailoring Mixup to Data for Calibration", ICLR 2025).
 
-    d̃ = d / mean(d) over the batch; τ_i = τ_max · exp(−(d̃_i − 1) / (2 τ_std²));
-    λ_i = F⁻¹_{Beta(τ_i, τ_i)}(λ'_i) with λ'_i ~ Beta(α, α). Similar pairs (small d̃, large τ)
-    get λ near ½ (strong mixing); distant pairs (small τ) get λ near 0 or 1 (weak mixing),
-    while the marginal spread of λ is kept. For α = 1, λ_i ~ Beta(τ_i, τ_i) exactly.
-    τ is clipped to [0.01, 1000], where ``beta_icdf`` is accurate.
+    d̃_i = d_i / d̄ with d̄ the mean distance over all pairs of the batch;
+    τ_i = τ_max · exp(−(d̃_i − 1) / (2 τ_std²)); λ_i = ω_τ(λ'_i) = F⁻¹_{Beta(τ_i, τ_i)}(λ'_i)
+    with λ'_i ~ Beta(α, α) (the paper's code, torch-uncertainty's inverse-Beta-CDF warping).
+    Similar pairs (small d̃, large τ) get λ near ½ (strong mixing); distant pairs (small τ) get
+    λ near 0 or 1 (weak mixing). For α = 1, λ_i ~ Beta(τ_i, τ_i) exactly; for τ_i = 1 the warp
+    is the identity and λ_i ~ Beta(α, α). τ is clipped to [0.01, 1000], where ``beta_icdf`` is
+    accurate. The paper divides by the mean of the chosen pairs' distances, which equals the
+    all-pairs mean in expectation under its random permutation and, unlike it, keeps the
+    meaning of d̃ under distance-based pairings.
+
+    The base draw λ' is warped through its distance to the nearer end (float64), never through
+    a float32 value: λ' = 1 − 1e-9 rounds to 1.0 in float32, and ω_τ(1.0) = 1 where
+    ω_τ(1 − 1e-9) ≈ 1 − 1e-3 for τ = 3 — a pile of unmixed draws at exactly λ = 1, none at 0.
     """
 
     def __init__(self, *, alpha: float = 1.0, tau_max: float = 1.0, tau_std: float = 0.5,
@@ -230,16 +257,20 @@ class SimilarityKernel(Policy):
         self.metric = _check_choice("metric", metric, METRICS)
         self.space = _check_choice("space", space, SPACES)
 
-    def tau(self, d: Tensor) -> Tensor:
-        """The warping parameter τ_i of each pair from its raw distance d_i (B,)."""
-        d_norm = _normalise(d, "mean")
+    def tau(self, d: Tensor, scale: Tensor | float | None = None) -> Tensor:
+        """The warping parameter τ_i of each pair from its raw distance d_i (B,), with d̃ = d / ``scale``
+        (by default the mean of ``d`` itself, the paper's choice)."""
+        d_norm = d / (d.mean() if scale is None else torch.as_tensor(scale, device=d.device)).clamp_min(1e-12)
         return (self.tau_max * torch.exp(-(d_norm - 1.0) / (2.0 * self.tau_std**2))).clamp(0.01, 1000.0)
 
     def __call__(self, x, partner, *, features=None, generator=None, **_: object) -> Tensor:
         z = _space(x, features, self.space, "lambda 'sk'")
-        tau = self.tau(pair_distance(z, z.index_select(0, partner), self.metric))
-        base = beta_icdf(_rand((x.shape[0],), generator, x.device), self.alpha)
-        return beta_icdf(base, tau)
+        tau = self.tau(pair_distance(z, z.index_select(0, partner), self.metric),
+                       batch_distance_scale(z, self.metric, "mean"))
+        u = _rand((x.shape[0],), generator, x.device).double()
+        # λ' = t or 1 − t with t = F⁻¹_α(min(u, 1 − u)) ≤ ½; by symmetry ω_τ(1 − t) = 1 − ω_τ(t).
+        warped = beta_icdf_lower(beta_icdf_lower(torch.minimum(u, 1.0 - u), self.alpha), tau)
+        return torch.where(u > 0.5, 1.0 - warped, warped).float()
 
 
 @LAMBDAS.register("loss")
@@ -247,37 +278,53 @@ class Loss(Policy):
     """Seed 000 §3.2/§4.2: λ = g(L) from the model's training loss, smaller while the loss is high.
 
     ``map='inverse'``: g(L) = 1/(1 + L/τ) (the seed's, τ = 1); ``map='exp'``: g(L) = e^(−L/τ).
-    L is an exponential moving average of the batch loss (``momentum``), or with
-    ``per_sample=True`` the last loss observed for each sample by its dataset index (samples
+
+    ``signal`` is what L measures. ``excess`` (default): the cross-entropy minus the entropy of
+    the mixed target, CE(ỹ, p) − H(ỹ) = KL(ỹ ‖ p), which is 0 for a perfect fit, so λ can
+    approach 1 as the model learns. ``ce``: the seed's literal mixed cross-entropy, which can
+    never fall below H(ỹ): even a perfect predictor of a Beta(1, 1)-mixed target leaves
+    E[H(ỹ)] = ½ nat, so λ = 1/(1 + L) stays below ≈ 0.67 and in practice locks near the
+    strongest mixing. For regression (no classes) the two are the same (the mixed target is
+    exact, the squared error's floor is 0). ``Mix.observe`` supplies H(ỹ) of the batch it mixed.
+
+    L is an exponential moving average of the batch signal (``momentum``), or with
+    ``per_sample=True`` the last value observed for each sample by its dataset index (samples
     not yet seen use the moving average). This costs no extra forward pass: the loop passes
-    the per-sample losses it already computed to ``observe``. Before any loss is observed,
-    L = ``init_loss`` (default 0: λ = 1, no mixing on the very first step).
+    the per-sample losses it already computed to ``observe``. Before anything is observed,
+    L = ``init_loss``, by default that of a uniform predictor: ln C for C classes (told by
+    ``setup(num_classes=C)``), 1 otherwise (the squared error of predicting the mean of
+    standardised regression targets).
     """
 
     def __init__(self, *, map: str = "inverse", temperature: float = 1.0, momentum: float = 0.9,
-                 per_sample: bool = False, init_loss: float = 0.0, num_samples: int | None = None) -> None:
+                 per_sample: bool = False, signal: str = "excess", init_loss: float | None = None,
+                 num_samples: int | None = None, num_classes: int | None = None) -> None:
         self.map = _check_choice("map", map, ("inverse", "exp"))
         self.temperature = _check_positive("temperature", temperature)
         if not (is_number(momentum) and 0.0 <= momentum < 1.0):
             raise ValueError(f"momentum={momentum!r}: expected a number in [0, 1)")
-        if not (is_number(init_loss) and init_loss >= 0):
-            raise ValueError(f"init_loss={init_loss!r}: expected a number >= 0")
-        self.momentum, self.per_sample, self.init_loss = float(momentum), bool(per_sample), float(init_loss)
+        if init_loss is not None and not (is_number(init_loss) and init_loss >= 0):
+            raise ValueError(f"init_loss={init_loss!r}: expected null (a uniform predictor's loss) or a number >= 0")
+        self.signal = _check_choice("signal", signal, ("excess", "ce"))
+        self.momentum, self.per_sample = float(momentum), bool(per_sample)
+        self.init_loss = None if init_loss is None else float(init_loss)
+        self.prior = 1.0 if self.init_loss is None else self.init_loss
         self.ema: Tensor | None = None
-        self.seen: Tensor | None = None  # (N,) last loss per sample, NaN where unseen
-        if num_samples is not None:
-            self.setup(num_samples=num_samples)
+        self.seen: Tensor | None = None  # (N,) last signal per sample, NaN where unseen
+        self.setup(num_samples=num_samples, num_classes=num_classes)
 
-    def setup(self, *, num_samples: int) -> None:
-        if self.per_sample:
+    def setup(self, *, num_samples: int | None = None, num_classes: int | None = None) -> None:
+        if self.per_sample and num_samples is not None:
             self.seen = torch.full((int(num_samples),), float("nan"))
+        if self.init_loss is None and num_classes is not None:
+            self.prior = math.log(num_classes) if num_classes > 1 else 1.0
 
     def g(self, loss: Tensor) -> Tensor:
         L = loss / self.temperature
         return 1.0 / (1.0 + L) if self.map == "inverse" else torch.exp(-L)
 
     def _current(self, device: torch.device) -> Tensor:
-        return self.ema.to(device) if self.ema is not None else torch.tensor(self.init_loss, device=device)
+        return self.ema.to(device) if self.ema is not None else torch.tensor(self.prior, device=device)
 
     def __call__(self, x, partner, *, index=None, **_: object) -> Tensor:
         b, L = x.shape[0], self._current(x.device)
@@ -291,8 +338,11 @@ class Loss(Policy):
         last = self.seen[index]
         return self.g(torch.where(last.isnan(), L, last)).float()
 
-    def observe(self, loss: Tensor, index: Tensor | None = None) -> None:
+    def observe(self, loss: Tensor, index: Tensor | None = None, *, target_entropy: Tensor | None = None) -> None:
         loss = loss.detach().float()
+        if self.signal == "excess" and target_entropy is not None:
+            # KL(ỹ ‖ p) >= 0; the clamp removes float rounding that would give λ > 1.
+            loss = (loss - target_entropy.detach().float().to(loss.device)).clamp_min(0.0)
         mean = loss.mean()
         self.ema = mean if self.ema is None else self.momentum * self.ema.to(mean.device) + (1 - self.momentum) * mean
         if self.per_sample and index is not None and loss.dim() == 1 and self.seen is not None:

@@ -11,6 +11,9 @@ sample itself, so every strategy returns ``[0]`` (and mixing is then the identit
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from torch import Tensor
 
@@ -36,13 +39,30 @@ def _space(x: Tensor, features: Tensor | None, space: str, who: str) -> Tensor:
     return features
 
 
+@contextlib.contextmanager
+def float32_region(device: torch.device) -> Iterator[None]:
+    """Switch autocast off for ``device``: pairing and λ are computed in float32 whatever the caller's
+    autocast state. Under bf16 autocast ``a @ a.T`` runs in bf16, which picks the wrong nearest
+    neighbour for most rows of non-negative, embedding-like features (tests/test_pairing.py)."""
+    try:
+        region = torch.autocast(torch.device(device).type, enabled=False)
+    except RuntimeError:  # a device type autocast does not know: nothing to switch off
+        region = contextlib.nullcontext()
+    with region:
+        yield
+
+
 def pair_distance(a: Tensor, b: Tensor, metric: str = "euclidean") -> Tensor:
     """Row-wise distance d(a_i, b_i) of two (B, ...) tensors -> (B,) float32.
 
-    ``cosine`` is 1 - cos(a_i, b_i), in [0, 2]. Computed in float32 whatever the input dtype,
-    because bf16 sums of thousands of squared pixels lose most of their digits.
+    ``cosine`` is 1 - cos(a_i, b_i), in [0, 2]. Computed in float32 whatever the input dtype and
+    autocast state, because bf16 sums of thousands of squared pixels lose most of their digits.
     """
-    a, b = a.flatten(1).float(), b.flatten(1).float()
+    with float32_region(a.device):
+        return _pair_distance(a.flatten(1).float(), b.flatten(1).float(), metric)
+
+
+def _pair_distance(a: Tensor, b: Tensor, metric: str) -> Tensor:
     if metric == "cosine":
         # clamp: rounding can give cos > 1, and a d of -2e-7 becomes λ > 1 (or inf after d / mean d).
         return (1.0 - torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-8)).clamp_min(0.0)
@@ -51,8 +71,12 @@ def pair_distance(a: Tensor, b: Tensor, metric: str = "euclidean") -> Tensor:
 
 
 def pairwise_distance(a: Tensor, metric: str = "euclidean") -> Tensor:
-    """All-pairs distance matrix (B, B) float32 of the rows of ``a`` (B, ...)."""
-    a = a.flatten(1).float()
+    """All-pairs distance matrix (B, B) float32 of the rows of ``a`` (B, ...), autocast or not."""
+    with float32_region(a.device):
+        return _pairwise_distance(a.flatten(1).float(), metric)
+
+
+def _pairwise_distance(a: Tensor, metric: str) -> Tensor:
     if metric == "cosine":
         a = torch.nn.functional.normalize(a, dim=1, eps=1e-8)
         return (1.0 - a @ a.T).clamp_min(0.0)
@@ -60,6 +84,35 @@ def pairwise_distance(a: Tensor, metric: str = "euclidean") -> Tensor:
     sq = a.square().sum(1)
     d2 = (sq[:, None] + sq[None, :] - 2.0 * (a @ a.T)).clamp_min(0.0)
     return d2 if metric == "sqeuclidean" else d2.sqrt()
+
+
+def batch_distance_scale(a: Tensor, metric: str = "euclidean", how: str = "mean") -> Tensor:
+    """A typical distance between two samples of the batch ``a`` (B, ...): the ``mean`` or the
+    ``median`` of d(a_i, a_j) over all B(B-1)/2 pairs i < j, a float32 scalar.
+
+    It is a property of the batch, not of the pairs a pairing chose, so that d / scale keeps what
+    the pairing did: under ``nearest`` the chosen distances come out below 1, under ``farthest``
+    above. The mean has O(B·D) closed forms for ``sqeuclidean`` (2/(B−1)·Σ‖a_i − ā‖²) and
+    ``cosine`` (1 − (‖Σu_i‖² − Σ‖u_i‖²)/(B(B−1)) with u_i = a_i/‖a_i‖); ``euclidean`` and the
+    median read the (B, B) matrix (one GEMM). The median is the true one: the mean of the two
+    middle values for an even count. With B = 1 there is no pair and the scale is 1.
+    """
+    b = a.shape[0]
+    if b < 2:
+        return torch.ones((), device=a.device)
+    with float32_region(a.device):
+        z = a.flatten(1).float()
+        if how == "mean" and metric == "sqeuclidean":
+            return 2.0 * (z - z.mean(0)).square().sum() / (b - 1)
+        if how == "mean" and metric == "cosine":
+            u = torch.nn.functional.normalize(z, dim=1, eps=1e-8)
+            return (1.0 - (u.sum(0).square().sum() - u.square().sum()) / (b * (b - 1))).clamp_min(0.0)
+        i, j = torch.triu_indices(b, b, 1, device=a.device)
+        d = _pairwise_distance(z, metric)[i, j]
+        if how == "mean":
+            return d.mean()
+        s, n = d.sort().values, d.numel()
+        return 0.5 * (s[(n - 1) // 2] + s[n // 2])
 
 
 def class_labels(y: Tensor) -> Tensor:
@@ -110,17 +163,24 @@ class RollPairing:
 
 @PAIRINGS.register("offset")
 class OffsetPairing:
-    """Seed 002's pairing with its bug fixed: ``partner[i] = (i + k) mod B``, k ~ U{1, ..., B-1}.
+    """Seed 002's pairing with its bug fixed: ``partner[i] = (i + k_i) mod B``, k_i ~ U{1, ..., B-1}.
 
-    The seed drew ``j = i + randint(1, B-1)`` without the modulo and indexed past the end of
-    the batch. With the modulo and k >= 1 no sample is ever its own partner (for B >= 2).
+    As in the seed's loop, every sample draws its own offset k_i (so this is not a permutation:
+    a sample can be the partner of several others, or of none). The seed drew
+    ``j = i + randint(1, B-1)`` without the modulo and indexed past the end of the batch. With
+    the modulo and k_i >= 1 no sample is ever its own partner (for B >= 2).
+    ``per_sample=False`` draws one k for the whole batch: a random cyclic shift, a permutation.
     """
+
+    def __init__(self, *, per_sample: bool = True) -> None:
+        self.per_sample = bool(per_sample)
 
     def __call__(self, x: Tensor, y: Tensor | None = None, *, features: Tensor | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
         b = x.shape[0]
         # k = 1 + floor(u * (B - 1)) is uniform on {1..B-1}; stays on the device (no .item()).
-        k = 1 + (_rand((1,), generator, x.device) * max(b - 1, 0)).long().clamp_max(max(b - 2, 0))
+        u = _rand((b if self.per_sample else 1,), generator, x.device)
+        k = 1 + (u * max(b - 1, 0)).long().clamp_max(max(b - 2, 0))
         return (torch.arange(b, device=x.device) + k) % b
 
 
@@ -212,10 +272,10 @@ _NEG = -float("inf")
 def exact_assignment(cost: Tensor) -> Tensor:
     """The optimal derangement of the (B, B) ``cost`` (diagonal forbidden), by the Hungarian
     algorithm on the host (``scipy.optimize.linear_sum_assignment``, float64). Copies the
-    matrix to the host: one device sync. B >= 2."""
+    matrix to the host: one device sync; ``cost`` itself is left as it was. B >= 2."""
     from scipy.optimize import linear_sum_assignment
 
-    d = cost.detach().double()
+    d = cost.detach().to(dtype=torch.float64, copy=True)  # never write into the caller's matrix
     d.fill_diagonal_(float("inf"))  # a derangement always exists for B >= 2
     _, cols = linear_sum_assignment(d.cpu().numpy())
     return torch.as_tensor(cols, dtype=torch.long).to(cost.device)

@@ -96,12 +96,16 @@ def _check_mix(d: Dist) -> None:
     assert from_other > 0  # partners come from the other process too
 
     # a loss-based policy observes every process's losses: the same per-sample state everywhere
-    loss_mix = Mix(lam="loss", lam_kwargs={"per_sample": True}, num_classes=2 * b,
-                   generator=torch.Generator().manual_seed(d.seed(0)), gather=d.gather, rank=rank)
-    loss_mix.setup(num_samples=2 * b)
-    loss_mix(x.detach(), y, index=index)
-    loss_mix.observe(index.float(), index)
-    assert torch.equal(loss_mix.lam_policy.seen, torch.arange(2 * b).float())
+    for signal in ("ce", "excess"):
+        loss_mix = Mix(lam="loss", lam_kwargs={"per_sample": True, "signal": signal}, num_classes=2 * b,
+                       generator=torch.Generator().manual_seed(d.seed(0)), gather=d.gather, rank=rank)
+        loss_mix.setup(num_samples=2 * b)
+        loss_mix(x.detach(), y, index=index)
+        loss_mix.observe(index.float() + 10, index)
+        # excess: each process's own mixed targets' entropy travels with its losses
+        floor = loss_mix.target_entropy() if signal == "excess" else torch.zeros(b)
+        assert torch.allclose(loss_mix.lam_policy.seen, d.gather(index.float() + 10 - floor))
+        assert torch.equal(loss_mix.lam_policy.seen, d.gather(loss_mix.lam_policy.seen[index]))  # same everywhere
 
 
 def _interrupt_twice_and_resume(d: Dist, run_dir: Path) -> None:

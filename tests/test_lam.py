@@ -14,8 +14,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate, special, stats
+from scipy.spatial.distance import pdist
 
 from mixlab import LAMBDAS, Mix, beta_icdf
+from mixlab.pairing import batch_distance_scale
 
 ALL = LAMBDAS.names()
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -173,17 +175,33 @@ def test_beta_policy_per_batch_shares_one_draw():
 
 
 def test_automix_mean_bounds_and_distribution():
-    # Seed 002: λ = ½(1 − ε)/(1 + ε), ε ~ U(0, 1): λ ∈ [0, ½], E[λ] = ln 2 − ½.
+    # Seed 002: the partner gets λ_seed = ½(1 − ε)/(1 + ε), ε ~ U(0, 1); the sample keeps 1 − λ_seed.
+    # mixlab's λ is the sample's own weight: λ = 1 − λ_seed ∈ [½, 1], E[λ] = 1 − (ln 2 − ½) = 1.5 − ln 2.
     n = 1_000_000
     lam = LAMBDAS.build("automix")(torch.zeros(n, 1), torch.arange(n), generator=gen(2024)).double()
-    assert float(lam.min()) >= 0.0 and float(lam.max()) <= 0.5
-    mean = math.log(2) - 0.5
-    second, _ = integrate.quad(lambda e: (0.5 * (1 - e) / (1 + e)) ** 2, 0, 1)
+    assert float(lam.min()) >= 0.5 and float(lam.max()) <= 1.0
+    mean = 1.5 - math.log(2)
+    second, _ = integrate.quad(lambda e: (1 - 0.5 * (1 - e) / (1 + e)) ** 2, 0, 1)
     se = math.sqrt((second - mean**2) / n)
     assert abs(float(lam.mean()) - mean) < 5 * se, (float(lam.mean()), mean, se)
-    # P(λ ≤ l) = P(ε ≥ (1 − 2l)/(1 + 2l)) = 4l / (1 + 2l) on [0, ½].
+    # P(λ ≤ l) = P(½(1 − ε)/(1 + ε) ≥ 1 − l) = P(ε ≤ (2l − 1)/(3 − 2l)) on [½, 1].
     sub = lam[:20000].numpy()
-    assert stats.kstest(sub, lambda l: np.clip(4 * l / (1 + 2 * l), 0, 1)).pvalue > 0.01
+    assert stats.kstest(sub, lambda l: np.clip((2 * l - 1) / (3 - 2 * l), 0, 1)).pvalue > 0.01
+
+
+def test_automix_every_sample_dominates_its_own_example_under_any_pairing():
+    # With the seed's convention given to the sample itself, a non-permutation pairing (nearest)
+    # left many samples dominating no mixed example at all (81/128 on digits did dominate one).
+    from sklearn.datasets import load_digits
+
+    x = torch.tensor(load_digits().data[:128], dtype=torch.float32)
+    mix = Mix(lam="automix", pairing="nearest", num_classes=10, generator=gen(3))
+    mix(x, torch.zeros(128, dtype=torch.long))
+    lam, partner = mix.last.lam, mix.last.partner
+    assert not bool(torch.equal(partner.sort().values, torch.arange(128)))  # nearest is not a permutation
+    own = lam >= 0.5  # example i is led by sample i
+    led_by_partner = torch.zeros(128, dtype=torch.bool).index_fill_(0, partner[lam < 0.5], True)
+    assert int((own | led_by_partner).sum()) == 128
 
 
 # --------------------------------------------------------------------------- distance (seed 000 §4.1)
@@ -219,21 +237,63 @@ def _expected(d: np.ndarray, map_: str, tau: float) -> np.ndarray:
 
 
 @pytest.mark.parametrize("map_", ["exp", "inverse", "gaussian"])
-@pytest.mark.parametrize("normalize", ["none", "mean"])
+@pytest.mark.parametrize("normalize", ["none", "mean", "median"])
 @pytest.mark.parametrize("tau", [1.0, 0.5])
 def test_distance_formula_exact(map_, normalize, tau):
-    # Pairs (0, d_i e_1): the Euclidean pair distance is d_i exactly.
+    # Pairs (0, d_i e_1): the Euclidean pair distance is d_i exactly. The scale is a statistic of
+    # all 66 pairs of the 12 points (scipy's pdist, float64), not of the 12 chosen ones.
     d = np.array([0.0, 0.05, 0.3, 1.0, 1.7, 2.5])
     x = torch.zeros(12, 3)
     x[1::2, 0] = torch.tensor(d, dtype=torch.float32)
     partner = torch.arange(12) ^ 1
     lam = LAMBDAS.build("distance", map=map_, normalize=normalize, temperature=tau)(x, partner).double().numpy()
     dd = np.repeat(d, 2)
-    if normalize == "mean":
-        dd = dd / dd.mean()
-    np.testing.assert_allclose(lam, _expected(dd, map_, tau), rtol=1e-6, atol=1e-7)
+    all_pairs = pdist(x.double().numpy())
+    if normalize != "none":
+        dd = dd / {"mean": np.mean, "median": np.median}[normalize](all_pairs)
+    np.testing.assert_allclose(lam, _expected(dd, map_, tau), rtol=1e-5, atol=1e-7)
     if map_ == "exp" and normalize == "none" and tau == 1.0:  # the seed's literal λ = e^(−d)
         np.testing.assert_allclose(lam, np.exp(-dd), rtol=1e-6)
+
+
+@pytest.mark.parametrize("how", ["mean", "median"])
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("b", [2, 3, 64, 129])
+def test_batch_distance_scale_matches_scipy_pdist(how, metric, b):
+    # The all-pairs statistic against a float64 oracle; the median of an even count is the mean of
+    # the two middle values (torch.median would return the lower one). Data with a large common
+    # offset: the closed forms must not cancel catastrophically.
+    x = torch.randn(b, 3, 4, 4, generator=gen(b)) + 5.0
+    z = x.flatten(1).double().numpy()
+    ref = {"mean": np.mean, "median": np.median}[how](pdist(z, metric))
+    got = float(batch_distance_scale(x, metric, how))
+    assert got == pytest.approx(ref, rel=2e-5)
+
+
+def test_batch_distance_scale_true_median_for_an_even_number_of_pairs():
+    x = torch.tensor([[0.0], [1.0], [3.0], [7.0]])  # 6 pairs: 1, 2, 3, 4, 6, 7 -> median 3.5
+    assert float(batch_distance_scale(x, "euclidean", "median")) == 3.5
+    assert float(batch_distance_scale(x[:1], "euclidean", "mean")) == 1.0  # no pair: scale 1
+
+
+@pytest.mark.parametrize("name, kw", [("distance", {}), ("distance", {"normalize": "median"}), ("sk", {})])
+def test_distance_based_lambda_sees_the_pairing(name, kw):
+    # Dividing by the chosen pairs' own mean made nearest and farthest pairs both ≈ 1: mean λ was
+    # 0.381 under nearest and 0.368 under farthest on digits (B = 128), farthest's sd 0.021.
+    # Against the batch's all-pairs scale, nearest pairs mix little (λ near 1; for sk, far from ½)
+    # and farthest ones a lot or, for sk, little again (τ small: λ near 0 or 1): the pairing shows.
+    from sklearn.datasets import load_digits
+
+    x = torch.tensor(load_digits().data[:128], dtype=torch.float32)
+    lam = {p: Mix(lam=name, pairing=p, num_classes=10, lam_kwargs=kw, generator=gen(4)) for p in ("nearest", "farthest")}
+    for m in lam.values():
+        m(x, torch.zeros(128, dtype=torch.long))
+    near, far = lam["nearest"].last.lam, lam["farthest"].last.lam
+    if name == "distance":
+        assert float(near.mean()) > float(far.mean()) + 0.3, (float(near.mean()), float(far.mean()))
+    else:  # sk: strength min(λ, 1 − λ) is larger for near pairs (τ large) than for far ones (τ small)
+        s_near, s_far = torch.minimum(near, 1 - near).mean(), torch.minimum(far, 1 - far).mean()
+        assert float(s_near) > float(s_far) + 0.1, (float(s_near), float(s_far))
 
 
 @pytest.mark.parametrize("normalize", ["mean", "median", "none"])
@@ -284,7 +344,8 @@ def test_distance_feature_space_uses_features():
 def test_loss_lambda_rises_as_loss_falls_and_matches_float64_ema():
     policy = LAMBDAS.build("loss", momentum=0.9)
     x, p = torch.zeros(4, 2), torch.arange(4)
-    assert torch.equal(policy(x, p), torch.ones(4))  # init_loss = 0: λ = 1 before any feedback
+    policy.setup(num_classes=10)  # before any feedback: a uniform predictor's loss, ln 10
+    np.testing.assert_allclose(policy(x, p).numpy(), 1 / (1 + math.log(10)), rtol=1e-6)
     rng = np.random.default_rng(0)
     ema, prev = None, -1.0
     for step in range(60):
@@ -298,6 +359,47 @@ def test_loss_lambda_rises_as_loss_falls_and_matches_float64_ema():
         if step >= 5:  # the EMA lags; once it tracks the falling loss λ rises step by step
             assert float(lam[0]) > prev
         prev = float(lam[0])
+
+
+@pytest.mark.parametrize("signal", ["excess", "ce"])
+def test_loss_signal_is_the_excess_over_the_mixed_targets_entropy(signal):
+    # Through Mix, as the loop feeds it: per-sample soft-target CE of the batch it just mixed.
+    # excess = CE(ỹ, p) − H(ỹ) = KL(ỹ ‖ p) (scipy's rel_entr as the float64 oracle); the seed's
+    # literal CE cannot fall below H(ỹ), so even a perfect predictor p = ỹ leaves λ < 1 with it.
+    b, c = 256, 10
+    y = torch.randint(0, c, (b,), generator=gen(1))
+    mix = Mix(lam="beta", pairing="random", num_classes=c, generator=gen(2))
+    loss_mix = Mix(lam="loss", pairing="random", num_classes=c, lam_kwargs={"signal": signal, "momentum": 0.0})
+    loss_mix.lam_policy, base = loss_mix.lam_policy, loss_mix.lam_policy
+    _, y_mix = loss_mix.__class__.__call__(mix, torch.zeros(b, 1), y)  # mix with Beta(1, 1) λ
+    loss_mix.last = mix.last
+    for p in (y_mix, torch.softmax(torch.randn(b, c, generator=gen(3)), 1)):  # perfect, then some predictor
+        ce = -(y_mix * p.clamp_min(1e-30).log()).sum(1)
+        loss_mix.observe(ce)
+        kl = special.rel_entr(y_mix.double().numpy(), p.double().numpy()).sum(1)
+        entropy = special.entr(y_mix.double().numpy()).sum(1)
+        expected = kl.mean() if signal == "excess" else (kl + entropy).mean()
+        assert float(base.ema) == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    if signal == "excess":  # the perfect predictor gave λ = 1 (first observation)
+        loss_mix.observe(-(y_mix * y_mix.clamp_min(1e-30).log()).sum(1))
+        assert torch.equal(base(torch.zeros(3, 1), torch.arange(3)), torch.ones(3))
+    else:
+        assert float(base(torch.zeros(3, 1), torch.arange(3))[0]) < 1 / (1 + float(entropy.mean())) + 1e-6
+
+
+def test_loss_prior_is_a_uniform_predictors_loss_so_the_first_batch_is_mixed():
+    mix = Mix(lam="loss", pairing="random", num_classes=10)
+    mix.setup(num_samples=100)
+    x_mix, _ = mix(torch.randn(8, 3, generator=gen(5)), torch.arange(8))
+    np.testing.assert_allclose(mix.last.lam.numpy(), 1 / (1 + math.log(10)), rtol=1e-6)  # not λ = 1
+    reg = Mix(lam="loss", pairing="random")  # regression: predicting the mean of standardised targets
+    reg.setup(num_samples=100)
+    reg(torch.randn(8, 3, generator=gen(5)), torch.randn(8))
+    np.testing.assert_allclose(reg.last.lam.numpy(), 0.5)
+    fixed = Mix(lam="loss", num_classes=10, lam_kwargs={"init_loss": 0.0})
+    fixed.setup(num_samples=100)
+    fixed(torch.randn(8, 3), torch.arange(8))
+    assert torch.equal(fixed.last.lam, torch.ones(8))
 
 
 def test_loss_exp_map_and_temperature():
@@ -331,36 +433,75 @@ def test_loss_state_dict_round_trip_through_mix():
 # --------------------------------------------------------------------------- sk (SK-Mixup)
 
 
+def equidistant_draws(policy, batches: int = 60, b: int = 100, seed: int = 0) -> torch.Tensor:
+    """λ of ``batches`` batches of one-hot rows: every pair of a batch is at the same distance, so
+    d̃ = 1 and τ = τ_max for every pair, whatever the pairing and the all-pairs scale."""
+    x, partner = torch.eye(b), torch.arange(b).roll(1)
+    return torch.cat([policy(x, partner, generator=gen(seed + k)) for k in range(batches)])
+
+
 @pytest.mark.parametrize("tau_max", [0.5, 1.0, 3.0])
 def test_sk_with_alpha_one_is_beta_tau_tau(tau_max):
-    # All pair distances equal -> d̃ = 1 -> τ = τ_max for every pair; λ ~ Beta(τ, τ) exactly for α = 1.
-    n = 6000
-    x = torch.zeros(n, 1)
-    x[1::2] = 1.0
-    partner = torch.arange(n) ^ 1
+    # α = 1: λ' is uniform and the inverse-CDF warp gives λ ~ Beta(τ, τ) exactly (the paper's aim).
     policy = LAMBDAS.build("sk", alpha=1.0, tau_max=tau_max)
-    assert torch.allclose(policy.tau((x - x[partner]).square().sum(1)), torch.tensor(tau_max))
-    assert_beta(policy(x, partner, generator=gen(5)), tau_max)
+    d = torch.full((10,), 2.0)
+    assert torch.allclose(policy.tau(d), torch.tensor(tau_max))
+    assert_beta(equidistant_draws(policy), tau_max)
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.2, 0.4, 3.0])
+def test_sk_at_tau_one_leaves_the_beta_alpha_draw_alone(alpha):
+    # τ = 1: ω_τ = F⁻¹ of Beta(1, 1), the identity, so λ ~ Beta(α, α) for every α (and no pile
+    # at λ = 1 beyond float32's own rounding, which assert_beta models).
+    assert_beta(equidistant_draws(LAMBDAS.build("sk", alpha=alpha, tau_max=1.0)), alpha)
 
 
 def test_sk_with_other_alpha_warps_a_beta_alpha_draw():
     # λ = F⁻¹_τ(F⁻¹_α(u)) -> P(λ ≤ l) = F_α(F_τ(l)).
-    n, alpha, tau = 6000, 0.4, 2.0
-    x = torch.zeros(n, 1)
-    x[1::2] = 1.0
-    lam = LAMBDAS.build("sk", alpha=alpha, tau_max=tau)(x, torch.arange(n) ^ 1, generator=gen(6)).double().numpy()
+    alpha, tau = 0.4, 2.0
+    lam = equidistant_draws(LAMBDAS.build("sk", alpha=alpha, tau_max=tau)).double().numpy()
     cdf = lambda l: stats.beta(alpha, alpha).cdf(stats.beta(tau, tau).cdf(l))  # noqa: E731
     assert stats.kstest(lam, cdf).pvalue > 0.01
 
 
-def test_sk_tau_formula_on_constructed_distances():
-    policy = LAMBDAS.build("sk", tau_max=1.5, tau_std=0.4)
-    d = torch.tensor([0.0, 0.5, 1.0, 2.0, 4.0, 40.0])
-    dn = d.double() / d.double().mean()
-    expected = (1.5 * torch.exp(-(dn - 1) / (2 * 0.4**2))).clamp(0.01, 1000.0)
-    np.testing.assert_allclose(policy.tau(d).double(), expected, rtol=1e-5)
-    assert float(policy.tau(d)[-1]) == pytest.approx(0.01)  # clipped
-    assert bool((policy.tau(d).diff() <= 0).all())  # closer pairs -> larger τ -> λ nearer ½
+@pytest.mark.parametrize("alpha", [0.1, 0.2])
+def test_sk_small_alpha_is_symmetric_and_matches_scipys_warp_of_the_same_draw(alpha):
+    # The bug: λ' ~ Beta(α, α) was rounded to float32 before the warp, so every λ' within 3e-8 of 1
+    # became 1.0 and ω_τ(1.0) = 1: with τ = 3 ~3% (α = 0.2) of draws sat at exactly λ = 1 and none
+    # near 0, where ω_3 maps the same tail mass to λ ≈ 1e-3. Oracle: scipy's Beta ppf in float64
+    # of the same uniforms, through the lower tail (ω_τ(1 − t) = 1 − ω_τ(t) by symmetry).
+    tau, b = 3.0, 100
+    policy = LAMBDAS.build("sk", alpha=alpha, tau_max=tau)
+    lam = equidistant_draws(policy, b=b).double().numpy()
+    u = torch.cat([torch.rand(b, generator=gen(k)) for k in range(60)]).double().numpy()
+    lower = stats.beta(tau, tau).ppf(stats.beta(alpha, alpha).ppf(np.minimum(u, 1 - u)))
+    expected = np.where(u > 0.5, 1 - lower, lower)
+    np.testing.assert_allclose(lam, expected, atol=2e-5)
+    near_one, near_zero = int((lam > 1 - 1e-3).sum()), int((lam < 1e-3).sum())
+    assert abs(near_one - near_zero) < 4 * math.sqrt(near_one + near_zero + 1), (near_one, near_zero)
+    assert int((lam == 1.0).sum()) < 0.002 * lam.size  # float32 rounding of λ itself only
+
+
+def test_sk_tau_is_the_papers_gaussian_kernel():
+    # τ = τ_max · exp(−(d̃ − 1)/(2 τ_std²)), d̃ = d / mean(d) (Bouniot et al.; torch-uncertainty's
+    # sim_gauss_kernel), checked at points where it has known values rather than by restating it:
+    # τ(d̃ = 1) = τ_max; τ(d̃ = 1 + 2τ_std²) = τ_max/e; τ(d̃ = 1 − 2τ_std² ln 2) = 2τ_max; clipped at 0.01.
+    tau_max, tau_std = 1.5, 0.4
+    policy = LAMBDAS.build("sk", tau_max=tau_max, tau_std=tau_std)
+    dn = np.array([1.0, 1 + 2 * tau_std**2, 1 - 2 * tau_std**2 * math.log(2), 40.0])
+    got = policy.tau(torch.tensor(dn, dtype=torch.float32), 1.0).double().numpy()
+    np.testing.assert_allclose(got, [tau_max, tau_max / math.e, 2 * tau_max, 0.01], rtol=1e-5)
+    # the default scale is the mean of d itself; in the policy it is the batch's all-pairs mean
+    d = torch.tensor([0.5, 1.0, 1.5])
+    np.testing.assert_allclose(policy.tau(d).numpy(), policy.tau(d, 1.0).numpy())
+    x = torch.tensor([[0.0], [1.0], [3.0]])  # squared distances 1, 9, 4 over the 3 pairs: mean 14/3
+    partner = torch.tensor([1, 2, 0])
+    lam_tau = policy.tau((x - x[partner]).square().sum(1), 14 / 3)
+    with torch.no_grad():  # the policy's λ for these pairs is scipy's ppf at that τ of its own λ'
+        u = torch.rand(3, generator=gen(9)).double().numpy()
+        lam = policy(x, partner, generator=gen(9)).double().numpy()
+    lower = stats.beta(lam_tau.double().numpy(), lam_tau.double().numpy()).ppf(np.minimum(u, 1 - u))
+    np.testing.assert_allclose(lam, np.where(u > 0.5, 1 - lower, lower), atol=2e-5)
 
 
 def test_sk_close_pairs_mix_more_than_distant_ones():

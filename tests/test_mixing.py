@@ -140,6 +140,38 @@ def test_low_precision_dtype_kept_through_mix(dtype, mixer):
         torch.testing.assert_close(y_mix.sum(1), torch.ones(8), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_rows_are_mixed_with_the_float32_lambda_the_targets_use(dtype):
+    # Manifold mixup under autocast mixes bf16 hidden states; λ rounded to bf16 (off by up to 0.2%)
+    # made the blend and the float32 targets disagree. Now the blend is the float64 λ·x_i + (1 − λ)·x_j
+    # rounded once: within half an ulp of the output dtype (plus float32 arithmetic), for every element.
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(512, 64, generator=g) * 3).to(dtype)
+    partner = torch.randperm(512, generator=g)
+    lam = torch.rand(512, generator=g)
+    out = mix_inputs(x, partner, lam)
+    assert out.dtype == dtype
+    x64, l64 = x.double(), lam.double()[:, None]
+    ref = l64 * x64 + (1 - l64) * x64[partner]
+    ulp = torch.finfo(dtype).eps * torch.exp2(torch.floor(torch.log2(ref.abs().clamp_min(torch.finfo(dtype).tiny))))
+    err = (out.double() - ref).abs()
+    assert bool((err <= 0.505 * ulp).all()), float((err / ulp).max())  # float32 arithmetic, then one rounding
+
+
+def test_pairing_and_lambda_ignore_the_callers_autocast():
+    g = torch.Generator().manual_seed(1)
+    feats = torch.relu(torch.randn(128, 64, generator=g) @ torch.randn(64, 256, generator=g)) + 3.0
+    y = torch.randint(0, 10, (128,), generator=g)
+    results = []
+    for enabled in (False, True):
+        mix = Mix(lam="distance", pairing="nearest", num_classes=10, generator=torch.Generator().manual_seed(2))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            mix(feats, y)
+        results.append((mix.last.partner, mix.last.lam))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
 def test_mix_inputs_gradients():
     # Manifold mixup backpropagates through the mix: d/dx and d/dλ of the definition.
     x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)

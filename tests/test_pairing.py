@@ -120,14 +120,27 @@ def test_random_is_a_uniform_permutation():
     assert counts.min() > 40 and counts.max() < 120
 
 
-def test_offset_is_a_cyclic_shift_by_a_uniform_k():
+def test_offset_draws_an_offset_per_sample_as_seed_002_does():
+    # Seed 002: j = i + randint(1, B-1) inside the per-sample loop: k_i independent, uniform on {1..B-1}.
+    b, n = 6, 400
+    x, _ = make_batch(b)
+    ks = torch.stack([(call("offset", x, None, seed=seed) - torch.arange(b)) % b for seed in range(n)])
+    assert int((ks == 0).sum()) == 0  # never itself
+    counts = torch.stack([(ks == k).sum(0) for k in range(1, b)])  # (B-1, B): per offset, per position
+    # each cell Binomial(400, 1/5): mean 80, sd 8; every position draws every offset
+    assert int(counts.min()) > 40 and int(counts.max()) < 120
+    same = (ks == ks[:, :1]).all(1).float().mean()  # a shared shift would make every row constant
+    assert float(same) < 0.05  # independent draws: P(all 6 equal) = 5^-5
+
+
+def test_offset_per_batch_is_a_cyclic_shift_by_a_uniform_k():
     b = 6
     x, _ = make_batch(b)
     ks = []
     for seed in range(300):
-        partner = call("offset", x, None, seed=seed)
+        partner = PAIRINGS.build("offset", per_sample=False)(x, None, generator=torch.Generator().manual_seed(seed))
         k = (partner - torch.arange(b)) % b
-        assert bool((k == k[0]).all()), "offset pairing should be one shift for the whole batch"
+        assert bool((k == k[0]).all()), "per_sample=False should be one shift for the whole batch"
         ks.append(int(k[0]))
     assert set(ks) == set(range(1, b))  # k ~ U{1..B-1}: every shift occurs, 0 never
     assert max(ks.count(k) for k in range(1, b)) < 2.0 * min(ks.count(k) for k in range(1, b))
@@ -305,6 +318,36 @@ def test_feature_space_pairing_needs_features_and_checks_space(name):
         PAIRINGS.build(name, space="pixels")
 
 
+@pytest.mark.parametrize("name", ["nearest", "farthest", "optimal"])
+def test_distance_pairings_are_float32_under_bf16_autocast(name):
+    # The loop calls the engine inside its autocast region; a @ a.T in bf16 picked the wrong nearest
+    # neighbour for 68% of rows of non-negative, embedding-like features. CPU autocast reproduces it.
+    g = torch.Generator().manual_seed(0)
+    feats = torch.relu(torch.randn(128, 64, generator=g) @ torch.randn(64, 256, generator=g)) + 3.0
+    reference = call(name, feats, None)
+    brute = sq_dist_np(feats, "euclidean")
+    np.fill_diagonal(brute, np.inf if name != "farthest" else -np.inf)
+    if name == "nearest":
+        assert reference.tolist() == brute.argmin(1).tolist()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = call(name, feats, None)
+        assert torch.equal(under, reference)
+        assert pairwise_distance(feats).dtype == torch.float32
+        torch.testing.assert_close(pair_distance(feats, feats.roll(1, 0)), pair_distance(feats, feats.roll(1, 0)).float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        d = pairwise_distance(feats)
+    torch.testing.assert_close(d, pairwise_distance(feats))
+
+
+def test_exact_assignment_leaves_the_callers_cost_alone():
+    from mixlab.pairing import exact_assignment
+
+    cost = torch.rand(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    before = cost.clone()
+    exact_assignment(cost)
+    assert torch.equal(cost, before)
+
+
 # --------------------------------------------------------------------------- optimal: solvers
 
 
@@ -371,12 +414,21 @@ def _clustered(b: int, d: int, seed: int) -> torch.Tensor:
     return centres[torch.randint(0, 10, (b,), generator=g)] + torch.randn(b, d, generator=g)
 
 
-# Measured with the defaults (seeds 0-9; 10 Gaussian clusters, N(0, 1) and U[0, 1) batches;
-# D = 16 and 784; euclidean and cosine; B = 128 and 512: 240 batches): the sinkhorn total was
-# at most 1.012 times the optimum (mean 1.002) and closed at least 0.989 of the gap between a
-# random permutation and the optimum. Asserted with margin:
-SINKHORN_MAX_RATIO = 1.03
-SINKHORN_MIN_GAP_CLOSED = 0.97
+def _greedy(d: np.ndarray) -> np.ndarray:
+    """The textbook greedy matching, an independent baseline: the cheapest free (row, column) pair
+    first, until every row has a partner (diagonal excluded)."""
+    b = d.shape[0]
+    partner, col_free = np.full(b, -1), np.ones(b, dtype=bool)
+    for flat in np.argsort(d, axis=None, kind="stable"):
+        i, j = divmod(int(flat), b)
+        if i != j and partner[i] < 0 and col_free[j]:
+            partner[i], col_free[j] = j, False
+    return partner
+
+
+# The promise in OptimalPairing's docstring and the README: a total "within ~1% of the optimum".
+# Held as: each batch within 2% of scipy's exact optimum, and no worse than the greedy matching.
+SINKHORN_MAX_RATIO = 1.02
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
@@ -393,10 +445,10 @@ def test_sinkhorn_is_close_to_the_exact_optimum(kind, b, seed, metric):
     approx = _optimal("sinkhorn", metric=metric)(x, None)
     _assert_derangement(approx, b)
     got = _total(d, approx.numpy())
-    rng = np.random.default_rng(seed)
-    random_cost = np.mean([_total(d, _random_derangement(b, rng)) for _ in range(20)])
+    greedy = _greedy(d)
+    assert sorted(greedy.tolist()) == list(range(b))
     assert got <= SINKHORN_MAX_RATIO * optimum, f"sinkhorn/exact = {got / optimum:.4f}"
-    assert (random_cost - got) / (random_cost - optimum) >= SINKHORN_MIN_GAP_CLOSED
+    assert got <= _total(d, greedy), f"sinkhorn {got:.4f} worse than greedy {_total(d, greedy):.4f}"
 
 
 @pytest.mark.parametrize("solver", ["exact", "sinkhorn"])
