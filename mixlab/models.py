@@ -3,8 +3,14 @@
 Every model is a :class:`MixModel`: a stack of ``blocks``, a ``pool`` that turns the last
 hidden state into a ``(B, embed_dim)`` embedding, and a linear ``classifier``. Mix point
 ``k = 0`` is the input and ``k = i`` is the output of block ``i``; the training loop picks a
-``k`` in ``0 .. num_mix_points - 1`` and hands a ``mix`` function that rewrites the hidden
-state there (``h -> lam * h + (1 - lam) * h[perm]`` or anything else of the same shape).
+``k`` in ``0 .. num_mix_points - 1`` uniformly and hands a ``mix`` function that rewrites the
+hidden state there (``h -> lam * h + (1 - lam) * h[perm]`` or anything else of the same shape).
+
+Every hidden point (``k >= 1``) has at least one ReLU between it and the input, so mixing
+there is not input mixup in disguise: were block 1 a bare conv, mixing its output would
+equal mixing the input. The residual nets follow manifold mixup (Verma et al. 2019), which
+draws the input, the output of residual stage 1 or that of stage 2 with equal probability:
+their stem conv is part of block 1, and ``k`` in ``{0, 1, 2}`` is exactly that choice.
 
 Builders are registered in :data:`MODELS` under ``mlp``, ``cnn``, ``preact_resnet18`` and
 ``wrn``; each takes keyword-only ``in_shape`` (``(C, H, W)`` for images, ``(D,)`` for tabular
@@ -92,6 +98,11 @@ class MixModel(nn.Module):
     ``k = i`` the output of block ``i``. Valid points are ``0 .. num_mix_points - 1``; the
     last block's output is never one (mixing right before the pool is mixing embeddings,
     which the loop can do itself, and deep points hurt in the manifold mixup paper).
+
+    A hidden point must not be a linear (or affine) function of the input: mixing commutes
+    with such a map, so the point would be input mixup again while counting as manifold
+    mixup. Subclasses therefore put a non-linearity in every block up to the last mix point
+    (a lone stem conv is folded into the block that follows it).
 
     Shapes: ``x`` is ``(B, *in_shape)``; :meth:`embed` gives ``(B, embed_dim)``;
     :meth:`head` and :meth:`forward` give ``(B, num_classes)`` logits.
@@ -338,9 +349,11 @@ class PreActResNet18(MixModel):
 
     3x3 stem conv (no maxpool), four stages of two :class:`PreActBlock` with widths
     ``w, 2w, 4w, 8w`` and strides 1, 2, 2, 2, final BN-ReLU, global average pool:
-    ``(B, C, H, W) -> (B, 8w)``. Blocks are ``[stem, stage1, stage2, stage3, stage4]``;
-    mix points are 0 = input, 1 = stem, 2 = stage1, 3 = stage2 (the shallow points where
-    manifold mixup helps; 11.17M parameters at ``w = 64`` with 10 classes).
+    ``(B, C, H, W) -> (B, 8w)``; 11.17M parameters at ``w = 64`` with 10 classes.
+    Blocks are ``[stem + stage1, stage2, stage3, stage4]``; mix points are 0 = input,
+    1 = stage1, 2 = stage2, i.e. Verma et al.'s (2019) input, layer 1 and layer 2, drawn
+    with equal probability by the loop. Both hidden points lie past the stages' ReLUs; the
+    stem alone is a bias-free conv, whose output mixes exactly like the input.
     """
 
     def __init__(self, *, in_shape: tuple[int, ...], num_classes: int, width: int = 64) -> None:
@@ -348,18 +361,21 @@ class PreActResNet18(MixModel):
         channels, _, _ = _check_image_shape("preact_resnet18", in_shape)
         width = _check_positive_int("width", width, MAX_WIDTH)
         widths = (width, 2 * width, 4 * width, 8 * width)
-        blocks: list[nn.Module] = [_conv3x3(channels, width)]
+        stem = _conv3x3(channels, width)
+        blocks: list[nn.Module] = []
         prev = width
         for w, stride in zip(widths, (1, 2, 2, 2), strict=True):
             blocks.append(_preact_stage(prev, w, num_blocks=2, stride=stride))
             prev = w
+        # The stem is linear: as a block of its own it would be a mix point equal to the input.
+        blocks[0] = nn.Sequential(stem, blocks[0])
         super().__init__(
             in_shape=in_shape,
             num_classes=num_classes,
             blocks=blocks,
             pool=_preact_pool(prev),
             embed_dim=prev,
-            num_mix_points=4,
+            num_mix_points=3,
         )
 
 
@@ -368,8 +384,10 @@ class WideResNet(MixModel):
 
     3x3 stem conv to 16 channels, three groups of ``(depth - 4) / 6`` wide blocks with widths
     ``16k, 32k, 64k`` and strides 1, 2, 2, final BN-ReLU, global average pool:
-    ``(B, C, H, W) -> (B, 64k)``. Blocks are ``[stem, group1, group2, group3]``; mix points
-    are 0 = input, 1 = stem, 2 = group1, 3 = group2. WRN-28-10 has 36.5M parameters.
+    ``(B, C, H, W) -> (B, 64k)``; WRN-28-10 has 36.5M parameters. Blocks are
+    ``[stem + group1, group2, group3]``; mix points are 0 = input, 1 = group1, 2 = group2,
+    i.e. Verma et al.'s (2019) input, layer 1 and layer 2 with equal probability. Both
+    hidden points lie past the groups' ReLUs (the bias-free stem alone is linear).
     """
 
     def __init__(
@@ -389,11 +407,14 @@ class WideResNet(MixModel):
         widen = _check_positive_int("widen", widen, MAX_WIDEN)
         dropout = _check_dropout("dropout", dropout)
         per_group = (depth - 4) // 6
-        blocks: list[nn.Module] = [_conv3x3(channels, 16)]
+        stem = _conv3x3(channels, 16)
+        blocks: list[nn.Module] = []
         prev = 16
         for w, stride in zip((16 * widen, 32 * widen, 64 * widen), (1, 2, 2), strict=True):
             blocks.append(_preact_stage(prev, w, num_blocks=per_group, stride=stride, dropout=dropout))
             prev = w
+        # The stem is linear: as a block of its own it would be a mix point equal to the input.
+        blocks[0] = nn.Sequential(stem, blocks[0])
         super().__init__(
             in_shape=in_shape, num_classes=num_classes, blocks=blocks, pool=_preact_pool(prev), embed_dim=prev
         )

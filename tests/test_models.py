@@ -161,6 +161,39 @@ def test_mixing_changes_the_output(name: str, in_shape: tuple[int, ...]) -> None
 
 
 @pytest.mark.parametrize(("name", "in_shape"), CASES, ids=CASE_IDS)
+def test_hidden_mix_points_are_not_input_mixup(name: str, in_shape: tuple[int, ...]) -> None:
+    # A hidden point that is a linear function of the input (a bare stem conv) mixes exactly
+    # like the input: manifold mixup there is input mixup in disguise. In float64 the two
+    # agree to ~1e-15, so anything above 1e-6 of the logits' scale is a genuine difference.
+    model = _small(name, in_shape).double().eval()
+    x = _input(in_shape).double()
+
+    def mix(h: Tensor) -> Tensor:
+        return 0.7 * h + 0.3 * h.flip(0)
+
+    with torch.no_grad():
+        input_mixed = model(x, mix_at=0, mix=mix)
+        scale = input_mixed.abs().max().item()
+        for k in range(1, model.num_mix_points):
+            delta = (model(x, mix_at=k, mix=mix) - input_mixed).abs().max().item()
+            assert delta > 1e-6 * scale, f"mix_at={k} equals input mixup: max |dlogits| {delta:.1e}, scale {scale:.1e}"
+
+
+@pytest.mark.parametrize(("name", "hidden_channels"), [("preact_resnet18", (8, 16)), ("wrn", (32, 64))])
+def test_residual_mix_points_are_verma_layers(name: str, hidden_channels: tuple[int, int]) -> None:
+    # Verma et al. (2019) mix at the input, after residual stage 1 or after stage 2: the
+    # hidden points are the stage outputs (stage width, stride 1 then 2), never the stem.
+    model = _small(name, (3, 32, 32)).eval()
+    assert model.num_mix_points == 3
+    expected = [(BATCH, 3, 32, 32), (BATCH, hidden_channels[0], 32, 32), (BATCH, hidden_channels[1], 16, 16)]
+    with torch.no_grad():
+        for k, shape in enumerate(expected):
+            seen: list[torch.Size] = []
+            model(_input((3, 32, 32)), mix_at=k, mix=lambda h, seen=seen: seen.append(h.shape) or h)
+            assert seen == [shape], f"mix_at={k}"
+
+
+@pytest.mark.parametrize(("name", "in_shape"), CASES, ids=CASE_IDS)
 def test_gradients_reach_every_parameter(name: str, in_shape: tuple[int, ...]) -> None:
     model = _small(name, in_shape).train()
     x = _input(in_shape)
@@ -263,8 +296,9 @@ def test_published_parameter_counts() -> None:
     wide = build_model("wrn", in_shape=(3, 32, 32), num_classes=10, depth=28, widen=10)
     assert abs(_num_params(wide) - 36.5e6) <= 0.1e6, _num_params(wide)
     assert wide.embed_dim == 640 and preact.embed_dim == 512
-    assert preact.num_mix_points == 4 and len(preact.blocks) == 5
-    assert wide.num_mix_points == 4 and len(wide.blocks) == 4
+    # Stem folded into stage 1: blocks [stem + stage1, stage2, ...], points input, stage1, stage2.
+    assert preact.num_mix_points == 3 and len(preact.blocks) == 4
+    assert wide.num_mix_points == 3 and len(wide.blocks) == 3
 
 
 def test_mlp_mix_points_are_input_and_inner_hidden_layers() -> None:
