@@ -42,15 +42,15 @@ def _panels(n: int, w: float = 3.4, h: float = 3.0) -> tuple[plt.Figure, list]:
     return fig, list(axes.flat[:n])
 
 
-def fig_curves(configs: list[Config], metric: str) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+def _per_epoch(ax: plt.Axes, configs: list[Config], key: str) -> None:
+    """Per configuration, ``key`` of each epoch: mean over seeds (line) and min–max over seeds (band)."""
     colors = _colors(configs)
     for c in configs:
         per_epoch: dict[int, list[float]] = {}
         for r in c.done:
             for row in r.rows:
-                if isinstance(row.get(metric), (int, float)):
-                    per_epoch.setdefault(int(row["epoch"]), []).append(float(row[metric]))
+                if isinstance(row.get(key), (int, float)):
+                    per_epoch.setdefault(int(row["epoch"]), []).append(float(row[key]))
         if not per_epoch:
             continue
         ep = sorted(per_epoch)
@@ -58,10 +58,31 @@ def fig_curves(configs: list[Config], metric: str) -> plt.Figure:
         ax.plot(ep, [x.mean() for x in v], marker="o", color=colors[c.label], label=f"{c.label} (n={len(c.done)})")
         ax.fill_between(ep, [x.min() for x in v], [x.max() for x in v], color=colors[c.label], alpha=0.12)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="epoch", ylabel=NAMES.get(metric, metric),
-           title=f"{NAMES.get(metric, metric)} per epoch (line: mean, band: min–max over seeds)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the bands stay visible
     ax.grid(alpha=0.3)
+
+
+def fig_curves(configs: list[Config], metric: str) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    _per_epoch(ax, configs, metric)
+    ax.set(xlabel="epoch", ylabel=NAMES.get(metric, metric),
+           title=f"{NAMES.get(metric, metric)} per epoch (line: mean, band: min–max over seeds)")
+    return fig
+
+
+def fig_lam_strength(configs: list[Config]) -> plt.Figure | None:
+    """Mixing strength min(λ, 1 − λ) per epoch; None for records that predate ``lam_strength``."""
+    if not any(isinstance(row.get("lam_strength"), (int, float)) for c in configs for r in c.done for row in r.rows):
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for y, text in ((0.25, "Beta(1, 1)"), (0.5, "even blend")):
+        ax.axhline(y, color="grey", ls=":", lw=1)
+        ax.annotate(text, (0.01, y), xycoords=("axes fraction", "data"), xytext=(0, 2), textcoords="offset points",
+                    fontsize=7, color="grey")
+    _per_epoch(ax, configs, "lam_strength")
+    ax.set(xlabel="epoch", ylabel="mixing strength min(λ, 1 − λ)", ylim=(-0.02, 0.54),
+           title="Mixing strength per epoch (0: no mixing, ½: even blends; line: mean, band: min–max over seeds)")
+    ax.title.set_fontsize(10)
     return fig
 
 

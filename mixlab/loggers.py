@@ -90,10 +90,12 @@ class WandbLogger(NoLogger):
     def log(self, row: dict, *, step: int) -> None:
         def _log() -> None:
             data = {k: v for k, v in row.items() if not isinstance(v, list)}
-            if "lam_hist" in row:
-                counts = row["lam_hist"]
-                edges = [i / len(counts) for i in range(len(counts) + 1)]
-                data["lam_hist"] = self.wandb.Histogram(np_histogram=(counts, edges))
+            # λ over [0, 1]; the mixing strength min(λ, 1 − λ) over [0, ½]
+            for key, top in (("lam_hist", 1.0), ("lam_strength_hist", 0.5)):
+                if row.get(key):
+                    counts = row[key]
+                    edges = [top * i / len(counts) for i in range(len(counts) + 1)]
+                    data[key] = self.wandb.Histogram(np_histogram=(counts, edges))
             self.run.log(data, step=step)
 
         self._call("log", _log)

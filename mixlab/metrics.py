@@ -257,6 +257,17 @@ class Accumulator:
 # ----------------------------------------------------------------------------- λ statistics
 
 
+def _hist(x: Tensor, edges: Tensor) -> Tensor:
+    """Counts of ``x`` in the bins between ``edges`` (float, on the device), np.histogram's convention:
+    each bin [lo, hi) except the last, [lo, hi]; values outside [edges[0], edges[-1]] are not counted."""
+    bins = edges.numel() - 1
+    # bucketize(right=True) gives i with edges[i-1] <= x < edges[i]; x == edges[-1] lands past the
+    # end and is folded into the last bin, which is closed on the right.
+    idx = (torch.bucketize(x, edges, right=True) - 1).clamp(0, bins - 1)
+    inside = ((x >= edges[0]) & (x <= edges[-1])).to(x.dtype)
+    return F.one_hot(idx, bins).to(x.dtype).T @ inside
+
+
 def lam_stats(lam: Tensor, *, bins: int = 20) -> dict[str, float | list[int]]:
     """Summary of mixing coefficients λ (e.g. all λ drawn in an epoch, concatenated).
 
@@ -264,7 +275,13 @@ def lam_stats(lam: Tensor, *, bins: int = 20) -> dict[str, float | list[int]]:
     (population std, ddof = 0, like ``np.std``), ``lam_min``, ``lam_max`` as floats and
     ``lam_hist``: counts in ``bins`` equal-width bins over [0, 1], each [lo, hi) except the
     last, which is [lo, 1] — the convention of ``np.histogram(lam, bins, range=(0, 1))``;
-    values outside [0, 1] are not counted (but show in min/max). One host transfer.
+    values outside [0, 1] are not counted (but show in min/max).
+
+    The mixing strength s = min(λ, 1 − λ): under a symmetric pairing λ and 1 − λ make the same
+    blends, so s is what a policy controls (0 = no mixing, ½ = an even blend; Beta(1, 1) gives
+    E[s] = ¼). ``lam_strength`` and ``lam_strength_std`` are its mean and population std, and
+    ``lam_strength_hist`` its counts in ``bins`` bins over [0, ½] with the same convention
+    (``np.histogram(s, bins, range=(0, 0.5))``). One host transfer for everything.
     """
     if not isinstance(bins, int) or isinstance(bins, bool) or bins < 1:
         raise ValueError(f"bins: expected a positive int, got {bins!r}")
@@ -274,21 +291,21 @@ def lam_stats(lam: Tensor, *, bins: int = 20) -> dict[str, float | list[int]]:
         raise ValueError(f"lam: expected at least one value, got shape {tuple(lam.shape)}")
     dtype = torch.float32 if lam.device.type == "mps" else torch.float64
     x = lam.detach().reshape(-1).to(dtype)
-    # bucketize(right=True) gives i with edges[i-1] <= x < edges[i]; x == 1 lands past the
-    # end and is folded into the last bin, which is closed on the right.
+    s = torch.minimum(x, 1 - x)
     edges = torch.linspace(0.0, 1.0, bins + 1, device=x.device, dtype=dtype)
-    idx = (torch.bucketize(x, edges, right=True) - 1).clamp(0, bins - 1)
-    inside = ((x >= 0) & (x <= 1)).to(dtype)
-    hist = F.one_hot(idx, bins).to(dtype).T @ inside  # (bins,)
-    stats = torch.stack([x.mean(), x.std(correction=0), x.min(), x.max()])
-    flat = torch.cat([stats, hist]).tolist()
-    mean, std, lo, hi = flat[:4]
+    stats = torch.stack([x.mean(), x.std(correction=0), x.min(), x.max(), s.mean(), s.std(correction=0)])
+    # edges / 2 is exact: the strength bins are the λ bins halved, as np.histogram(range=(0, 0.5)) makes them
+    flat = torch.cat([stats, _hist(x, edges), _hist(s, edges / 2)]).tolist()
+    mean, std, lo, hi, s_mean, s_std = flat[:6]
     return {
         "lam_mean": mean,
         "lam_std": std,
         "lam_min": lo,
         "lam_max": hi,
-        "lam_hist": [int(round(v)) for v in flat[4:]],
+        "lam_hist": [int(round(v)) for v in flat[6:6 + bins]],
+        "lam_strength": s_mean,
+        "lam_strength_std": s_std,
+        "lam_strength_hist": [int(round(v)) for v in flat[6 + bins:]],
     }
 
 

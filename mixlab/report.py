@@ -28,13 +28,19 @@ matplotlib.use("Agg")  # files only: no display on a server or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .figures import (LOWER_IS_BETTER, NAMES, _f, fig_boundaries, fig_curves, fig_final, fig_lam_distance,  # noqa: E402
-                      fig_lam_hist, fig_mixed, fig_reliability)
+                      fig_lam_hist, fig_lam_strength, fig_mixed, fig_reliability)
 from .stats import holm, mean_ci, paired_comparison, verdict  # noqa: E402
 
 # Keys that change how a run executes or is logged, not which method it is.
 IGNORED = ("seed", "device", "trainer.progress", "trainer.log_every", "logger", "data.root", "data.download")
 STATUS_ORDER = ("completed", "failed", "diverged", "running", "interrupted")
 FLIP = {"better": "worse", "worse": "better"}
+STRENGTH = "mixing strength (mean over epochs)"
+STRENGTH_NOTE = ("Mixing strength (mean over epochs): the mean of min(λ, 1 − λ) over each training epoch's λ "
+                 "draws, averaged over the run's epochs, then mean ± std over seeds; 0 = no mixing, ½ = even blends, "
+                 "Beta(1, 1) gives ¼. Under a symmetric pairing λ = 0.3 and 0.7 make the same blends, so a policy "
+                 "can win or lose just by mixing more or less: read its verdicts beside its strength. "
+                 "\"—\" in its column: no completed run recorded it (older run records).")
 
 
 @dataclass
@@ -60,6 +66,11 @@ class Run:
         """Final value of ``metric`` (from ``final``, else the summary's top level, e.g. median_last10_acc)."""
         v = (self.summary.get("final") or {}).get(metric, self.summary.get(metric))
         return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+    def epoch_mean(self, key: str) -> float | None:
+        """Mean of ``key`` over the epochs of metrics.jsonl that recorded it (e.g. lam_strength), else None."""
+        v = [float(x) for row in self.rows if isinstance(x := row.get(key), (int, float)) and math.isfinite(x)]
+        return sum(v) / len(v) if v else None
 
 
 @dataclass
@@ -195,14 +206,16 @@ def compare(configs: list[Config], metric: str, baseline: str = "beta") -> list[
 
 def build_table(configs: list[Config], metric: str, others: list[str], comparisons: list[dict],
                 refs: tuple[str, ...]) -> list[dict]:
-    """One row per configuration: n completed, mean/std/CI of ``metric``, mean±std of ``others``,
-    and the verdict against each reference; sorted by the mean of ``metric`` (best first)."""
+    """One row per configuration: n completed, mean/std/CI of ``metric``, mean±std of ``others`` and of the
+    mixing strength (``lam_strength``, each run's mean over epochs), and the verdict against each reference;
+    sorted by the mean of ``metric`` (best first)."""
     table = []
     for c in configs:
         mean, std, lo, hi, _ = mean_ci(list(c.values(metric).values()))
         row = {"label": c.label, "n": len(c.done), "mean": mean, "std": std, "lo": lo, "hi": hi, "config": c}
         for m in others:
             row[m] = mean_ci(list(c.values(m).values()))[:2]
+        row["lam_strength"] = mean_ci([r.epoch_mean("lam_strength") for r in c.done])[:2]
         for ref in refs:
             hit = [(x["verdict"], x["diff"]) for x in comparisons if x["label"] == c.label and x["ref"] == ref]
             # A comparison made the other way round (none vs beta, read in beta's row as beta vs none).
@@ -335,7 +348,7 @@ def _text_blocks(sweep: Path, runs: list[Run], table_block: tuple, comps: dict[s
     blocks: list[tuple] = [("h1", f"mixlab report: {sweep}"), ("p", f"{_status_line(runs)}. Budget: {budget}."),
                            ("h2", "What the evidence supports"), *_evidence(comps, n_text, budget, baseline),
                            ("h2", f"Configurations (sorted by mean {name}; not a ranking, see the verdicts)"),
-                           table_block]
+                           table_block, ("p", STRENGTH_NOTE)]
     for m, cr in comps.items():
         blocks.append(("h2", f"Paired comparisons on {NAMES.get(m, m)} (seed-matched, Holm over {len(cr)} tests)"))
         blocks.append(("table", ["configuration", "vs", "n pairs", "Δ mean", "95% CI", "p (paired t)", "p (Holm)",
@@ -359,6 +372,8 @@ def _figures(configs: list[Config], metric: str, regression: bool) -> list[tuple
              "Final metrics per configuration, mean with 95% t-interval over seeds"),
             ("reliability", fig_reliability(configs), "Reliability diagrams, final epoch, seeds pooled"),
             ("lam_hist", fig_lam_hist(configs), "λ distribution of the final epoch, seeds pooled"),
+            ("lam_strength", fig_lam_strength(configs),
+             "Mixing strength min(λ, 1 − λ) per epoch, mean and min–max band over seeds"),
             ("lam_distance", fig_lam_distance(configs), "λ against pair distance for distance/sk (beta for contrast)"),
             ("mixed_examples", fig_mixed(configs), "Mixed training images (epoch 1) of one run per configuration"),
             ("decision_boundaries", fig_boundaries(configs), "Decision boundaries on moons, one seed per config")]
@@ -389,9 +404,10 @@ def write_report(sweep: str | Path, out: str | Path | None = None, baseline: str
     ns = sorted({row["n"] for row in table})
     n_text = f"n={ns[0]}{'–' + str(ns[-1]) if len(ns) > 1 else ''} seeds per configuration"
     columns = ["configuration", "n", f"{NAMES[metric]} mean ± std", "95% CI", *[NAMES[m] for m in others],
-               *[f"vs {ref}" for ref in refs]]
+               STRENGTH, *[f"vs {ref}" for ref in refs]]
     rows = [[row["label"], row["n"], _pm((row["mean"], row["std"])), f"[{_f(row['lo'])}, {_f(row['hi'])}]",
-             *[_pm(row[m]) for m in others], *[row[f"vs {ref}"] for ref in refs]] for row in table]
+             *[_pm(row[m]) for m in others], _pm(row["lam_strength"]), *[row[f"vs {ref}"] for ref in refs]]
+            for row in table]
     blocks = _text_blocks(sweep, runs, ("table", columns, rows), comps, n_text, _budget(configs), metric, baseline)
     blocks.append(("h2", "Figures"))
     for fname, fig, caption in _figures(configs, metric, regression):

@@ -178,9 +178,11 @@ def test_reliability_is_consistent_with_ece() -> None:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_ece_matches_torchmetrics(seed: int) -> None:
-    tm = pytest.importorskip("torchmetrics.classification")
+    # The test extras install torchmetrics: a missing oracle is a broken environment, so it fails, never skips.
+    from torchmetrics.classification import MulticlassCalibrationError
+
     logits, labels = _random_case(seed, n=2000, c=7)
-    oracle = tm.MulticlassCalibrationError(num_classes=7, n_bins=15, norm="l1")
+    oracle = MulticlassCalibrationError(num_classes=7, n_bins=15, norm="l1")
     expected = oracle(torch.softmax(logits, dim=1), labels).item()
     assert classification_metrics(logits, labels)["ece"] == pytest.approx(expected, abs=1e-5)
 
@@ -293,6 +295,32 @@ def test_lam_stats_match_numpy(bins: int) -> None:
     assert s["lam_hist"] == expected_hist
     assert sum(s["lam_hist"]) == lam.numel()
     assert all(isinstance(v, int) for v in s["lam_hist"])
+    strength = np.minimum(x, 1.0 - x)
+    assert s["lam_strength"] == pytest.approx(strength.mean(), rel=1e-12)
+    assert s["lam_strength_std"] == pytest.approx(strength.std(), rel=1e-12)
+    assert s["lam_strength_hist"] == np.histogram(strength, bins=bins, range=(0.0, 0.5))[0].tolist()
+    assert sum(s["lam_strength_hist"]) == lam.numel()
+    assert all(isinstance(v, int) for v in s["lam_strength_hist"])
+
+
+def test_lam_strength_of_beta_and_constants() -> None:
+    # E[min(λ, 1 − λ)] under Beta(1, 1) = uniform is ¼; its std is 1/√48 (uniform on [0, ½]).
+    lam = torch.from_numpy(np.random.default_rng(1).beta(1.0, 1.0, size=200_000))
+    s = lam_stats(lam, bins=10)
+    assert s["lam_strength"] == pytest.approx(0.25, abs=2e-3)
+    assert s["lam_strength_std"] == pytest.approx(1 / math.sqrt(48), abs=2e-3)
+    assert max(s["lam_strength_hist"]) / min(s["lam_strength_hist"]) < 1.1  # flat on [0, ½]
+    # λ and 1 − λ mix equally strongly; the mean of λ tells them apart, the strength does not.
+    for value, strength in [(0.2, 0.2), (0.8, 0.2), (1.0, 0.0), (0.0, 0.0), (0.5, 0.5)]:
+        s = lam_stats(torch.full((7,), value, dtype=torch.float64), bins=4)
+        assert s["lam_strength"] == pytest.approx(strength, abs=1e-15), value
+        assert s["lam_strength_std"] == pytest.approx(0.0, abs=1e-15)
+        assert s["lam_strength_hist"] == np.histogram(np.full(7, strength), bins=4, range=(0.0, 0.5))[0].tolist()
+    assert lam_stats(torch.full((3,), 0.5), bins=4)["lam_strength_hist"] == [0, 0, 0, 3]  # ½ closes the last bin
+    # Out-of-range λ (a buggy policy) keeps its signed strength in the mean and drops out of the histogram.
+    s = lam_stats(torch.tensor([1.2, 0.1, 0.6], dtype=torch.float64), bins=2)
+    assert s["lam_strength"] == pytest.approx((-0.2 + 0.1 + 0.4) / 3)
+    assert s["lam_strength_hist"] == [1, 1]
 
 
 def test_lam_stats_constant_and_out_of_range() -> None:

@@ -1,9 +1,10 @@
-"""mixlab.report on real run records: a tiny CLI sweep on digits, a tiny in-process one on moons."""
+"""mixlab.report on real run records (a tiny CLI sweep on digits, a tiny in-process one on moons) and hand-made ones."""
 from __future__ import annotations
 
 import json
 import math
 import re
+import statistics
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,8 @@ from .test_config import compose_cfg
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ("data=digits", "data.train_subset=128", "model=mlp", "model.hidden=[16]", "device=cpu",
         "trainer.epochs=2", "trainer.progress=false")
-FIGURES = ("curves", "final", "reliability", "lam_hist", "mixed_examples")
+FIGURES = ("curves", "final", "reliability", "lam_hist", "lam_strength", "mixed_examples")
+STRENGTH = "mixing strength (mean over epochs)"
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +90,17 @@ def test_table_numbers_match_the_run_records(sweep, report):
         assert row["n"] == "2"
         assert numbers(row["test accuracy mean ± std"]) == pytest.approx([mean, std], abs=6e-5)
         assert numbers(row["95% CI"]) == pytest.approx([mean - half, mean + half], abs=6e-5)
+    # Mixing strength: each run's mean over epochs of metrics.jsonl's lam_strength, then mean ± std over seeds.
+    strengths: dict[str, list[float]] = {}
+    for p in sweep.glob("*/metrics.jsonl"):
+        lam = json.loads((p.parent / "summary.json").read_text())["config"]["lam"]["name"]
+        per_epoch = [json.loads(line)["lam_strength"] for line in p.read_text().splitlines()]
+        strengths.setdefault(lam, []).append(sum(per_epoch) / len(per_epoch))
+    assert strengths["none"] == [0.0, 0.0]  # λ = 1 throughout: no mixing
+    assert 0.05 < min(strengths["beta"])
+    for lam, s in strengths.items():
+        assert numbers(rows[f"lam={lam}"][STRENGTH]) == pytest.approx([statistics.mean(s), statistics.stdev(s)],
+                                                                      abs=6e-5)
 
 
 def test_build_table_exactly(sweep):
@@ -131,6 +144,46 @@ def test_html_is_self_contained_with_every_figure(report):
         assert (out / "figures" / f"{name}.png").stat().st_size > 5000
         assert f"(figures/{name}.png)" in (out / "report.md").read_text()
     assert "lam_distance" not in page  # no distance or sk policy in this sweep
+
+
+def write_fake_runs(d: Path, runs: list[tuple[str, int, float, list[float] | None]]) -> None:
+    """Hand-made records: (lam, seed, final test_acc, lam_strength per epoch, or None for an older record)."""
+    for i, (lam, seed, acc, strength) in enumerate(runs):
+        (d / str(i)).mkdir(parents=True)
+        config = {"seed": seed, "lam": {"name": lam}, "data": {"name": "digits"}, "model": {"name": "mlp"}}
+        summary = {"status": "completed", "config": config, "final": {"test_acc": acc}}
+        (d / str(i) / "summary.json").write_text(json.dumps(summary))
+        rows = [{"epoch": e + 1, "test_acc": acc, **({} if strength is None else {"lam_strength": s})}
+                for e, s in enumerate(strength or [0.0, 0.0])]
+        (d / str(i) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_strength_column_and_figure_from_hand_made_records(tmp_path):
+    strong = {0: [0.40, 0.44, 0.48], 1: [0.30, 0.36, 0.45], 2: [0.41, 0.41, 0.41]}  # a schedule that ramps up
+    runs = [("beta", s, 0.9, [0.25, 0.25, 0.25 + s / 100]) for s in range(3)]
+    runs += [("sk", s, 0.8 + s / 50, strong[s]) for s in range(3)]
+    runs += [("distance", s, 0.85, None) for s in range(2)]  # records that predate lam_strength
+    write_fake_runs(tmp_path / "runs", runs)
+    md, _ = write_report(tmp_path / "runs", out=tmp_path / "out")
+    rows = {r["configuration"]: r for r in md_table(md.read_text())}
+    per_run = {lam: [statistics.fmean(x) for name, _, _, x in runs if name == lam] for lam in ("beta", "sk")}
+    assert per_run["sk"] == pytest.approx([0.44, 0.37, 0.41])
+    for lam, s in per_run.items():
+        assert numbers(rows[f"lam={lam}"][STRENGTH]) == pytest.approx([statistics.mean(s), statistics.stdev(s)],
+                                                                      abs=6e-5)
+    assert rows["lam=distance"][STRENGTH] == "—"
+    assert "Beta(1, 1) gives ¼" in md.read_text()
+    assert (tmp_path / "out" / "figures" / "lam_strength.png").stat().st_size > 5000
+    assert "(figures/lam_strength.png)" in md.read_text()
+
+
+def test_records_without_strength_still_report(tmp_path):
+    write_fake_runs(tmp_path / "runs", [(lam, s, 0.9 - s / 100, None) for lam in ("beta", "none") for s in range(2)])
+    md, table = write_report(tmp_path / "runs", out=tmp_path / "out")
+    rows = md_table(md.read_text())
+    assert len(rows) == 2 and all(r[STRENGTH] == "—" for r in rows)
+    assert f"| {STRENGTH} |" in table
+    assert not (tmp_path / "out" / "figures" / "lam_strength.png").exists()  # nothing to draw, no empty picture
 
 
 def test_single_run_dir_and_missing_dir(sweep, tmp_path):
@@ -189,6 +242,30 @@ def test_wandb_table_is_logged_and_a_failure_is_a_warning(moons, tmp_path, monke
         warnings.simplefilter("always")
         md, _ = write_report(runs, out=tmp_path / "b")
     assert md.exists() and any("W&B report logging failed" in str(w.message) for w in caught)
+
+
+def test_wandb_logger_mirrors_both_lam_histograms(tmp_path, monkeypatch):
+    logged = []
+
+    class Run:
+        def log(self, data, step):
+            logged.append((data, step))
+
+    class Histogram:
+        def __init__(self, np_histogram):
+            self.counts, self.edges = np_histogram
+
+    fake = type(sys)("wandb")
+    fake.init, fake.Histogram = (lambda **kw: Run()), Histogram
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    logger = mixlab.loggers.WandbLogger(run_dir=tmp_path, config={}, mode="offline")
+    logger.log({"lam_mean": 0.5, "lam_hist": [1, 0, 0, 3], "lam_strength": 0.1, "lam_strength_hist": [3, 0, 1, 0]},
+               step=2)
+    [(data, step)] = logged
+    assert step == 2 and data["lam_mean"] == 0.5 and data["lam_strength"] == 0.1
+    assert (data["lam_hist"].counts, data["lam_hist"].edges) == ([1, 0, 0, 3], [0, 0.25, 0.5, 0.75, 1])
+    h = data["lam_strength_hist"]
+    assert (h.counts, h.edges) == ([3, 0, 1, 0], [0, 0.125, 0.25, 0.375, 0.5])  # min(λ, 1 − λ) lives in [0, ½]
 
 
 def test_regression_reports_mse_without_calibration(tmp_path):
