@@ -33,7 +33,7 @@ from .lam import LAMBDAS
 from .mixing import MIXERS, Mix
 from .models import MixModel, build_model
 from .optim import build_optimizer
-from .pairing import PAIRINGS, pair_distance
+from .pairing import PAIRINGS, _lowest_top_bidder, pair_distance
 from .records import (MetricsLog, atomic_write, atomic_write_json, git_info, load_checkpoint, read_json,
                       remove_stale_temps, rng_state, save_checkpoint, set_rng_state, versions)
 
@@ -130,15 +130,21 @@ class FeatureBank:
     so feature-space pairing and λ need no extra forward pass after the first epoch.
 
     Epoch 1 fills the bank from the extra clean forward (``_clean_features``). From epoch 2 a
-    step reads ``bank[index]`` and then refreshes the rows of the samples that led their mix
-    (λ >= ½) with the embedding of that mixed input, which the step's own forward computed
-    (caught by a hook on the head). The features are therefore up to an epoch stale and, for a
-    refreshed row, those of a blend dominated by the sample: an approximation of the exact
-    ``trainer.features=forward``, traded for its cost (``docs/benchmarks.md``).
+    step reads ``bank[index]``, and after the step each blend's embedding (caught by a hook on
+    the head from the step's own forward) refreshes the row of the sample that dominates that
+    blend, weight >= ½: the sample itself where λ_i >= ½, else its partner (the heavier weight
+    wins where several blends qualify, then the lower position). Rows that no blend refreshed in
+    an epoch get a clean no-grad forward at its end (``top_up``), so at the start of every
+    epoch every row is from the previous one: at most one epoch stale, for every policy and
+    pairing. A refreshed row is the embedding of a blend the sample dominates, not of the clean
+    sample: an approximation of the exact ``trainer.features=forward``, traded for its cost
+    (``docs/benchmarks.md``). With ``trainer.pairing_scope=global`` only a sample's own blend
+    counts (its partner may live on another process).
     """
 
     def __init__(self, model: MixModel, num_samples: int, device: torch.device, d: Dist) -> None:
         self.rows = torch.zeros(num_samples, model.embed_dim, device=device)
+        self.epoch = torch.zeros(num_samples, dtype=torch.long, device=device)  # epoch of each row's last write
         self.d, self.caught = d, None
         model.classifier.register_forward_hook(self._catch)
 
@@ -148,10 +154,39 @@ class FeatureBank:
     def read(self, index: Tensor) -> Tensor:
         return self.rows.index_select(0, index)
 
-    def write(self, index: Tensor, features: Tensor, keep: Tensor) -> None:
+    def write(self, index: Tensor, features: Tensor, keep: Tensor, epoch: int) -> None:
         """``rows[index] = features`` where ``keep``, gathered over processes; no host sync."""
         index, features, keep = self.d.gather(index), self.d.gather(features.float()), self.d.gather(keep)
         self.rows.index_copy_(0, index, torch.where(keep[:, None], features, self.rows.index_select(0, index)))
+        self.epoch.index_copy_(0, index, torch.where(keep, epoch, self.epoch.index_select(0, index)))
+
+    def refresh(self, index: Tensor, lam: Tensor, partner: Tensor | None, epoch: int) -> None:
+        """After a mixed step: each blend's caught embedding to the row of the sample dominating it."""
+        b = index.shape[0]
+        pos = torch.arange(b, device=index.device)
+        if partner is None:  # own blends only
+            target, weight = pos, lam.float()
+        else:
+            target, weight = torch.cat([pos, partner]), torch.cat([lam.float(), 1.0 - lam.float()])
+        win, _ = _lowest_top_bidder(target, weight, weight >= 0.5)  # per position: the winning candidate
+        got = win[:b] < target.shape[0]
+        self.write(index, self.caught.index_select(0, torch.where(got, win[:b], 0) % b), got, epoch)
+
+    @torch.no_grad()
+    def top_up(self, p: Parts, epoch: int, batch_size: int) -> int:
+        """A clean forward (eval mode) for the rows not written in ``epoch``; returns how many.
+
+        One host read per epoch (the count). Every process computes the same rows (identical
+        weights and bank), so no collective is needed."""
+        stale = (self.epoch < epoch).nonzero().squeeze(1)
+        for chunk in stale.split(batch_size):
+            x = p.ds.x_train.index_select(0, chunk)
+            if p.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=p.amp):
+                self.rows.index_copy_(0, chunk, _clean_features(p, x))
+            self.epoch.index_fill_(0, chunk, epoch)
+        return int(stale.numel())
 
 
 def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
@@ -269,9 +304,9 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
         p.mix.observe(per_sample.detach(), index)
         if p.bank is not None:
             if epoch == 1:
-                p.bank.write(index, features, torch.ones_like(index, dtype=torch.bool))
+                p.bank.write(index, features, torch.ones_like(index, dtype=torch.bool), epoch)
             else:
-                p.bank.write(index, p.bank.caught, p.mix.last.lam >= 0.5)
+                p.bank.refresh(index, p.mix.last.lam, p.mix.last.partner if p.mix.last.pool is None else None, epoch)
 
         last = p.mix.last
         n += y.shape[0]
@@ -299,10 +334,13 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
             bar.update(1)
         if stop is not None and d.world == 1:  # several processes: the all-reduce above carries the flag
             _check_stop(stop, epoch, step + 1)
+    topped_up = p.bank.top_up(p, epoch, p.batches.batch_size) if p.bank is not None else None
     seconds = time.perf_counter() - t0
     row = {"train_loss": s[0] / seen, "train_acc": s[1] / seen if classification else None,
            "pair_same_class": s[2] / seen if classification else None, "pair_distance": s[3] / seen,
            "train_seconds": seconds, "images_per_second": seen / seconds}
+    if topped_up is not None:  # trainer.features=cache: the share of rows the end-of-epoch pass refreshed
+        row["feature_cache_topped_up"] = topped_up / p.ds.n_train
     row.update(lam_stats(d.gather(torch.cat(lams))))
     # up to 256 pairs of the epoch's last batch, for the report's λ-against-distance picture
     lam_vs_distance = {"distance": pair_d[:256].tolist(), "lam": last.lam[:256].float().tolist()}
@@ -350,7 +388,8 @@ def _state(p: Parts, epoch: int, rng: dict | list[dict]) -> dict:
     return {"epoch": epoch, "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
             "scheduler": p.scheduler.state_dict(), "mix": p.mix.state_dict(),
             "rng": rng,
-            "features": p.bank.rows if p.bank is not None else None}
+            "features": p.bank.rows if p.bank is not None else None,
+            "features_epoch": p.bank.epoch if p.bank is not None else None}
 
 
 def _restore(p: Parts, ckpt: dict) -> int:
@@ -365,6 +404,7 @@ def _restore(p: Parts, ckpt: dict) -> int:
     p.mix.load_state_dict(ckpt["mix"])
     if p.bank is not None and ckpt.get("features") is not None:
         p.bank.rows.copy_(ckpt["features"])
+        p.bank.epoch.copy_(ckpt["features_epoch"])
     set_rng_state(rng[p.dist.rank] if isinstance(rng, list) else rng, p.generators)
     return int(ckpt["epoch"])
 
