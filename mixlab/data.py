@@ -13,14 +13,16 @@ returning raw (un-normalised) CPU tensors; :func:`load_dataset` does the common 
 from __future__ import annotations
 
 import gzip
+import http.client
 import io
 import math
 import pickle
 import struct
+import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -379,6 +381,32 @@ class DataNotFoundError(FileNotFoundError, DataFileError):
     like every bad-data error here, a ValueError: the CLI reports it as one line, not a traceback."""
 
 
+# What a failed download raises: no network is a URLError (an OSError), a dropped connection an
+# OSError or an http.client.HTTPException, torchvision's own checks (md5 after the download, every
+# mirror failed, too many redirects) a RuntimeError.
+_DOWNLOAD_ERRORS = (OSError, RuntimeError, http.client.HTTPException)
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line (torchvision's messages span several), at most ``limit`` characters."""
+    text = f"{type(e).__name__}: {' '.join(str(e).split())}".rstrip(": ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _try_download(what: str, fetch: Callable[[], object]) -> str | None:
+    """Run ``fetch``; None when it worked, else one line saying why ``what`` could not be downloaded."""
+    try:
+        fetch()
+    except _DOWNLOAD_ERRORS as e:
+        return f"downloading {what} failed ({_one_line(e)})"
+    return None
+
+
+def _root_text(root: str | None) -> str:
+    """How the message names the directory searched: the ``data.root`` key and its value."""
+    return f"data.root={root}" if root is not None else f"data.root=null, so {DEFAULT_ROOT}"
+
+
 # --------------------------------------------------------------------------- idx files
 
 # idx type byte -> big-endian numpy dtype (the format stores everything most significant first).
@@ -527,17 +555,28 @@ def fashion_mnist(*, root: str | None = None, download: bool = True) -> RawData:
                 f"({d} lacks {', '.join(f'{a}[.gz]' for a in absent)}). {how}"
             )
         files = None  # let torchvision fill data.root in
+    failed = None
     if files is None and download:
         from torchvision.datasets import FashionMNIST
 
         target = Path(root).expanduser() if root is not None else DEFAULT_ROOT
-        FashionMNIST(str(target), train=True, download=True)
-        FashionMNIST(str(target), train=False, download=True)
-        files = find_fashion_mnist(str(target))
+
+        def fetch() -> None:
+            FashionMNIST(str(target), train=True, download=True)
+            FashionMNIST(str(target), train=False, download=True)
+
+        failed = _try_download(f"Fashion-MNIST into {target / 'FashionMNIST' / 'raw'}", fetch)
+        if failed is None:
+            files = find_fashion_mnist(str(target))
     if files is None:
         searched = ", ".join(str(d) for d in _fashion_candidates(root))
         names = ", ".join(f"{s}[.gz]" for s in FASHION_MNIST_FILES.values())
-        raise DataNotFoundError(f"Fashion-MNIST not found: looked for {names} in {searched}. {how}")
+        part = _incomplete_root(root)
+        lacks = f"; {part[0]} lacks {', '.join(f'{a}[.gz]' for a in part[1])}" if part else ""
+        raise DataNotFoundError(
+            f"Fashion-MNIST not found: looked for {names} in {searched} (data.root="
+            f"{'null' if root is None else root}){lacks}{'; ' + failed if failed else ''}. {how}"
+        )
     x_train, y_train = _read_fashion_split(files["train_images"], files["train_labels"])
     x_test, y_test = _read_fashion_split(files["test_images"], files["test_labels"])
     return x_train, y_train, x_test, y_test, 10, "classification"
@@ -618,15 +657,32 @@ def _cifar(cls_name: str, *, root: str | None, download: bool) -> RawData:
         # Looked up on torchvision's module at call time, as torchvision's own classes do.
         return tv_cifar.check_integrity(str(folder / name), md5)
 
+    problems: list[str] = []
     if download and (missing or not all(intact(f, md5) for f, md5 in needed)):
-        # Fetches the archive (checking its md5) and re-extracts it over a missing or corrupted copy.
-        download_and_extract_archive(cls.url, str(target), filename=cls.filename, md5=cls.tgz_md5)
+        # Fetches the archive (checking its md5; an intact one already in data.root is not fetched
+        # again) and re-extracts it over a missing or corrupted copy.
+        failed = _try_download(cls.url, lambda: download_and_extract_archive(
+            cls.url, str(target), filename=cls.filename, md5=cls.tgz_md5))
+        problems += [failed] if failed else []
+        missing = [f for f, _ in needed if not (folder / f).is_file()]
+    archive = target / cls.filename
+    if missing and archive.is_file():
+        # The archive put in data.root by hand (data.download=false), or left by a failed download.
+        try:
+            _extract_tar(archive, target)
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+            problems.append(f"{archive} cannot be extracted ({_one_line(e)})")
         missing = [f for f, _ in needed if not (folder / f).is_file()]
     if missing:
-        # torchvision would say only "not found or corrupted"; say what is missing and how to fix it.
+        # torchvision would say only "not found or corrupted" (or fail on the network with a
+        # traceback); say what was looked for where, and how to get it, in one line.
+        title = cls_name.replace("CIFAR", "CIFAR-")
+        no_archive = "" if archive.is_file() else f" and there is no {archive}"
         raise DataNotFoundError(
-            f"{cls_name} not found: {folder} lacks {missing}. Get it with data.download=true (internet; "
-            f"torchvision fetches {cls.url}), or extract {cls.filename} into DIR and set data.root=DIR."
+            f"{title} not found: {folder} lacks {missing}{no_archive} ({_root_text(root)})"
+            + "".join(f"; {p}" for p in problems)
+            + f". Put {cls.filename} (from {cls.url}) or its extracted {cls.base_folder}/ under data.root, "
+            "or set data.download=true with internet access (torchvision downloads it there)."
         )
     num_classes = 10 if cls_name == "CIFAR10" else 100
     label_key = "labels" if cls_name == "CIFAR10" else "fine_labels"
@@ -647,15 +703,32 @@ def _cifar(cls_name: str, *, root: str | None, download: bool) -> RawData:
     return splits[0], splits[1], splits[2], splits[3], num_classes, "classification"
 
 
+def _extract_tar(archive: Path, target: Path) -> None:
+    """Unpack ``archive`` into ``target``; with the "data" filter where Python has it, so no member
+    can land outside ``target`` or be a device file or an absolute link."""
+    with tarfile.open(archive, "r:*") as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(target, filter="data")
+        else:  # Python < 3.10.12: what torchvision itself does
+            tar.extractall(target)
+
+
 @DATASETS.register("cifar10")
 def cifar10(*, root: str | None = None, download: bool = True) -> RawData:
-    """CIFAR-10 via torchvision: 50000 train / 10000 test 3x32x32 images, 10 classes."""
+    """CIFAR-10 via torchvision: 50000 train / 10000 test 3x32x32 images, 10 classes.
+
+    Read from ``cifar-10-batches-py/`` in data.root (default ``~/.cache/mixlab``); else extracted
+    there from ``cifar-10-python.tar.gz`` in data.root; else (data.download) downloaded there.
+    """
     return _cifar("CIFAR10", root=root, download=download)
 
 
 @DATASETS.register("cifar100")
 def cifar100(*, root: str | None = None, download: bool = True) -> RawData:
-    """CIFAR-100 (fine labels) via torchvision: 50000 train / 10000 test 3x32x32, 100 classes."""
+    """CIFAR-100 (fine labels) via torchvision: 50000 train / 10000 test 3x32x32, 100 classes.
+
+    Like :func:`cifar10`, with ``cifar-100-python/`` and ``cifar-100-python.tar.gz``.
+    """
     return _cifar("CIFAR100", root=root, download=download)
 
 

@@ -6,8 +6,12 @@ idx files written here; CIFAR from tiny pickles in torchvision's on-disk layout.
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +24,7 @@ from mixlab.data import DATASETS, Batches, Dataset, crop_and_flip, eval_batches,
 HAVE_DEBIAN_FMNIST = all(
     (D.DEBIAN_FASHION_MNIST_DIR / f"{stem}.gz").is_file() for stem in D.FASHION_MNIST_FILES.values()
 )
+ROOT = Path(__file__).resolve().parent.parent
 needs_debian = pytest.mark.skipif(not HAVE_DEBIAN_FMNIST, reason="apt-get install dataset-fashion-mnist")
 
 
@@ -381,10 +386,128 @@ def test_cifar100_tiny_copy(tmp_path: Path, no_md5: None) -> None:
     assert torch.allclose(unnormalise(ds, ds.x_test), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize(("name", "folder"), [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")])
-def test_cifar_missing_without_download(tmp_path: Path, name: str, folder: str) -> None:
-    with pytest.raises(FileNotFoundError, match=rf"{folder}.*data\.download=true.*data\.root="):
-        load_dataset(name, root=str(tmp_path), download=False)
+# --------------------------------------------------------------------------- missing data: one line, never the network
+
+CIFARS = {"cifar10": ("CIFAR-10", "cifar-10-batches-py", "cifar-10-python.tar.gz",
+                      ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+                       "batches.meta"]),
+          "cifar100": ("CIFAR-100", "cifar-100-python", "cifar-100-python.tar.gz", ["train", "test", "meta"])}
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """No network: every urlopen (torchvision downloads through urllib) raises URLError; returns the URLs tried."""
+    import urllib.error
+    import urllib.request
+
+    tried: list[str] = []
+
+    def urlopen(url, *args, **kwargs):
+        tried.append(getattr(url, "full_url", url))
+        raise urllib.error.URLError("[Errno -2] Name or service not known (test: no network)")
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    return tried
+
+
+def assert_one_line_says_how(msg: str, *parts: str) -> None:
+    assert "\n" not in msg and "data.root" in msg and "data.download=true" in msg, msg
+    for part in parts:
+        assert part in msg, (part, msg)
+
+
+@pytest.mark.parametrize("name", CIFARS)
+@pytest.mark.parametrize("download", [True, False])
+def test_cifar_missing_is_one_line_naming_files_root_and_remedy(
+    tmp_path: Path, offline: list[str], name: str, download: bool
+) -> None:
+    title, folder, archive, files = CIFARS[name]
+    with pytest.raises(D.DataNotFoundError) as info:
+        load_dataset(name, root=str(tmp_path), download=download)
+    assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, ValueError)  # the CLI's one line
+    msg = str(info.value)
+    assert msg.startswith(f"{title} not found: {tmp_path / folder} lacks {files}"), msg
+    assert_one_line_says_how(msg, f"there is no {tmp_path / archive}", f"data.root={tmp_path}", f"Put {archive}",
+                             f"its extracted {folder}/")
+    if download:  # the download was tried, failed, and says why
+        assert offline and all(archive in url for url in offline)
+        assert f"downloading https://www.cs.toronto.edu/~kriz/{archive} failed (URLError: " in msg
+    else:  # data.download=false never touches the network
+        assert offline == [] and "downloading" not in msg
+
+
+def test_cifar_partly_missing_names_what_is_absent(tmp_path: Path, offline: list[str]) -> None:
+    _pickle(tmp_path / "cifar-100-python" / "train", {"data": np.zeros((1, 3072), np.uint8), "fine_labels": [0]})
+    with pytest.raises(D.DataNotFoundError, match=r"cifar-100-python lacks \['test', 'meta'\]"):
+        load_dataset("cifar100", root=str(tmp_path), download=False)
+
+
+def test_cifar_missing_without_root_names_the_default(tmp_path: Path, offline: list[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(D, "DEFAULT_ROOT", tmp_path / "cache")
+    with pytest.raises(D.DataNotFoundError) as info:
+        load_dataset("cifar10", download=True)
+    assert_one_line_says_how(str(info.value), f"data.root=null, so {tmp_path / 'cache'}",
+                             str(tmp_path / "cache" / "cifar-10-batches-py"))
+
+
+def _tiny_cifar100_tarball(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    for split, n in (("train", 4), ("test", 2)):
+        _pickle(src / "cifar-100-python" / split, {"data": np.full((n, 3072), 7, np.uint8), "fine_labels": [5] * n})
+    _pickle(src / "cifar-100-python" / "meta", {"fine_label_names": [f"f{k}" for k in range(100)]})
+    archive = tmp_path / "root" / "cifar-100-python.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src / "cifar-100-python", arcname="cifar-100-python")
+    return archive
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_cifar_archive_in_root_is_extracted(tmp_path: Path, no_md5: None, offline: list[str], download: bool) -> None:
+    archive = _tiny_cifar100_tarball(tmp_path)
+    ds = load_dataset("cifar100", root=str(archive.parent), download=download)
+    assert (ds.n_train, ds.n_test) == (4, 2) and (archive.parent / "cifar-100-python" / "meta").is_file()
+
+
+def test_cifar_broken_archive_is_one_line_naming_it(tmp_path: Path, offline: list[str]) -> None:
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    archive.write_bytes(b"not a tarball")
+    with pytest.raises(D.DataNotFoundError) as info:
+        load_dataset("cifar10", root=str(tmp_path), download=False)
+    assert_one_line_says_how(str(info.value), f"{archive} cannot be extracted (ReadError: ")
+
+
+def test_fashion_mnist_failed_download_is_one_line(tmp_path: Path, offline: list[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "nowhere")
+    with pytest.raises(D.DataNotFoundError) as info:
+        load_dataset("fashion_mnist", root=str(tmp_path / "root"), download=True)
+    assert offline  # tried, and failed
+    assert_one_line_says_how(str(info.value), "Fashion-MNIST not found: looked for train-images-idx3-ubyte[.gz]",
+                             f"data.root={tmp_path / 'root'}",
+                             f"downloading Fashion-MNIST into {tmp_path / 'root' / 'FashionMNIST' / 'raw'} failed",
+                             "apt-get install dataset-fashion-mnist")
+
+
+@pytest.mark.parametrize("download", ["true", "false"])
+def test_cli_missing_cifar_is_one_line_exit_2(tmp_path: Path, download: str) -> None:
+    """The issue: no network and no files printed a 78-line traceback ending in URLError."""
+    # Every HTTP(S) request goes to a proxy on a closed local port: refused at once, never the internet.
+    env = {**os.environ, "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+           "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""}
+    root = tmp_path / "empty"
+    root.mkdir()
+    r = subprocess.run([sys.executable, "-m", "mixlab", "data=cifar10", f"data.root={root}",
+                        f"data.download={download}", "device=cpu", "trainer.epochs=1", "trainer.progress=false",
+                        f"hydra.run.dir={tmp_path / 'run'}"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr + r.stdout, r.stderr
+    assert lines[0].startswith("mixlab: error: data: CIFAR-10 not found: ") and f"data.root={root}" in lines[0]
+    assert "cifar-10-python.tar.gz" in lines[0] and "data.download=true" in lines[0]
+    assert ("failed (URLError: " in lines[0]) == (download == "true")
+    assert sorted(p.name for p in root.iterdir()) == []  # nothing half-downloaded left behind
 
 
 # --------------------------------------------------------------------------- Batches
