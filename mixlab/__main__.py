@@ -1,6 +1,9 @@
 """``python -m mixlab [group=option ...] [key=value ...]`` — one run; add ``-m`` for a sweep.
 
 Several processes (DDP): ``torchrun --standalone --nproc_per_node=N -m mixlab ...``.
+``python -m mixlab --help`` lists the groups, their options and the stable keys (``mixlab/cli.py``).
+Exit status: 0 done, 2 a user error (one line, ``mixlab: error: ...``), 130/143 stopped by
+SIGINT/SIGTERM (the command that resumes is printed).
 """
 from __future__ import annotations
 
@@ -16,10 +19,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from .cli import USAGE, UsageError, check_args, interrupted
 from .config import ConfigError
 from .train import Diverged, Interrupted, train
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
+CONF = str(Path(__file__).resolve().parent / "conf")  # shipped in the package; the top-level conf/ links here
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="config")
@@ -27,9 +31,9 @@ def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     try:
         return train(cfg, hc.runtime.output_dir)  # under torchrun, every process uses rank 0's
-    except Interrupted as e:  # pre-emption stops the whole sweep; re-running resumes it
-        print(f"mixlab: interrupted: {e}", file=sys.stderr)
-        sys.exit(143)
+    except (Interrupted, KeyboardInterrupt) as e:  # pre-emption stops the whole sweep; the printed command resumes it
+        multirun = hc.mode == RunMode.MULTIRUN
+        sys.exit(interrupted(e, os.path.abspath(hc.sweep.dir) if multirun else hc.runtime.output_dir, multirun))
     except (ConfigError, Diverged) as e:
         print(f"mixlab: error: {e}", file=sys.stderr)
     except Exception as e:  # noqa: BLE001 - recorded in summary.json; one bad job must not sink a sweep
@@ -55,5 +59,10 @@ def _other_ranks_write_nothing() -> None:
 
 
 if __name__ == "__main__":
+    try:  # before Hydra: a misspelled key or option is one line and exit 2, like a bad value
+        check_args(sys.argv[1:], CONF)
+    except UsageError as e:
+        print(f"mixlab: error: {e}", file=sys.stderr)
+        sys.exit(USAGE)
     _other_ranks_write_nothing()
     main()

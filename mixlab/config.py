@@ -8,6 +8,9 @@ line: ``<key>=<value>: expected <what is allowed>`` (``tests/test_fuzz_config.py
 """
 from __future__ import annotations
 
+import hashlib
+import importlib
+import json
 import re
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -41,6 +44,7 @@ def _one_of(*names: str) -> Rule:
 BOOL: Rule = ("true | false", lambda v: isinstance(v, bool))
 AUTO_BOOL: Rule = ("auto | true | false", lambda v: v == "auto" or isinstance(v, bool))
 RULES: dict[str, Rule] = {
+    "plugins": ("a list of importable module names", lambda v: _is_list(v) and all(isinstance(m, str) and m for m in v)),
     # torch seeds take 0..2**64-1, and the loop seeds a second generator with seed + 1
     "seed": ("an integer in [0, 2**63)", lambda v: _is_int(v) and 0 <= v < 2**63),
     "device": ("auto | cpu | cuda | cuda:N", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v)),
@@ -105,6 +109,18 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r}: expected {allowed}")
 
 
+def import_plugins(modules: list[str] | None) -> None:
+    """Import the user's modules named by ``plugins`` (before anything is built), so that their
+    ``@LAMBDAS.register(...)``-style registrations exist. Not found or failing: one ``ConfigError`` line."""
+    for name in modules or []:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - any failure inside the user's module is reported as theirs
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise ConfigError(f"plugins={list(modules)!r}: importing {name!r} failed ({type(e).__name__}: {first}); "
+                              "expected modules importable from the current directory or PYTHONPATH") from None
+
+
 @contextmanager
 def component_errors(group: str) -> Iterator[None]:
     """Turn a component constructor's ``ValueError``/``TypeError`` into a ``ConfigError`` for ``group``."""
@@ -124,3 +140,55 @@ def options(node: DictConfig) -> dict:
     opts = OmegaConf.to_container(node, resolve=True)
     opts.pop("name", None)
     return opts
+
+
+# ----------------------------------------------------------------------------- run identity
+
+# Keys that change how a run executes or is logged, not what it computes. A run directory may be
+# resumed, or a completed run reused, with other values of these; any other difference is another
+# run. (The report groups runs by the rest minus the seed.)
+VOLATILE = ("device", "trainer.progress", "trainer.log_every", "logger", "data.root", "data.download")
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{"lam": {"name": "beta"}} → {"lam.name": "beta"}; lists become JSON text so they can be compared."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
+    return out
+
+
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def fingerprint(resolved: dict) -> dict[str, Any]:
+    """What identifies a run: the resolved config, flattened, without the ``VOLATILE`` keys."""
+    return {k: v for k, v in flatten(resolved).items() if not _under(k, VOLATILE)}
+
+
+def config_difference(old: dict, new: dict) -> list[str]:
+    """``key: old -> new`` for every key whose value differs between two resolved configs (volatile keys aside)."""
+    a, b = fingerprint(old), fingerprint(new)
+    return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in sorted(a.keys() | b.keys())
+            if a.get(k, "(absent)") != b.get(k, "(absent)")]
+
+
+def job_dir(overrides: Any) -> str:
+    """A sweep job's folder name from its overrides, so that a job's folder is keyed by what it runs,
+    not by its position in the job list: ``lambda=beta,seed=0``. Volatile keys are left out (sorted,
+    so the order on the command line does not matter); a ``/`` in a value becomes ``%2F``; a name
+    over 120 characters keeps its first 80 and a hash of the whole. Used as Hydra's
+    ``hydra.sweep.subdir: ${mixlab.job_dir:${hydra.overrides.task}}``."""
+    kept = sorted(o for o in (overrides or []) if not _under(str(o).lstrip("+~").split("=", 1)[0], VOLATILE))
+    name = ",".join(kept).replace("/", "%2F") or "default"
+    if len(name) > 120:
+        name = f"{name[:80]}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
+    return name
+
+
+if not OmegaConf.has_resolver("mixlab.job_dir"):
+    OmegaConf.register_new_resolver("mixlab.job_dir", job_dir)

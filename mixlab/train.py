@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torchvision.utils import make_grid, save_image
 
-from .config import ConfigError, component_errors, options, validate
+from .config import ConfigError, component_errors, config_difference, fingerprint, import_plugins, options, validate
 from .data import Batches, Dataset, eval_batches, load_dataset
 from .distributed import Dist, setup as setup_distributed
 from .loggers import LOGGERS, NoLogger
@@ -47,7 +47,12 @@ class Diverged(RuntimeError):
 
 
 class Interrupted(RuntimeError):
-    """SIGTERM or Ctrl-C (how SLURM pre-empts): stopped between two steps, last checkpoint intact."""
+    """SIGTERM or Ctrl-C (how SLURM pre-empts): stopped between two steps, last checkpoint intact.
+    ``signal`` is the signal's name, or None when another process was signalled."""
+
+    def __init__(self, message: str, signal_name: str | None = None) -> None:
+        super().__init__(message)
+        self.signal = signal_name
 
 
 @contextmanager
@@ -82,7 +87,7 @@ def _check_stop(stop: dict, epoch: int, step: int, d: Dist = Dist()) -> None:
 
 def _interrupted(signal_name: str | None, epoch: int, step: int) -> None:
     raise Interrupted(f"{signal_name or 'a signal to another process'} during epoch {epoch} after step {step}; "
-                      f"re-run the same command to resume from the last finished epoch")
+                      f"the last finished epoch's checkpoint is kept", signal_name)
 
 
 def resolve_device(name: str, d: Dist = Dist()) -> torch.device:
@@ -384,8 +389,8 @@ def _rng(p: Parts) -> dict | list[dict]:
     return state if p.dist.world == 1 else p.dist.all_objects(state)
 
 
-def _state(p: Parts, epoch: int, rng: dict | list[dict]) -> dict:
-    return {"epoch": epoch, "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
+def _state(p: Parts, epoch: int, rng: dict | list[dict], config: dict) -> dict:
+    return {"epoch": epoch, "config": config, "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
             "scheduler": p.scheduler.state_dict(), "mix": p.mix.state_dict(),
             "rng": rng,
             "features": p.bank.rows if p.bank is not None else None,
@@ -421,7 +426,9 @@ def _hydra_group() -> str | None:
 
 
 def _progress_bar(total: int, desc: str, enabled: bool, **kw: object) -> object | None:
-    if not enabled:
+    """A tqdm bar on stderr, only where stderr is a terminal: redirected to a file or a log (Hydra's
+    mixlab.log, SLURM's output), a bar is a stream of cursor-movement escapes."""
+    if not (enabled and sys.stderr.isatty()):
         return None
     from tqdm.auto import tqdm
 
@@ -442,12 +449,33 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
         run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     previous = read_json(run_dir / "summary.json") or {}
-    if previous.get("status") == "completed" and previous.get("config") == resolved:
+    _check_same_run(run_dir, resolved, previous)
+    if previous.get("status") == "completed":
         if d.main:
             print(f"mixlab: {run_dir} already completed; skipping (delete summary.json to redo)", file=sys.stderr)
         return previous["objective"]
     with _signals_to_flag() as stop:
         return _run(cfg, run_dir, resolved, previous, stop, d)
+
+
+def _check_same_run(run_dir: Path, resolved: dict, previous: dict) -> None:
+    """Refuse a run directory that holds another configuration's records (``summary.json`` or
+    ``last.pt``): resuming from them, or skipping as completed, would put that run's results under
+    this run's labels. Keys in ``config.VOLATILE`` (device, progress, logger, ...) may differ.
+    Raised before anything is written, so the other run's records stay as they are."""
+    stored = previous.get("config")
+    where = "summary.json"
+    if stored is None and (run_dir / "last.pt").exists():
+        stored, where = (load_checkpoint(run_dir / "last.pt") or {}).get("config"), "last.pt"
+        if stored is None:
+            raise ConfigError(f"{run_dir}: last.pt records no configuration (an older mixlab wrote it), so it cannot "
+                              f"be resumed safely; expected a new hydra.run.dir, or delete that folder")
+    if stored is None or fingerprint(stored) == fingerprint(resolved):
+        return
+    diff = config_difference(stored, resolved)
+    shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
+    raise ConfigError(f"{run_dir} holds a run of another configuration ({where}: {shown}); a folder is resumed "
+                      f"only by the same configuration: expected a new hydra.run.dir, or delete that folder")
 
 
 def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: dict, d: Dist = Dist()) -> float:
@@ -462,6 +490,7 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: d
     logger = None
     try:
         validate(cfg)
+        import_plugins(cfg.get("plugins"))
         p = build(cfg, d)
         summary["dataset"] = p.ds.summary()
         ckpt = load_checkpoint(run_dir / "last.pt", map_location=p.device)
@@ -500,11 +529,11 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: d
                 grid = _grid(result["images"], p.ds) if result["images"] is not None and p.ds.is_image else None
                 if grid is not None:  # a record too: atomic, and before the checkpoint (a kill replays the epoch)
                     atomic_write(run_dir / "mixed_examples.png", lambda f: save_image(grid, f, format="png"))
-                save_checkpoint(run_dir / "last.pt", _state(p, epoch, rng))
+                save_checkpoint(run_dir / "last.pt", _state(p, epoch, rng, resolved))
                 logger.log(row, step=epoch)
                 if grid is not None:
                     logger.log_images("mixed_examples", grid, step=epoch)
-                (epoch_bar.write if epoch_bar is not None else _eprint)(_epoch_line(row, epochs))
+                _epoch_print(_epoch_line(row, epochs), epoch_bar)
                 if epoch_bar is not None:
                     epoch_bar.update(1)
             if epoch < epochs:
@@ -552,8 +581,12 @@ def _final(rows: list[dict], ds: Dataset | None, wall: float) -> dict:
     return out
 
 
-def _eprint(line: str) -> None:
-    print(line, file=sys.stderr)
+def _epoch_print(line: str, bar: object | None) -> None:
+    """Epoch lines go to stdout, bars or not (through tqdm's writer, which moves a live bar out of the way)."""
+    if bar is None:
+        print(line, flush=True)
+    else:
+        bar.write(line, file=sys.stdout)
 
 
 def ds_line(ds: Dataset) -> str:

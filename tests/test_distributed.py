@@ -203,7 +203,7 @@ def test_torchrun_cli_writes_records_once_and_matches_the_in_process_run(in_proc
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["world_size"] == 2 and summary["epochs_done"] == 5
     assert [row["epoch"] for row in metrics(run_dir)] == [1, 2, 3, 4, 5]  # written once, by rank 0
-    assert r.stderr.count("epoch 1/5 ") == 1 and r.stderr.count("mixlab: data=") == 1
+    assert r.stdout.count("epoch 1/5 ") == 1 and r.stderr.count("mixlab: data=") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no second (rank 1) Hydra directory
     # the same run twice, launched two ways: identical metrics (per-process seeds, not chance)
     assert without_timing(metrics(run_dir)) == without_timing(metrics(in_process / "full"))

@@ -24,6 +24,24 @@ def summaries(tmp: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in tmp.glob("*/summary.json")}
 
 
+def folder_of(tmp: Path, lam: str) -> str | None:
+    """The job folder whose name says lambda=<lam> (folders are keyed by the job's overrides)."""
+    return next((p.name for p in tmp.glob("*") if f"lambda={lam}," in p.name + ","), None)
+
+
+def assert_labels_match_records(tmp: Path) -> None:
+    """Every job folder's name (its overrides) agrees with the config its records hold, and its metrics."""
+    for name, s in summaries(tmp).items():
+        said = dict(o.split("=", 1) for o in name.split(",") if o.split("=", 1)[0] in ("lambda", "seed"))
+        assert said.get("lambda", s["config"]["lam"]["name"]) == s["config"]["lam"]["name"], name
+        assert int(said.get("seed", s["config"]["seed"])) == s["config"]["seed"], name
+        rows = [json.loads(line) for line in (tmp / name / "metrics.jsonl").read_text().splitlines()]
+        if s["config"]["lam"]["name"] == "none":
+            assert all(r["lam_mean"] == 1.0 for r in rows), name
+        else:
+            assert all(r["lam_mean"] < 1.0 for r in rows), name
+
+
 def test_relaunch_skips_finished_runs_and_completes_the_rest(tmp_path):
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "mixlab", "-m", *TINY, "trainer.epochs=3", "lambda=none,beta,automix",
@@ -32,22 +50,43 @@ def test_relaunch_skips_finished_runs_and_completes_the_rest(tmp_path):
                             start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline:  # kill the whole sweep once its first run has completed
-        s = summaries(out).get("0")
+        first = folder_of(out, "none")
+        s = summaries(out).get(first) if first else None
         if s and s["status"] == "completed":
             break
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert summaries(out)["0"]["status"] == "completed"
-    finished = (out / "0" / "metrics.jsonl").stat().st_mtime_ns
+    assert summaries(out)[first]["status"] == "completed"
+    finished = (out / first / "metrics.jsonl").stat().st_mtime_ns
 
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     after = summaries(out)
-    assert sorted(after) == ["0", "1", "2"] and all(s["status"] == "completed" for s in after.values())
+    assert len(after) == 3 and all(s["status"] == "completed" for s in after.values())
     assert "already completed; skipping" in r.stderr
-    assert (out / "0" / "metrics.jsonl").stat().st_mtime_ns == finished  # not redone
+    assert (out / first / "metrics.jsonl").stat().st_mtime_ns == finished  # not redone
     assert all(len((out / k / "metrics.jsonl").read_text().splitlines()) == 3 for k in after)
+    assert_labels_match_records(out)
+
+
+def test_extending_a_sweep_adds_runs_and_reuses_only_identical_ones(tmp_path):
+    # The README's two commands into one sweep folder. With folders numbered by job position the
+    # second command "resumed" job 0 (the none run) as beta seed 0 and job 3 (beta seed 1) as sk seed 0.
+    out = tmp_path / "sweep"
+    first = sweep(out, "trainer.epochs=1", "lambda=none,beta", "seed=0,1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = {k: (out / k / "metrics.jsonl").stat().st_mtime_ns for k in summaries(out)}
+    second = sweep(out, "trainer.epochs=1", "lambda=beta,sk", "seed=0,1,2")
+    assert second.returncode == 0, second.stderr[-2000:]
+    after = summaries(out)
+    labels = sorted((s["config"]["lam"]["name"], s["config"]["seed"]) for s in after.values())
+    assert labels == sorted([("none", 0), ("none", 1), ("beta", 0), ("beta", 1), ("beta", 2),
+                             ("sk", 0), ("sk", 1), ("sk", 2)])
+    assert all(s["status"] == "completed" for s in after.values())
+    assert second.stderr.count("already completed; skipping") == 2  # beta seeds 0 and 1, reused
+    assert all((out / k / "metrics.jsonl").stat().st_mtime_ns == t for k, t in before.items())  # untouched
+    assert_labels_match_records(out)
 
 
 def test_failing_and_diverging_jobs_do_not_stop_the_sweep(tmp_path):

@@ -309,6 +309,55 @@ def test_rerun_of_a_completed_run_does_no_work(tmp_path, monkeypatch):
     assert summary["status"] == "completed" and again == first
 
 
+def _files(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
+
+
+def test_a_completed_run_folder_is_never_relabelled(tmp_path, monkeypatch):
+    # Before: re-running in a completed run's folder with another lambda "resumed" from its last.pt
+    # and was "completed" in seconds, labelled beta with the none run's numbers.
+    run(tmp_path, "lambda=none")
+    before = _files(tmp_path / "run")
+    monkeypatch.setattr(train_module, "train_epoch", lambda *a, **k: pytest.fail("trained in a foreign folder"))
+    with pytest.raises(ConfigError, match=r"run holds a run of another configuration \(summary.json: "
+                                          r"lam.alpha: '\(absent\)' -> 1.0; lam.name: 'none' -> 'beta'"):
+        run(tmp_path, "lambda=beta")
+    assert _files(tmp_path / "run") == before  # nothing written
+
+
+def test_an_interrupted_run_folder_resumes_only_the_same_configuration(tmp_path, monkeypatch):
+    run(tmp_path, "lambda=beta", "trainer.epochs=3")
+    (tmp_path / "run" / "summary.json").unlink()  # as after a SIGKILL before the first summary was written
+    before = _files(tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"\(last.pt: seed: 0 -> 1\)"):
+        run(tmp_path, "lambda=beta", "trainer.epochs=3", "seed=1")
+    assert _files(tmp_path / "run") == before
+    # the same configuration, with other volatile keys (progress, log interval, device), resumes
+    monkeypatch.setattr(train_module, "train_epoch", lambda *a, **k: pytest.fail("trained again"))
+    _, rows, summary = run(tmp_path, "lambda=beta", "trainer.epochs=3", "trainer.log_every=7", "trainer.progress=true")
+    assert summary["status"] == "completed" and len(rows) == 3
+
+
+def test_a_checkpoint_without_its_configuration_is_not_resumed(tmp_path):
+    run(tmp_path, "trainer.epochs=3")
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    del ckpt["config"]
+    torch.save(ckpt, tmp_path / "run" / "last.pt")
+    (tmp_path / "run" / "summary.json").unlink()
+    with pytest.raises(ConfigError, match="last.pt records no configuration"):
+        run(tmp_path, "trainer.epochs=3")
+
+
+def test_cli_refuses_a_foreign_run_folder_in_one_line(tmp_path):
+    base = [sys.executable, "-m", "mixlab", *FAST, "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'r'}"]
+    assert subprocess.run([*base, "lambda=none"], capture_output=True, text=True, timeout=300).returncode == 0
+    r = subprocess.run([*base, "lambda=beta"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("mixlab: error:")]
+    assert len(lines) == 1 and str(tmp_path / "r") in lines[0] and "lam.name: 'none' -> 'beta'" in lines[0]
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["config"]["lam"]["name"] == "none"
+
+
 def test_divergence_is_recorded_and_the_last_good_checkpoint_kept(tmp_path, monkeypatch):
     _, good, _ = run(tmp_path, "trainer.log_every=1", name="good")
     real_step = train_module.loss_per_sample
@@ -363,7 +412,12 @@ def test_cli_multirun_over_lambda_policies(tmp_path):
                  for p in tmp_path.glob("*/summary.json")}
     assert sorted(summaries) == sorted(policies)
     assert all(s["status"] == "completed" and math.isfinite(s["final"]["test_acc"]) for s in summaries.values())
-    assert sorted(p.parent.name for p in tmp_path.glob("*/metrics.jsonl")) == ["0", "1", "2", "3"]
+    for name, s in summaries.items():  # each job's folder is named by its overrides, lambda=<its policy> among them
+        assert f"lambda={name}" in _folder_of(tmp_path, s).split(",")
+
+
+def _folder_of(sweep: Path, summary: dict) -> str:
+    return next(p.parent.name for p in sweep.glob("*/summary.json") if json.loads(p.read_text()) == summary)
 
 
 def test_sigterm_records_interrupted_and_rerun_resumes_to_identical_metrics(tmp_path):
@@ -410,3 +464,39 @@ def test_training_steps_never_wait_for_the_device(case, monkeypatch):
     syncs = find_syncs(lambda: train_module.train_epoch(p, 2, 2, log_every=10**9, bar=None), monkeypatch)
     assert syncs == ["Tensor.tolist()"]  # the end-of-epoch read, raised by the detector after the last step
     assert p.scheduler.last_epoch == 2 * steps
+
+
+def test_progress_bars_only_on_a_terminal_and_epoch_lines_on_stdout(tmp_path):
+    import os
+    import pty
+
+    cmd = [sys.executable, "-m", "mixlab", *[o for o in FAST if o != "trainer.progress=false"], "trainer.progress=true",
+           "trainer.log_every=1"]
+    # stderr redirected (a file, a pipe, SLURM's log): no bar, no cursor escapes; epoch lines on stdout
+    r = subprocess.run([*cmd, f"hydra.run.dir={tmp_path / 'piped'}"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "\r" not in r.stderr and "\x1b[" not in r.stderr and "it/s" not in r.stderr
+    assert [line.split()[1] for line in r.stdout.splitlines() if line.startswith("epoch ")] == ["1/2", "2/2"]
+    assert (tmp_path / "piped" / "mixlab.log").stat().st_size < 4000
+    # stderr a terminal: the bars are drawn there, the epoch lines still go to stdout
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
+    p = subprocess.Popen([*cmd, f"hydra.run.dir={tmp_path / 'tty'}"], stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    out, _ = p.communicate(timeout=300)
+    os.close(master)
+    assert p.returncode == 0 and b"epochs:" in drawn and b"it/s]" in drawn
+    assert sum(line.startswith("epoch ") for line in out.splitlines()) == 2
