@@ -1,11 +1,17 @@
 """mixlab: mixup with dynamic mixing coefficients.
 
 The engine is three swappable parts behind registries — a pairing strategy (``PAIRINGS``),
-a λ policy (``LAMBDAS``) and a mixer (``MIXERS``) — composed by ``Mix``.
+a λ policy (``LAMBDAS``) and a mixer (``MIXERS``) — composed by ``Mix``. Data sets
+(``DATASETS``) and models (``MODELS``) are registries too: a module of your own that registers
+into them, named in the config key ``plugins``, extends ``python -m mixlab`` without editing mixlab.
 """
-from .lam import LAMBDAS, beta_icdf
-from .mixing import MIXERS, Mix, Mixed, mix_inputs, mix_targets
-from .pairing import PAIRINGS
+from .data import DATASETS, Dataset
+from .lam import LAMBDAS, Policy, beta_icdf
+from .mixing import MIXERS, Mix, Mixed, Mixer, mix_inputs, mix_targets
+from .models import MODELS, MixModel
+from .pairing import PAIRINGS, Pairing
+from .registry import Registry
 
 __version__ = "0.1.0"
-__all__ = ["LAMBDAS", "MIXERS", "PAIRINGS", "Mix", "Mixed", "beta_icdf", "mix_inputs", "mix_targets"]
+__all__ = ["DATASETS", "LAMBDAS", "MIXERS", "MODELS", "PAIRINGS", "Dataset", "Mix", "MixModel", "Mixed", "Mixer",
+           "Pairing", "Policy", "Registry", "beta_icdf", "mix_inputs", "mix_targets"]

@@ -91,8 +91,21 @@ def mix_targets(y: Tensor, partner: Tensor, lam: Tensor, num_classes: int | None
     return _lerp_rows(y, partner, lam)
 
 
+class Mixer:
+    """Base class of mixers: ``mixer(x, partner, lam, *, generator=None) -> (x_mixed, lam_applied)``.
+
+    Deterministic given ``(partner, lam)`` (randomness of its own, like CutMix's box, only from
+    ``generator``); returns the λ it actually applied, which the targets use. Register with
+    ``@MIXERS.register("name")``.
+    """
+
+    def __call__(self, x: Tensor, partner: Tensor, lam: Tensor, *,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
 @MIXERS.register("input")
-class InputMixer:
+class InputMixer(Mixer):
     """Mixup on the inputs (Zhang et al. 2018). Returns ``(x̃, λ)`` with λ unchanged."""
 
     def __call__(self, x: Tensor, partner: Tensor, lam: Tensor, *,
@@ -107,7 +120,7 @@ class ManifoldMixer(InputMixer):
 
 
 @MIXERS.register("cutmix")
-class CutMix:
+class CutMix(Mixer):
     """CutMix (Yun et al. 2019), one box per sample: the box, of area ≈ (1 − λ_i)·H·W at a uniform
     random centre and clipped to the image, is filled from the partner. The clipped box's area sets
     the λ actually applied, ``λ_i = 1 − area_i / (H·W)``, which is returned and used for the targets.

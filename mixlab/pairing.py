@@ -133,8 +133,22 @@ def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: tor
     return torch.rand(shape, generator=generator, device=gen_device).to(device, non_blocking=True)
 
 
+class Pairing:
+    """Base class of pairing strategies (subclassing it is optional: any callable of this shape works).
+
+    ``pair(x, y=None, *, features=None, generator=None) -> partner: LongTensor[B]`` on ``x.device``:
+    sample ``i`` is mixed with ``partner[i]``. Draw randomness only from ``generator`` (and without
+    a host sync, so a GPU never waits); options are keyword-only constructor arguments, so that
+    ``PAIRINGS.build`` rejects a misspelled one. Register with ``@PAIRINGS.register("name")``.
+    """
+
+    def __call__(self, x: Tensor, y: Tensor | None = None, *, features: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        raise NotImplementedError
+
+
 @PAIRINGS.register("random")
-class RandomPairing:
+class RandomPairing(Pairing):
     """A uniformly random permutation (classic mixup, Zhang et al. 2018). May pair a sample with itself."""
 
     def __call__(self, x: Tensor, y: Tensor | None = None, *, features: Tensor | None = None,
@@ -144,7 +158,7 @@ class RandomPairing:
 
 
 @PAIRINGS.register("flip")
-class FlipPairing:
+class FlipPairing(Pairing):
     """``partner[i] = B - 1 - i``: timm's ``Mixup`` pairs a batch with its reverse (``x.flip(0)``)."""
 
     def __call__(self, x: Tensor, y: Tensor | None = None, *, features: Tensor | None = None,
@@ -153,7 +167,7 @@ class FlipPairing:
 
 
 @PAIRINGS.register("roll")
-class RollPairing:
+class RollPairing(Pairing):
     """``partner[i] = i - 1 mod B``: torchvision's ``v2.MixUp`` pairs with ``x.roll(1, 0)``."""
 
     def __call__(self, x: Tensor, y: Tensor | None = None, *, features: Tensor | None = None,
@@ -162,7 +176,7 @@ class RollPairing:
 
 
 @PAIRINGS.register("offset")
-class OffsetPairing:
+class OffsetPairing(Pairing):
     """Seed 002's pairing with its bug fixed: ``partner[i] = (i + k_i) mod B``, k_i ~ U{1, ..., B-1}.
 
     As in the seed's loop, every sample draws its own offset k_i (so this is not a permutation:
@@ -184,7 +198,7 @@ class OffsetPairing:
         return (torch.arange(b, device=x.device) + k) % b
 
 
-class _DistancePairing:
+class _DistancePairing(Pairing):
     """Pick each sample's partner from the (B, B) distance matrix, never itself (B >= 2).
 
     ``space='input'`` measures distances between the inputs (under manifold mixup: the hidden
@@ -218,7 +232,7 @@ class FarthestPairing(_DistancePairing):
     largest = True
 
 
-class _ClassPairing:
+class _ClassPairing(Pairing):
     """A random partner among the allowed ones, chosen by argmax of random scores over a mask.
 
     Fallback (documented behaviour): a sample with no allowed partner in the batch (the only
