@@ -1,11 +1,11 @@
-"""The report's figures: one function per picture, each from grouped run records (``report.Config``).
+"""The report's figures: one function per picture, each from grouped run records (``runs.Config``).
 
-Each returns a matplotlib Figure, or None when the sweep has nothing to show for it.
+Each returns a matplotlib Figure, or None when the sweep has nothing to show for it. Imports
+``runs`` (the types and names it shares with ``report``), never ``report`` itself.
 """
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -14,19 +14,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from .runs import LOWER_IS_BETTER, NAMES, Config  # noqa: E402
+from .runs import fmt as _f  # noqa: E402
 from .stats import mean_ci  # noqa: E402
 
-if TYPE_CHECKING:
-    from .report import Config
-
-LOWER_IS_BETTER = {"test_nll", "test_ece", "test_brier", "test_mse", "test_mae"}
-NAMES = {"test_acc": "test accuracy", "test_ece": "ECE", "test_nll": "NLL", "test_brier": "Brier",
-         "test_mse": "test MSE", "test_mae": "test MAE", "median_last10_acc": "median last-10 acc"}
 DYNAMIC_LAM = {"distance", "sk"}
-
-
-def _f(x: float | None, nd: int = 4) -> str:
-    return "—" if x is None or not math.isfinite(x) else f"{x:.{nd}f}"
 
 
 def _colors(configs: list[Config]) -> dict[str, tuple]:

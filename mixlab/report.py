@@ -19,7 +19,6 @@ import os
 import re
 import sys
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -27,12 +26,13 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on a server or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .figures import (LOWER_IS_BETTER, NAMES, _f, fig_boundaries, fig_curves, fig_final, fig_lam_distance,  # noqa: E402
-                      fig_lam_hist, fig_lam_strength, fig_mixed, fig_reliability)
+from .figures import (fig_boundaries, fig_curves, fig_final, fig_lam_distance, fig_lam_hist,  # noqa: E402
+                      fig_lam_strength, fig_mixed, fig_reliability)
+from .config import fingerprint  # noqa: E402
+from .runs import LOWER_IS_BETTER, NAMES, Config, Run  # noqa: E402
+from .runs import fmt as _f  # noqa: E402
 from .stats import holm, mean_ci, paired_comparison, verdict  # noqa: E402
 
-# Keys that change how a run executes or is logged, not which method it is.
-IGNORED = ("seed", "device", "trainer.progress", "trainer.log_every", "logger", "data.root", "data.download")
 STATUS_ORDER = ("completed", "failed", "diverged", "running", "interrupted")
 FLIP = {"better": "worse", "worse": "better"}
 STRENGTH = "mixing strength (mean over epochs)"
@@ -43,72 +43,12 @@ STRENGTH_NOTE = ("Mixing strength (mean over epochs): the mean of min(λ, 1 − 
                  "\"—\" in its column: no completed run recorded it (older run records).")
 
 
-@dataclass
-class Run:
-    path: Path
-    summary: dict
-    rows: list[dict]
-    label: str = "(no config)"
-
-    @property
-    def status(self) -> str:
-        return str(self.summary.get("status", "unknown"))
-
-    @property
-    def config(self) -> dict:
-        return self.summary.get("config") or {}
-
-    @property
-    def seed(self) -> object:
-        return self.config.get("seed")
-
-    def value(self, metric: str) -> float | None:
-        """Final value of ``metric`` (from ``final``, else the summary's top level, e.g. median_last10_acc)."""
-        v = (self.summary.get("final") or {}).get(metric, self.summary.get(metric))
-        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
-
-    def epoch_mean(self, key: str) -> float | None:
-        """Mean of ``key`` over the epochs of metrics.jsonl that recorded it (e.g. lam_strength), else None."""
-        v = [float(x) for row in self.rows if isinstance(x := row.get(key), (int, float)) and math.isfinite(x)]
-        return sum(v) / len(v) if v else None
-
-
-@dataclass
-class Config:
-    """One configuration: the runs (all statuses, all seeds) sharing a method-defining config."""
-
-    label: str
-    flat: dict
-    runs: list[Run] = field(default_factory=list)
-
-    @property
-    def done(self) -> list[Run]:
-        return [r for r in self.runs if r.status == "completed"]
-
-    def values(self, metric: str) -> dict[object, float]:
-        return {r.seed: v for r in self.done if (v := r.value(metric)) is not None}
-
-    @property
-    def lam(self) -> str | None:
-        return self.flat.get("lam.name")
-
-
 # ----------------------------------------------------------------------------- reading and grouping
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, object]:
-    """{"lam": {"name": "beta"}} → {"lam.name": "beta"}; lists become JSON text so they can be compared."""
-    out: dict[str, object] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
-    return out
-
-
 def method_key(config: dict) -> dict[str, object]:
-    return {k: v for k, v in flatten(config).items() if not any(k == i or k.startswith(i + ".") for i in IGNORED)}
+    """A run's configuration minus its seed and volatile keys: runs with equal keys are seeds of one method."""
+    return {k: v for k, v in fingerprint(config).items() if k != "seed"}
 
 
 def _natural(p: Path) -> list:

@@ -1,0 +1,73 @@
+"""Run records as the report reads them, and the metric vocabulary its text and figures share.
+
+The bottom of the report: ``report`` (reading, grouping, numbers, the document) and ``figures``
+(one function per picture) both import this module, and it imports neither, so the two never
+import each other. ``Run`` is one run directory's ``summary.json`` and ``metrics.jsonl``;
+``Config`` is the runs (all seeds, all statuses) that share a method-defining config.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Metrics where a smaller value is the better one (the rest: higher is better).
+LOWER_IS_BETTER = {"test_nll", "test_ece", "test_brier", "test_mse", "test_mae"}
+# Metric key -> its name in headings, columns and axis labels; also the --metric choices.
+NAMES = {"test_acc": "test accuracy", "test_ece": "ECE", "test_nll": "NLL", "test_brier": "Brier",
+         "test_mse": "test MSE", "test_mae": "test MAE", "median_last10_acc": "median last-10 acc"}
+
+
+def fmt(x: float | None, nd: int = 4) -> str:
+    """``x`` with ``nd`` decimals; "—" for a missing or non-finite value."""
+    return "—" if x is None or not math.isfinite(x) else f"{x:.{nd}f}"
+
+
+@dataclass
+class Run:
+    path: Path
+    summary: dict
+    rows: list[dict]
+    label: str = "(no config)"
+
+    @property
+    def status(self) -> str:
+        return str(self.summary.get("status", "unknown"))
+
+    @property
+    def config(self) -> dict:
+        return self.summary.get("config") or {}
+
+    @property
+    def seed(self) -> object:
+        return self.config.get("seed")
+
+    def value(self, metric: str) -> float | None:
+        """Final value of ``metric`` (from ``final``, else the summary's top level, e.g. median_last10_acc)."""
+        v = (self.summary.get("final") or {}).get(metric, self.summary.get(metric))
+        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+    def epoch_mean(self, key: str) -> float | None:
+        """Mean of ``key`` over the epochs of metrics.jsonl that recorded it (e.g. lam_strength), else None."""
+        v = [float(x) for row in self.rows if isinstance(x := row.get(key), (int, float)) and math.isfinite(x)]
+        return sum(v) / len(v) if v else None
+
+
+@dataclass
+class Config:
+    """One configuration: the runs (all statuses, all seeds) sharing a method-defining config."""
+
+    label: str
+    flat: dict
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def done(self) -> list[Run]:
+        return [r for r in self.runs if r.status == "completed"]
+
+    def values(self, metric: str) -> dict[object, float]:
+        return {r.seed: v for r in self.done if (v := r.value(metric)) is not None}
+
+    @property
+    def lam(self) -> str | None:
+        return self.flat.get("lam.name")
