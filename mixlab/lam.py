@@ -100,6 +100,33 @@ def sample_beta(b: int, alpha: float, *, per_sample: bool, generator: torch.Gene
     return beta_icdf(u, alpha).expand(b).contiguous()
 
 
+def beta_strength(alpha: float) -> float:
+    """The mean mixing strength E[min(λ, 1 − λ)] of λ ~ Beta(α, α): ½ − 1/(α·4^α·B(α, α)).
+
+    (The mean absolute deviation of a symmetric Beta from ½ is 1/(α·4^α·B(α, α)); strength is ½
+    minus it.) 0 as α → 0 (λ at 0 or 1: no mixing), ¼ at α = 1 (uniform), → ½ as α → ∞."""
+    a = float(alpha)
+    return 0.5 - math.exp(-(math.log(a) + a * math.log(4.0) + 2.0 * math.lgamma(a) - math.lgamma(2.0 * a)))
+
+
+STRENGTH_RANGE = (0.01, 0.49)  # inside what α in [0.01, 1000] can reach (0.0068 .. 0.4911)
+
+
+def beta_alpha_for_strength(strength: float) -> float:
+    """The α* with ``beta_strength(α*) = strength``: Beta(α*, α*) mixes, on average, exactly as strongly
+    as a policy of measured strength ``strength`` (a strength-matched control). Bisection in log α
+    (the strength increases with α), to a relative 1e-12."""
+    lo_s, hi_s = STRENGTH_RANGE
+    if not (is_number(strength) and lo_s <= strength <= hi_s):
+        raise ValueError(f"strength={strength!r}: expected a number in [{lo_s}, {hi_s}] (E[min(λ, 1 − λ)]; "
+                         "Beta(1, 1) has 0.25)")
+    lo, hi = math.log(0.01), math.log(1000.0)
+    while hi - lo > 1e-12:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if beta_strength(math.exp(mid)) < strength else (lo, mid)
+    return math.exp(0.5 * (lo + hi))
+
+
 def _check_positive(name: str, value: float) -> float:
     if not (is_number(value) and value > 0):
         raise ValueError(f"{name}={value!r}: expected a finite number > 0")
@@ -162,10 +189,16 @@ class Constant(Policy):
 
 @LAMBDAS.register("beta")
 class Beta(Policy):
-    """Classic mixup (Zhang et al. 2018): λ ~ Beta(α, α), one per batch or one per sample."""
+    """Classic mixup (Zhang et al. 2018): λ ~ Beta(α, α), one per batch or one per sample.
 
-    def __init__(self, *, alpha: float = 1.0, per_sample: bool = True) -> None:
-        self.alpha = _check_alpha("alpha", alpha)
+    ``strength=s`` sets α instead, to the α* whose mean strength E[min(λ, 1 − λ)] is s
+    (:func:`beta_alpha_for_strength`): fixed mixup as strong, on average, as a dynamic policy
+    that measured s, so a comparison can separate "dynamic" from "how much".
+    """
+
+    def __init__(self, *, alpha: float = 1.0, per_sample: bool = True, strength: float | None = None) -> None:
+        self.alpha = _check_alpha("alpha", alpha) if strength is None else beta_alpha_for_strength(strength)
+        self.strength = None if strength is None else float(strength)
         self.per_sample = bool(per_sample)
 
     def __call__(self, x, partner, *, generator=None, **_: object) -> Tensor:

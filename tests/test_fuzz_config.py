@@ -106,6 +106,7 @@ SPEC: dict[str, Spec] = {
     "lam.alpha_end": number(0.01, 1000),
     "lam.per_sample": BOOL,
     "lam.value": number(0, 1),
+    "lam.strength": number(0.01, 0.49, null=True),
     "lam.metric": choice(*METRICS),
     "lam.map": choice("exp", "inverse", "gaussian"),  # loss takes inverse | exp: its gaussian goes untried
     "lam.temperature": number(0, open="lo"),

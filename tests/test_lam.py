@@ -17,6 +17,7 @@ from scipy import integrate, special, stats
 from scipy.spatial.distance import pdist
 
 from mixlab import LAMBDAS, Mix, beta_icdf
+from mixlab.lam import beta_alpha_for_strength, beta_strength
 from mixlab.pairing import batch_distance_scale
 
 ALL = LAMBDAS.names()
@@ -165,6 +166,32 @@ def test_beta_policy_is_beta_alpha_alpha(alpha):
     n = 20000
     lam = LAMBDAS.build("beta", alpha=alpha)(torch.zeros(n, 1), torch.arange(n), generator=gen(11))
     assert_beta(lam, alpha)
+
+
+@pytest.mark.parametrize("alpha", [0.02, 0.2, 0.5, 1.0, 2.0, 7.5, 300.0])
+def test_beta_strength_is_the_mean_of_min_lambda_one_minus_lambda(alpha):
+    # Oracle: scipy's quadrature of E[min(λ, 1 − λ)] under Beta(α, α), float64.
+    expected = 2 * integrate.quad(lambda t: t * stats.beta(alpha, alpha).pdf(t), 0, 0.5, limit=500)[0]
+    assert beta_strength(alpha) == pytest.approx(expected, rel=1e-7, abs=1e-10)
+
+
+@pytest.mark.parametrize("strength", [0.01, 0.05, 0.1937, 0.25, 0.36, 0.43, 0.49])
+def test_strength_matched_beta_mixes_as_strongly_as_asked(strength):
+    alpha = beta_alpha_for_strength(strength)
+    assert beta_strength(alpha) == pytest.approx(strength, rel=1e-9)
+    if strength == 0.25:
+        assert alpha == pytest.approx(1.0, rel=1e-9)  # Beta(1, 1): E[min(λ, 1 − λ)] = ¼
+    # the policy built from it draws λ whose mean strength is s (n = 200 000, well inside 5 standard errors)
+    lam = LAMBDAS.build("beta", strength=strength)(torch.zeros(200_000, 1), torch.arange(200_000), generator=gen(7))
+    m = torch.minimum(lam, 1 - lam).double()
+    assert abs(float(m.mean()) - strength) < 5 * float(m.std()) / math.sqrt(m.numel())
+    assert LAMBDAS.build("beta", strength=strength, alpha=3.0).alpha == pytest.approx(alpha)  # strength wins
+
+
+@pytest.mark.parametrize("bad", [0.0, 0.005, 0.495, 0.5, -1])  # NaN: the registry's type check says so first
+def test_strength_outside_what_alpha_can_reach_is_one_line(bad):
+    with pytest.raises(ValueError, match=r"^strength=.*: expected a number in \[0.01, 0.49\]"):
+        LAMBDAS.build("beta", strength=bad)
 
 
 def test_beta_policy_per_batch_shares_one_draw():
