@@ -22,7 +22,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -84,6 +84,9 @@ class Dataset:
     # Regression targets are standardised; these undo it (identity for classification).
     y_mean: float = 0.0
     y_std: float = 1.0
+    # The validation split, held out of the training set (empty with val_size=0).
+    x_val: Tensor | None = None
+    y_val: Tensor | None = None
 
     @property
     def n_train(self) -> int:
@@ -92,6 +95,10 @@ class Dataset:
     @property
     def n_test(self) -> int:
         return int(self.x_test.shape[0])
+
+    @property
+    def n_val(self) -> int:
+        return 0 if self.x_val is None else int(self.x_val.shape[0])
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -106,6 +113,7 @@ class Dataset:
         return {
             "name": self.name,
             "n_train": self.n_train,
+            "n_val": self.n_val,
             "n_test": self.n_test,
             "num_classes": self.num_classes,
             "task": self.task,
@@ -120,30 +128,54 @@ def load_dataset(
     seed: int = 0,
     device: str | torch.device = "cpu",
     download: bool = True,
+    val_size: int = 0,
+    split_seed: int = SPLIT_SEED,
 ) -> Dataset:
     """Load the registered data set ``name``, normalised and on ``device``.
 
-    ``train_subset=N`` keeps the first N training examples of a shuffle seeded by ``seed``
+    ``val_size=V`` holds V examples of the training split out as the validation split:
+    stratified by class (random for regression), drawn with ``split_seed`` so that every run,
+    whatever its seed, is selected on the same examples; never taken from the test split.
+    ``train_subset=N`` then keeps N of the remaining training examples, class-balanced (as
+    equal a count per class as the pool allows; random for regression), drawn with ``seed``
     (None keeps all). Normalisation statistics come from the kept training examples only, so
-    nothing about the test split or the dropped examples leaks into the inputs.
+    nothing about the validation or test split, or the dropped examples, leaks into the inputs.
     """
     loader = DATASETS.get(name)
     _check_subset(train_subset)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"data.seed={seed!r}: expected an integer")
+    for key, value in (("data.seed", seed), ("data.split_seed", split_seed), ("data.val_size", val_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{key}={value!r}: expected an integer >= 0")
     device = torch.device(device)
 
     x_train, y_train, x_test, y_test, num_classes, task = loader(root=root, download=download)
     _check_raw(name, x_train, y_train, x_test, y_test, num_classes, task)
+    classification = task == "classification"
+
+    n = x_train.shape[0]
+    if val_size >= n:
+        raise ValueError(f"data.val_size={val_size}: not smaller than the {n} training examples of {name!r}; "
+                         f"expected an integer in 0..{n - 1}")
+    x_val = y_val = None
+    if val_size:
+        split = torch.Generator().manual_seed(split_seed)
+        if classification:
+            pool, held = stratified_split(y_train, n_test=val_size, generator=split)
+        else:
+            perm = torch.randperm(n, generator=split)
+            pool, held = perm[val_size:].sort().values, perm[:val_size].sort().values
+        x_val, y_val, x_train, y_train = x_train[held], y_train[held], x_train[pool], y_train[pool]
 
     if train_subset is not None:
         n = x_train.shape[0]
         if train_subset > n:
             raise ValueError(
                 f"data.train_subset={train_subset}: larger than the {n} training examples of "
-                f"{name!r}; expected null or an integer in 1..{n}"
+                f"{name!r} left after data.val_size={val_size}; expected null or an integer in 1..{n}"
             )
-        keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:train_subset]
+        g = torch.Generator().manual_seed(seed)
+        keep = balanced_subset(y_train, train_subset, generator=g) if classification else \
+            torch.randperm(n, generator=g)[:train_subset]
         x_train, y_train = x_train[keep], y_train[keep]
 
     # Move before normalising: the arithmetic is then done where it is cheapest.
@@ -151,20 +183,25 @@ def load_dataset(
     x_test = x_test.to(device=device, dtype=torch.float32)
     mean, std = _input_stats(x_train)
     shape = (1, -1) + (1,) * (x_train.dim() - 2)  # broadcast over channels (or features)
-    x_train = (x_train - mean.view(shape)) / std.view(shape)
-    x_test = (x_test - mean.view(shape)) / std.view(shape)
+
+    def inputs(x: Tensor) -> Tensor:
+        return (x.to(device=device, dtype=torch.float32) - mean.view(shape)) / std.view(shape)
+
+    x_train, x_test = inputs(x_train), inputs(x_test)
+    x_val = None if x_val is None else inputs(x_val).contiguous()
 
     y_mean, y_std = 0.0, 1.0
     if task == "regression":
-        y_train = y_train.to(device=device, dtype=torch.float32)
-        y_test = y_test.to(device=device, dtype=torch.float32)
         y_mean = float(y_train.double().mean())
         y_std = _safe_std(float(y_train.double().std(correction=0)))
-        y_train = (y_train - y_mean) / y_std
-        y_test = (y_test - y_mean) / y_std
-    else:
-        y_train = y_train.to(device=device, dtype=torch.int64)
-        y_test = y_test.to(device=device, dtype=torch.int64)
+
+    def targets(y: Tensor) -> Tensor:
+        if task == "regression":
+            return ((y.to(device=device, dtype=torch.float32) - y_mean) / y_std).contiguous()
+        return y.to(device=device, dtype=torch.int64).contiguous()
+
+    y_train, y_test = targets(y_train), targets(y_test)
+    y_val = None if y_val is None else targets(y_val)
 
     return Dataset(
         name=name,
@@ -178,7 +215,19 @@ def load_dataset(
         std=tuple(float(s) for s in std.tolist()),
         y_mean=y_mean,
         y_std=y_std,
+        x_val=x_val,
+        y_val=y_val,
     )
+
+
+def dataset_from_config(data: Mapping[str, Any], *, seed: int, device: str | torch.device = "cpu") -> Dataset:
+    """The data set a run with this ``data`` config node and run ``seed`` trained on, exactly (the
+    training loop and the report's figures both build it here, so they cannot drift apart)."""
+    split_seed = data.get("split_seed", SPLIT_SEED)
+    return load_dataset(data["name"], root=data.get("root"), train_subset=data.get("train_subset"),
+                        seed=seed if data.get("subset_per_seed", False) else split_seed,
+                        val_size=data.get("val_size", 0), split_seed=split_seed, device=device,
+                        download=data.get("download", False))
 
 
 def _check_subset(train_subset: int | None) -> None:
@@ -756,6 +805,32 @@ def stratified_split(y: Tensor, *, n_test: int, generator: torch.Generator) -> t
     is_test = torch.zeros(n, dtype=torch.bool)
     is_test[torch.cat(test_parts)] = True
     return (~is_test).nonzero().flatten(), is_test.nonzero().flatten()
+
+
+def balanced_subset(y: Tensor, n: int, *, generator: torch.Generator) -> Tensor:
+    """``n`` sorted positions of ``y``, as equal a count per class as the classes allow.
+
+    Water-filling: every class gets ⌊n / C⌋ (a class with fewer members gives all it has, and
+    the shortfall is shared out again); the last few go to classes in a seeded random order.
+    Members are drawn at random within each class.
+    """
+    classes, counts = torch.unique(y, return_counts=True)
+    take = torch.zeros_like(counts)
+    left = n
+    while left > 0:
+        room = counts - take
+        open_ = (room > 0).nonzero().flatten()
+        each = left // open_.numel()
+        if each == 0:  # fewer left than open classes: one more each for a random few
+            lucky = open_[torch.randperm(open_.numel(), generator=generator)[:left]]
+            take[lucky] += 1
+            break
+        add = torch.minimum(room[open_], torch.tensor(each))
+        take[open_] += add
+        left -= int(add.sum())
+    parts = [(y == c).nonzero().flatten() for c in classes.tolist()]
+    picked = [m[torch.randperm(m.numel(), generator=generator)[:k]] for m, k in zip(parts, take.tolist())]
+    return torch.cat(picked).sort().values
 
 
 @DATASETS.register("digits")

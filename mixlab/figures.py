@@ -176,7 +176,7 @@ def fig_mixed(configs: list[Config]) -> plt.Figure | None:
 def fig_boundaries(configs: list[Config]) -> plt.Figure | None:
     import torch
 
-    from .data import load_dataset
+    from .data import dataset_from_config
     from .models import build_model
     from .records import load_checkpoint
 
@@ -189,7 +189,7 @@ def fig_boundaries(configs: list[Config]) -> plt.Figure | None:
     for ax, (c, r) in zip(axes, picks, strict=True):
         cfg = r.config
         # The normalisation depends on the kept training examples, so rebuild exactly the run's data.
-        ds = load_dataset("moons", train_subset=cfg["data"].get("train_subset"), seed=cfg["seed"], device="cpu")
+        ds = dataset_from_config(cfg["data"], seed=cfg["seed"])
         model = build_model(cfg["model"]["name"], in_shape=(2,), num_classes=2,
                             **{k: v for k, v in cfg["model"].items() if k != "name"})
         model.load_state_dict(load_checkpoint(r.path / "last.pt")["model"])

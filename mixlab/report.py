@@ -306,7 +306,14 @@ def _text_blocks(sweep: Path, runs: list[Run], table_block: tuple, comps: dict[s
 
 
 def _figures(configs: list[Config], metric: str, regression: bool) -> list[tuple[str, plt.Figure | None, str]]:
-    curve = "test_mse" if regression else ("test_acc" if metric == "median_last10_acc" else metric)
+    # Per-epoch curves from the validation split: the test set is read once, at the end (unless the
+    # runs set trainer.test_every, whose test curves are then shown).
+    has_val = any(row.get("val_acc") is not None or row.get("val_mse") is not None
+                  for c in configs for r in c.done for row in r.rows)
+    split = "val" if has_val else "test"
+    curve = f"{split}_mse" if regression else f"{split}_acc"
+    if not has_val and metric.startswith("test_") and metric != "test_ece":
+        curve = metric
     return [("curves", fig_curves(configs, curve), f"{NAMES.get(curve, curve)} per epoch, mean and min–max band"),
             ("final", fig_final(configs, [metric] + ([] if regression or metric == "test_ece" else ["test_ece"])),
              "Final metrics per configuration, mean with 95% t-interval over seeds"),

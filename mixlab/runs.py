@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Metrics where a smaller value is the better one (the rest: higher is better).
-LOWER_IS_BETTER = {"test_nll", "test_ece", "test_brier", "test_mse", "test_mae"}
+LOWER_IS_BETTER = {f"{split}_{m}" for split in ("test", "val") for m in ("nll", "ece", "brier", "mse", "mae")}
 # Metric key -> its name in headings, columns and axis labels; also the --metric choices.
 NAMES = {"test_acc": "test accuracy", "test_ece": "ECE", "test_nll": "NLL", "test_brier": "Brier",
-         "test_mse": "test MSE", "test_mae": "test MAE", "median_last10_acc": "median last-10 acc"}
+         "test_mse": "test MSE", "test_mae": "test MAE", "median_last10_acc": "median last-10 acc",
+         "val_acc": "validation accuracy", "val_ece": "validation ECE", "val_nll": "validation NLL",
+         "val_brier": "validation Brier", "val_mse": "validation MSE", "val_mae": "validation MAE"}
 
 
 def fmt(x: float | None, nd: int = 4) -> str:
@@ -43,8 +45,10 @@ class Run:
         return self.config.get("seed")
 
     def value(self, metric: str) -> float | None:
-        """Final value of ``metric`` (from ``final``, else the summary's top level, e.g. median_last10_acc)."""
-        v = (self.summary.get("final") or {}).get(metric, self.summary.get(metric))
+        """Final value of ``metric`` (from ``final``, or ``final_val`` for val_*, else the summary's top
+        level, e.g. median_last10_acc)."""
+        final = self.summary.get("final_val" if metric.startswith("val_") else "final") or {}
+        v = final.get(metric, self.summary.get(metric))
         return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
     def epoch_mean(self, key: str) -> float | None:

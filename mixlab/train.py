@@ -1,4 +1,4 @@
-"""The training loop: a config in, the final test metric out, run records on disk.
+"""The training loop: a config in, the final validation metric out, run records on disk.
 
 Records in ``run_dir``: ``metrics.jsonl`` (a line per epoch), ``summary.json`` (status, final
 metrics, dataset, config, git, versions) and ``last.pt`` (everything needed to resume, written
@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torchvision.utils import make_grid, save_image
 
 from .config import ConfigError, component_errors, config_difference, fingerprint, import_plugins, options, validate
-from .data import Batches, Dataset, eval_batches, load_dataset
+from .data import Batches, Dataset, dataset_from_config, eval_batches
 from .distributed import Dist, setup as setup_distributed
 from .loggers import LOGGERS, NoLogger
 from .metrics import classification_metrics, lam_stats, median_last, regression_metrics, reliability
@@ -213,8 +213,7 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
     if d.world > 1:  # pairing and λ of this process; "data" stays in step on all of them
         generators["mix"] = torch.Generator(device).manual_seed(d.seed(cfg.seed))
     with component_errors("data"):
-        ds = load_dataset(cfg.data.name, root=cfg.data.root, train_subset=cfg.data.train_subset, seed=cfg.seed,
-                          device=device, download=cfg.data.download)
+        ds = dataset_from_config(cfg.data, seed=cfg.seed, device=device)
         batches = Batches(ds, batch_size=cfg.data.batch_size, generator=generators["data"],
                           crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip, rank=d.rank, world_size=d.world)
     with component_errors("model"):
@@ -364,22 +363,24 @@ def _clean_features(p: Parts, x: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(p: Parts, *, batch_size: int = 1000) -> dict:
+def evaluate(p: Parts, split: str = "test", *, batch_size: int = 1000) -> dict:
+    """Metrics of the model on the ``test`` or ``val`` split, keys prefixed by the split's name."""
+    x_all, y_all = (p.ds.x_test, p.ds.y_test) if split == "test" else (p.ds.x_val, p.ds.y_val)
     p.model.eval()
     outs = []
-    for x, _ in eval_batches(p.ds.x_test, p.ds.y_test, batch_size):
+    for x, _ in eval_batches(x_all, y_all, batch_size):
         if p.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=p.amp):
             outs.append(p.eval_forward(x).float())
     out = torch.cat(outs)
     if p.ds.task == "classification":
-        m = classification_metrics(out, p.ds.y_test)
-        return {"test_acc": m["acc"], "test_nll": m["nll"], "test_ece": m["ece"], "test_brier": m["brier"],
-                "reliability": reliability(out, p.ds.y_test)}
-    m = regression_metrics(out.squeeze(1), p.ds.y_test)
-    return {"test_acc": None, "test_nll": None, "test_ece": None, "test_brier": None,
-            "test_mse": m["mse"], "test_mae": m["mae"]}
+        m = classification_metrics(out, y_all)
+        return {f"{split}_acc": m["acc"], f"{split}_nll": m["nll"], f"{split}_ece": m["ece"],
+                f"{split}_brier": m["brier"], "reliability": reliability(out, y_all)}
+    m = regression_metrics(out.squeeze(1), y_all)
+    return {f"{split}_acc": None, f"{split}_nll": None, f"{split}_ece": None, f"{split}_brier": None,
+            f"{split}_mse": m["mse"], f"{split}_mae": m["mae"]}
 
 
 def _rng(p: Parts) -> dict | list[dict]:
@@ -436,8 +437,8 @@ def _progress_bar(total: int, desc: str, enabled: bool, **kw: object) -> object 
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> float:
-    """Train as ``cfg`` says, write the run records to ``run_dir``, return the final test accuracy
-    (test MSE for regression). Raises ``ConfigError`` for bad configuration (before training),
+    """Train as ``cfg`` says, write the run records to ``run_dir``, return the objective: the final
+    validation accuracy (MSE for regression; the test one only with ``data.val_size=0``). Raises ``ConfigError`` for bad configuration (before training),
     ``Diverged`` for a non-finite loss and ``Interrupted`` after SIGTERM/Ctrl-C; each way
     ``summary.json`` records the status and error. A completed run is not redone.
 
@@ -518,9 +519,14 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: d
                 batch_bar.close()
             rng = _rng(p)
             if d.main:  # rank 0 evaluates and writes; the others wait for it at the next collective
-                test = evaluate(p)
-                extras = {"reliability": test.pop("reliability", None), "lam_vs_distance": result["lam_vs_distance"]}
-                row = {"epoch": epoch, **result["row"], **test, "lr": p.optimizer.param_groups[0]["lr"],
+                # Validation every epoch (selection reads it); the test set once, after the last epoch,
+                # unless trainer.test_every asks for curves (peeking, if anything is chosen from them).
+                val = evaluate(p, "val") if p.ds.n_val else {}
+                every = cfg.trainer.get("test_every", 0)
+                test = evaluate(p, "test") if epoch == epochs or (every and epoch % every == 0) else {}
+                extras = {"reliability": test.pop("reliability", None), "val_reliability": val.pop("reliability", None),
+                          "lam_vs_distance": result["lam_vs_distance"]}
+                row = {"epoch": epoch, **result["row"], **val, **test, "lr": p.optimizer.param_groups[0]["lr"],
                        "seconds": time.perf_counter() - t0}
                 # Record first, checkpoint second: a kill between the two resumes from epoch - 1, drops this
                 # row (MetricsLog.truncate) and replays the epoch to the same row. The other order would lose it.
@@ -566,16 +572,23 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: d
 
 
 def _final(rows: list[dict], ds: Dataset | None, wall: float) -> dict:
+    """The summary's results: ``final`` (the test metrics after the last epoch, if it got that far),
+    ``final_val`` (the last validation metrics) and ``objective``, what sweepers and tuning optimise:
+    the validation accuracy (MSE for regression), the test one only where there is no validation split."""
     last = rows[-1]
-    test_keys = [k for k in last if k.startswith("test_")]
-    final = {k: last[k] for k in test_keys}
-    classification = last.get("test_acc") is not None
-    accs = [r["test_acc"] for r in rows if r.get("test_acc") is not None]
+    final = {k: last[k] for k in last if k.startswith("test_")}
+    final_val = {k: last[k] for k in last if k.startswith("val_")}
+    classification = (last.get("val_acc") if final_val else last.get("test_acc")) is not None
+    key = ("val_" if final_val else "test_") + ("acc" if classification else "mse")
+    tests = [r["test_acc"] for r in rows if r.get("test_acc") is not None]
+    vals = [r["val_acc"] for r in rows if r.get("val_acc") is not None]
     ips = [r["images_per_second"] for r in rows]
-    out = {"final": final, "epochs_done": last["epoch"], "wall_seconds": wall,
-           "median_last10_acc": median_last(accs, 10) if accs else None,
+    out = {"final": final, "final_val": final_val, "epochs_done": last["epoch"], "wall_seconds": wall,
+           # OpenMixup's protocol needs a test evaluation every epoch (trainer.test_every=1)
+           "median_last10_acc": median_last(tests, 10) if len(tests) >= 10 else None,
+           "median_last10_val_acc": median_last(vals, 10) if len(vals) >= 10 else None,
            "images_per_second": sorted(ips)[len(ips) // 2],
-           "objective": last["test_acc"] if classification else last.get("test_mse")}
+           "objective": last.get(key), "objective_key": key}
     if ds is not None:
         out["dataset"] = ds.summary()
     return out
@@ -590,13 +603,17 @@ def _epoch_print(line: str, bar: object | None) -> None:
 
 
 def ds_line(ds: Dataset) -> str:
-    return f"data={ds.name} ({ds.n_train} train / {ds.n_test} test)"
+    return f"data={ds.name} ({ds.n_train} train / {ds.n_val} val / {ds.n_test} test)"
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
-    acc = f"test_acc {row['test_acc']:.4f}  ece {row['test_ece']:.4f}" if row["test_acc"] is not None \
-        else f"test_mse {row['test_mse']:.4f}"
-    return (f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  {acc}  "
+    parts = []
+    for split in ("val", "test"):
+        if row.get(f"{split}_acc") is not None:
+            parts.append(f"{split}_acc {row[f'{split}_acc']:.4f}  {split}_ece {row[f'{split}_ece']:.4f}")
+        elif row.get(f"{split}_mse") is not None:
+            parts.append(f"{split}_mse {row[f'{split}_mse']:.4f}")
+    return (f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  {'  '.join(parts)}  "
             f"lam {row['lam_mean']:.3f}±{row['lam_std']:.3f}  {row['seconds']:.1f}s")
 
 

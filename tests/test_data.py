@@ -114,7 +114,7 @@ def fmnist() -> Dataset:
 @needs_debian
 def test_fashion_mnist_real_files(fmnist: Dataset) -> None:
     assert fmnist.summary() == {
-        "name": "fashion_mnist", "n_train": 60000, "n_test": 10000, "num_classes": 10, "task": "classification"
+        "name": "fashion_mnist", "n_train": 60000, "n_val": 0, "n_test": 10000, "num_classes": 10, "task": "classification"
     }
     assert fmnist.input_shape == (1, 28, 28) and fmnist.x_train.dtype == torch.float32
     assert torch.equal(fmnist.y_train.bincount(minlength=10), torch.full((10,), 6000))
@@ -240,11 +240,15 @@ def digits_raw() -> tuple:
     return DATASETS.get("digits")(root=None, download=False)
 
 
-def test_train_subset_is_first_n_of_seeded_shuffle(digits_raw: tuple) -> None:
+def test_train_subset_is_a_seeded_class_balanced_draw(digits_raw: tuple) -> None:
+    # Reference: 10 per class drawn with torch.randperm within each class, the classes in order,
+    # from a generator seeded with the run seed (mixlab.data.balanced_subset's documented procedure).
     x_raw, y_raw = digits_raw[0], digits_raw[1]
     ds = load_dataset("digits", train_subset=100, seed=3)
-    keep = torch.randperm(x_raw.shape[0], generator=torch.Generator().manual_seed(3))[:100]
-    assert torch.equal(ds.y_train, y_raw[keep])
+    g = torch.Generator().manual_seed(3)
+    members = [(y_raw == c).nonzero().flatten() for c in range(10)]
+    keep = torch.cat([m[torch.randperm(m.numel(), generator=g)[:10]] for m in members]).sort().values
+    assert torch.equal(ds.y_train, y_raw[keep]) and torch.bincount(ds.y_train).tolist() == [10] * 10
     assert torch.allclose(unnormalise(ds, ds.x_train), x_raw[keep].double(), atol=1e-5)
     assert ds.n_test == 360  # the test split is never subset
 
@@ -311,7 +315,7 @@ def test_regression_targets_standardised_with_train_stats() -> None:
 
 def test_digits_split() -> None:
     ds = load_dataset("digits")
-    assert ds.summary() == {"name": "digits", "n_train": 1437, "n_test": 360, "num_classes": 10, "task": "classification"}
+    assert ds.summary() == {"name": "digits", "n_train": 1437, "n_val": 0, "n_test": 360, "num_classes": 10, "task": "classification"}
     assert ds.input_shape == (1, 8, 8) and ds.y_train.dtype == torch.int64
     # Stratified: each class is ~20% test (counts 174..183 per class in the full set).
     assert ds.y_test.bincount(minlength=10).min() >= 34 and ds.y_test.bincount(minlength=10).max() <= 38
@@ -326,13 +330,13 @@ def test_digits_split() -> None:
 
 def test_diabetes_sizes() -> None:
     ds = load_dataset("diabetes")
-    assert ds.summary() == {"name": "diabetes", "n_train": 353, "n_test": 89, "num_classes": 1, "task": "regression"}
+    assert ds.summary() == {"name": "diabetes", "n_train": 353, "n_val": 0, "n_test": 89, "num_classes": 1, "task": "regression"}
     assert ds.input_shape == (10,)
 
 
 def test_moons_sizes_and_balance() -> None:
     ds = load_dataset("moons")
-    assert ds.summary() == {"name": "moons", "n_train": 2000, "n_test": 1000, "num_classes": 2, "task": "classification"}
+    assert ds.summary() == {"name": "moons", "n_train": 2000, "n_val": 0, "n_test": 1000, "num_classes": 2, "task": "classification"}
     assert torch.equal(ds.y_train.bincount(), torch.tensor([1000, 1000]))
     assert not torch.equal(ds.x_train[:1000], ds.x_test)  # an independent test sample
     assert torch.equal(load_dataset("moons").x_train, ds.x_train)  # fixed sample
@@ -668,3 +672,42 @@ def test_cuda_data_with_cpu_generator_matches_cpu() -> None:
     # A CUDA generator works too.
     x, _, idx = next(iter(Batches(gpu, generator=torch.Generator(device="cuda").manual_seed(0), **kw)))
     assert x.is_cuda and idx.is_cuda and x.shape == (33, 1, 8, 8)
+
+
+# --------------------------------------------------------------------------- validation split
+
+
+def _rows(x: torch.Tensor) -> set[tuple[float, ...]]:
+    return {tuple(r) for r in x.flatten(1).tolist()}
+
+
+def test_validation_split_is_held_out_stratified_and_the_same_for_every_seed():
+    ds = load_dataset("moons", val_size=400, seed=3)
+    assert (ds.n_train, ds.n_val, ds.n_test) == (1600, 400, 1000)
+    # disjoint: no point is in two splits (moons' points are continuous, so equal rows are the same point)
+    assert not _rows(ds.x_val) & _rows(ds.x_train) and not _rows(ds.x_val) & _rows(ds.x_test)
+    full = load_dataset("moons")
+    # stratified: each class's share of the validation split is its share of the training split (±1)
+    counts = torch.bincount(full.y_train).double()
+    assert (torch.bincount(ds.y_val).double() - counts * 400 / counts.sum()).abs().max() <= 1
+    # the same examples whatever the run seed; another split_seed gives another split
+    assert torch.equal(load_dataset("moons", val_size=400, seed=9).x_val, ds.x_val)
+    assert not torch.equal(load_dataset("moons", val_size=400, split_seed=1).x_val, ds.x_val)
+
+
+def test_train_subset_is_class_balanced_and_drawn_from_what_validation_left():
+    ds = load_dataset("digits", val_size=300, train_subset=105, seed=4)
+    assert torch.bincount(ds.y_train, minlength=10).tolist().count(10) == 5  # 105 = 10 each + 5 classes one more
+    assert set(torch.bincount(ds.y_train, minlength=10).tolist()) == {10, 11}
+    other = load_dataset("digits", val_size=300, train_subset=105, seed=5)
+    raw = lambda d, x: x * torch.tensor(d.std).view(1, -1, 1, 1) + torch.tensor(d.mean).view(1, -1, 1, 1)  # noqa: E731
+    # the same validation examples (normalised with each run's own training statistics), another subset
+    assert torch.equal(other.y_val, ds.y_val) and torch.allclose(raw(other, other.x_val), raw(ds, ds.x_val), atol=1e-5)
+    assert not torch.allclose(raw(other, other.x_train), raw(ds, ds.x_train), atol=1e-5)
+
+
+def test_a_validation_split_too_large_is_one_line():
+    with pytest.raises(ValueError, match=r"^data.val_size=1437: not smaller than the 1437 training examples"):
+        load_dataset("digits", val_size=1437)
+    with pytest.raises(ValueError, match=r"left after data.val_size=1000"):
+        load_dataset("digits", val_size=1000, train_subset=500)

@@ -76,7 +76,11 @@ STRING, STRING_OR_NULL = Spec(str, strings=".*"), Spec(str, strings=".*", null=T
 SPEC: dict[str, Spec] = {
     "seed": integer(0, 2**63 - 1),
     "device": Spec(str, strings=r"auto|cpu|cuda(:\d+)?"),
-    "plugins": list_of(STRING),  # names that do not import fail too, one line (tests/test_readme.py)
+    "plugins": list_of(STRING),
+    "data.val_size": integer(0),
+    "data.split_seed": integer(0, 2**63 - 1),
+    "data.subset_per_seed": BOOL,
+    "trainer.test_every": integer(0),  # names that do not import fail too, one line (tests/test_readme.py)
     "smoothing": number(0, 1, open="hi"),
     "trainer.epochs": integer(1),
     "trainer.amp": AUTO_BOOL,
