@@ -181,13 +181,23 @@ def config_difference(old: dict, new: dict) -> list[str]:
             if a.get(k, "(absent)") != b.get(k, "(absent)")]
 
 
+FIRST_IN_JOB_DIR = ("lambda", "lam", "pairing", "mixer", "seed")  # what tells a sweep's jobs apart, first
+
+
 def job_dir(overrides: Any) -> str:
     """A sweep job's folder name from its overrides, so that a job's folder is keyed by what it runs,
-    not by its position in the job list: ``lambda=beta,seed=0``. Volatile keys are left out (sorted,
-    so the order on the command line does not matter); a ``/`` in a value becomes ``%2F``; a name
-    over 120 characters keeps its first 80 and a hash of the whole. Used as Hydra's
+    not by its position in the job list: ``lambda=beta,seed=0,data=digits``. Volatile keys are left
+    out; the λ policy, pairing, mixer and seed come first, the rest in alphabetical order (so the
+    order on the command line does not matter); a ``/`` in a value becomes ``%2F``; a name over 120
+    characters keeps its first 80 and a hash of the whole. Used as Hydra's
     ``hydra.sweep.subdir: ${mixlab.job_dir:${hydra.overrides.task}}``."""
-    kept = sorted(o for o in (overrides or []) if not _under(str(o).lstrip("+~").split("=", 1)[0], VOLATILE))
+    def rank(o: str) -> tuple:
+        key = o.lstrip("+~").split("=", 1)[0]
+        top = next((i for i, p in enumerate(FIRST_IN_JOB_DIR) if _under(key, (p,))), len(FIRST_IN_JOB_DIR))
+        return top, o
+
+    kept = sorted((str(o) for o in (overrides or []) if not _under(str(o).lstrip("+~").split("=", 1)[0], VOLATILE)),
+                  key=rank)
     name = ",".join(kept).replace("/", "%2F") or "default"
     if len(name) > 120:
         name = f"{name[:80]}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"

@@ -345,3 +345,16 @@ def test_mixlab_import_graph_has_no_cycle():
         if name not in state:
             visit(name, [])
     assert "mixlab.runs" in graph["mixlab.figures"] and "mixlab.report" not in graph["mixlab.figures"]
+
+
+def test_a_committed_sweep_regenerates_its_report_byte_for_byte(tmp_path, monkeypatch):
+    # Auditable results: the records alone (summary.json + metrics.jsonl, no checkpoints) give back the
+    # committed report.md exactly, from the command its README states.
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    fixture = Path("tests/fixtures/report_sweep")
+    assert {p.name for p in (fixture / "records").rglob("*") if p.is_file()} == {"summary.json", "metrics.jsonl"}
+    from mixlab.report import main as report_main
+
+    assert report_main([str(fixture / "records"), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "report.md").read_text() == (fixture / "report.md").read_text()

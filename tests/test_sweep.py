@@ -122,3 +122,17 @@ def test_submitit_launcher_with_the_local_executor(tmp_path):
     assert sorted(v["config"]["lam"]["name"] for v in s.values()) == ["beta", "none"]
     assert all(v["status"] == "completed" for v in s.values())
     assert any((tmp_path / "s" / ".submitit").rglob("*_log.out"))
+
+
+def test_job_folder_names_say_what_the_job_runs():
+    from mixlab.config import job_dir
+
+    a = job_dir(["data=digits", "seed=1", "lambda=beta", "device=cpu", "trainer.progress=false", "logger.mode=offline"])
+    assert a == "lambda=beta,seed=1,data=digits"  # volatile keys out; policy and seed first
+    assert job_dir(["lambda=beta", "data=digits", "seed=1"]) == a  # command-line order does not matter
+    assert job_dir(["data.root=/a/b", "model.hidden=[32,16]"]) == "model.hidden=[32,16]"
+    assert job_dir(["logger.project=a/b", "+model.extra=x/y"]) == "+model.extra=x%2Fy"  # never a subfolder
+    long = job_dir(["lambda=distance", "seed=3", *[f"data.k{i}={'v' * 20}" for i in range(8)]])
+    other = job_dir(["lambda=distance", "seed=3", *[f"data.k{i}={'w' * 20}" for i in range(8)]])
+    assert len(long) <= 93 and long.startswith("lambda=distance,seed=3,") and long != other
+    assert job_dir([]) == "default"
