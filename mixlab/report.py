@@ -326,6 +326,13 @@ def _figures(configs: list[Config], metric: str, regression: bool) -> list[tuple
             ("decision_boundaries", fig_boundaries(configs), "Decision boundaries on moons, one seed per config")]
 
 
+def _n_cell(c: Config) -> str:
+    """``completed/launched``, flagged where runs of the configuration failed, diverged or did not finish:
+    those count against their policy rather than disappearing from its mean."""
+    lost = len(c.runs) - len(c.done)
+    return f"{len(c.done)}/{len(c.runs)}" + (f" ⚠ {lost} not completed" if lost else "")
+
+
 def write_report(sweep: str | Path, out: str | Path | None = None, baseline: str = "beta",
                  metric: str = "test_acc") -> tuple[Path, str]:
     """Write report.md, report.html and figures/ for ``sweep`` into ``out``; returns (md path, table)."""
@@ -342,17 +349,20 @@ def write_report(sweep: str | Path, out: str | Path | None = None, baseline: str
     regression = bool(done) and all(r.value("test_acc") is None for r in done)
     if regression and metric == "test_acc":
         metric = "test_mse"  # no accuracy exists for a regression: its error is the objective
+    # The median of the last 10 epochs (OpenMixup) needs a test evaluation every epoch for 20 epochs or more:
+    # shown only where a run recorded it.
+    median = any(r.value("median_last10_acc") is not None for r in done)
     others = ["test_mae"] if regression else [m for m in ("test_acc", "median_last10_acc", "test_nll", "test_ece",
-                                                            "test_brier") if m != metric]
+                                                            "test_brier") if m != metric and (median or m != "median_last10_acc")]
     comps = {m: compare(configs, m, baseline) for m in dict.fromkeys([metric] + ([] if regression else ["test_ece"]))}
     refs = tuple(dict.fromkeys([baseline, "none"]))
     table = build_table(configs, metric, others, comps[metric], refs)
     configs = [row["config"] for row in table]  # one order (the table's) in every figure
     ns = sorted({row["n"] for row in table})
     n_text = f"n={ns[0]}{'–' + str(ns[-1]) if len(ns) > 1 else ''} seeds per configuration"
-    columns = ["configuration", "n", f"{NAMES[metric]} mean ± std", "95% CI", *[NAMES[m] for m in others],
+    columns = ["configuration", "n (completed/launched)", f"{NAMES[metric]} mean ± std", "95% CI", *[NAMES[m] for m in others],
                STRENGTH, *[f"vs {ref}" for ref in refs]]
-    rows = [[row["label"], row["n"], _pm((row["mean"], row["std"])), f"[{_f(row['lo'])}, {_f(row['hi'])}]",
+    rows = [[row["label"], _n_cell(row["config"]), _pm((row["mean"], row["std"])), f"[{_f(row['lo'])}, {_f(row['hi'])}]",
              *[_pm(row[m]) for m in others], _pm(row["lam_strength"]), *[row[f"vs {ref}"] for ref in refs]]
             for row in table]
     blocks = _text_blocks(sweep, runs, ("table", columns, rows), comps, n_text, _budget(configs), metric, baseline)
