@@ -44,6 +44,7 @@ def _one_of(*names: str) -> Rule:
 BOOL: Rule = ("true | false", lambda v: isinstance(v, bool))
 AUTO_BOOL: Rule = ("auto | true | false", lambda v: v == "auto" or isinstance(v, bool))
 RULES: dict[str, Rule] = {
+    "tuned": ("null or the path of a tuned.yaml (python -m mixlab.tune)", lambda v: v is None or isinstance(v, str)),
     "plugins": ("a list of importable module names", lambda v: _is_list(v) and all(isinstance(m, str) and m for m in v)),
     # torch seeds take 0..2**64-1, and the loop seeds a second generator with seed + 1
     "seed": ("an integer in [0, 2**63)", lambda v: _is_int(v) and 0 <= v < 2**63),
@@ -111,6 +112,30 @@ def validate(cfg: DictConfig) -> None:
             good = False
         if not good:
             raise ConfigError(f"{key}={value!r}: expected {allowed}")
+
+
+def apply_tuned(cfg: DictConfig) -> None:
+    """With ``tuned=<tuned.yaml>`` (written by ``python -m mixlab.tune``), set this run's λ-policy
+    hyperparameters to what tuning chose for ``cfg.lam.name``, in place, before anything is recorded:
+    the run's resolved config, and so its records, show the values it used."""
+    path = cfg.get("tuned")
+    if not path:
+        return
+    import yaml
+
+    try:
+        chosen = yaml.safe_load(open(path, encoding="utf-8")) or {}
+    except OSError as e:
+        raise ConfigError(f"tuned={path!r}: cannot be read ({e.strerror or e}); expected a tuned.yaml "
+                          "written by python -m mixlab.tune") from None
+    name = cfg.lam.name
+    if not isinstance(chosen, dict) or name not in chosen:
+        have = sorted(chosen) if isinstance(chosen, dict) else []
+        raise ConfigError(f"tuned={path!r}: has no entry for lambda={name}; expected one of {have}")
+    for key, value in (chosen[name] or {}).items():
+        if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
+            raise ConfigError(f"tuned={path!r}: {key} is not a key of lambda={name}'s config")
+        OmegaConf.update(cfg, key, value, merge=False)
 
 
 def import_plugins(modules: list[str] | None) -> None:

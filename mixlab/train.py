@@ -24,7 +24,8 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torchvision.utils import make_grid, save_image
 
-from .config import ConfigError, component_errors, config_difference, fingerprint, import_plugins, options, validate
+from .config import (ConfigError, apply_tuned, component_errors, config_difference, fingerprint, import_plugins,
+                     options, validate)
 from .data import Batches, Dataset, dataset_from_config, eval_batches
 from .distributed import Dist, setup as setup_distributed
 from .loggers import LOGGERS, NoLogger
@@ -448,6 +449,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     run_dir = Path(d.broadcast(str(run_dir)))
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    apply_tuned(cfg)  # the tuned hyperparameters are part of what the run is, and of its records
     resolved = OmegaConf.to_container(cfg, resolve=True)
     previous = read_json(run_dir / "summary.json") or {}
     _check_same_run(run_dir, resolved, previous)

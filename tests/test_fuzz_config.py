@@ -77,6 +77,7 @@ SPEC: dict[str, Spec] = {
     "seed": integer(0, 2**63 - 1),
     "device": Spec(str, strings=r"auto|cpu|cuda(:\d+)?"),
     "plugins": list_of(STRING),
+    "tuned": STRING_OR_NULL,
     "data.val_size": integer(0),
     "data.split_seed": integer(0, 2**63 - 1),
     "data.subset_per_seed": BOOL,

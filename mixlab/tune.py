@@ -1,0 +1,130 @@
+"""``python -m mixlab.tune --lambdas beta,distance --trials 8 --out DIR [key=value ...]``: equal-budget
+random search of each λ policy's hyperparameters on the validation split.
+
+Every policy gets the same number of trials (trial 0: the config's defaults; the others drawn from
+its search space in ``conf/search_spaces.yaml`` with a seeded generator), each a full run whose
+records go to ``DIR/<policy>/trial_<k>``; a trial's score is its run's ``objective``, the final
+validation metric (the test set is never read for selection). ``DIR/tuned.yaml`` gets each policy's
+best hyperparameters and ``DIR/tuning.json`` every trial; a comparison then runs with
+``tuned=DIR/tuned.yaml``, so it uses exactly what tuning chose. (hydra-optuna-sweeper pins
+optuna<3; a seeded random search with DomainBed's protocol needs nothing beyond numpy.)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .config import ConfigError
+from .records import atomic_write, atomic_write_json
+
+CONF = Path(__file__).resolve().parent / "conf"
+
+
+def search_spaces(path: Path = CONF / "search_spaces.yaml") -> dict[str, dict[str, dict]]:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def sample(space: dict[str, dict], rng: np.random.Generator) -> dict[str, Any]:
+    """One draw from ``space``: uniform, log-uniform or a choice per key, in the space's key order."""
+    out: dict[str, Any] = {}
+    for key, spec in space.items():
+        if "choices" in spec:
+            out[key] = spec["choices"][int(rng.integers(len(spec["choices"])))]
+        elif spec.get("log"):
+            out[key] = float(math.exp(rng.uniform(math.log(spec["low"]), math.log(spec["high"]))))
+        else:
+            out[key] = float(rng.uniform(spec["low"], spec["high"]))
+    return out
+
+
+def trials_for(policy: str, space: dict, trials: int, seed: int) -> list[dict[str, Any]]:
+    """The hyperparameters of each trial: the defaults first, then seeded draws (per policy, so adding
+    a policy to a study does not change another's trials)."""
+    if not space:
+        return [{}]
+    rng = np.random.default_rng([seed, zlib.crc32(policy.encode())])
+    return [{}] + [sample(space, rng) for _ in range(trials - 1)]
+
+
+def _better(a: float | None, b: float | None, higher: bool) -> bool:
+    if a is None or not math.isfinite(a):
+        return False
+    return b is None or (a > b if higher else a < b)
+
+
+def tune(lambdas: list[str], trials: int, out: str | Path, overrides: list[str], *, seed: int = 0) -> dict:
+    """Run every trial of every policy (skipping completed ones on a re-run) and write tuned.yaml."""
+    from hydra import compose, initialize_config_dir
+
+    from .train import train
+
+    spaces, out = search_spaces(), Path(out)
+    unknown = [p for p in lambdas if p not in spaces]
+    if unknown:
+        raise ConfigError(f"--lambdas: {unknown} have no search space; expected names from "
+                          f"{sorted(spaces)} (conf/search_spaces.yaml)")
+    if trials < 1:
+        raise ConfigError(f"--trials={trials}: expected an integer >= 1")
+    log, tuned = [], {}
+    for policy in lambdas:
+        best, best_params = None, None
+        for k, params in enumerate(trials_for(policy, spaces[policy], trials, seed)):
+            with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+                cfg = compose(config_name="config", overrides=[*overrides, f"lambda={policy}",
+                                                                *(f"{key}={v!r}" for key, v in params.items())])
+            objective = train(cfg, out / policy / f"trial_{k}")
+            summary = json.loads((out / policy / f"trial_{k}" / "summary.json").read_text())
+            higher = not summary.get("objective_key", "val_acc").endswith(("mse", "mae"))
+            log.append({"lambda": policy, "trial": k, "params": params, "objective": objective,
+                        "objective_key": summary.get("objective_key"), "status": summary.get("status")})
+            if _better(objective, best, higher):
+                best, best_params = objective, params
+        if best_params is None:
+            raise ConfigError(f"lambda={policy}: no trial completed with a finite objective; see {out / policy}")
+        tuned[policy] = {key: best_params.get(key, _default(policy, key, overrides)) for key in spaces[policy]}
+    atomic_write_json(out / "tuning.json", {"lambdas": lambdas, "trials": trials, "seed": seed,
+                                           "overrides": overrides, "spaces": {p: spaces[p] for p in lambdas},
+                                           "trials_run": log})
+    atomic_write(out / "tuned.yaml", lambda f: f.write(yaml.safe_dump(tuned, sort_keys=False).encode()))
+    return tuned
+
+
+def _default(policy: str, key: str, overrides: list[str]) -> Any:
+    """The config's value of ``key`` for ``lambda=policy`` (trial 0 won: its defaults are the choice)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*overrides, f"lambda={policy}"])
+    return OmegaConf.select(cfg, key)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mixlab.tune", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lambdas", required=True, help="comma-separated λ policies, e.g. beta,distance,sk")
+    ap.add_argument("--trials", type=int, default=8, help="trials per policy (the same for every policy)")
+    ap.add_argument("--seed", type=int, default=0, help="seeds the search (not the runs: set seed= for that)")
+    ap.add_argument("--out", required=True, help="where the trials' records, tuning.json and tuned.yaml go")
+    ap.add_argument("overrides", nargs="*", help="config overrides shared by every trial (data=..., trainer.epochs=...)")
+    args = ap.parse_args(argv)
+    try:
+        tuned = tune([p for p in args.lambdas.split(",") if p], args.trials, args.out, args.overrides, seed=args.seed)
+    except ConfigError as e:
+        print(f"mixlab: error: {e}", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump(tuned, sort_keys=False), end="")
+    print(f"mixlab: wrote {Path(args.out) / 'tuned.yaml'}; compare with tuned={Path(args.out) / 'tuned.yaml'}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

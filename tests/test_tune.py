@@ -1,0 +1,79 @@
+"""Equal-budget tuning on the validation split (python -m mixlab.tune) and tuned= in the comparison."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+
+from mixlab.tune import main as tune_main
+from mixlab.tune import sample, search_spaces, trials_for
+
+from .test_config import compose_cfg
+
+TINY = ["data=digits", "data.train_subset=128", "data.batch_size=32", "model=mlp", "model.hidden=[16]",
+        "device=cpu", "trainer.epochs=1", "trainer.progress=false", "optim=sgd"]
+
+
+def test_every_registered_policy_has_a_search_space_whose_keys_exist():
+    from mixlab import LAMBDAS
+
+    spaces = search_spaces()
+    assert sorted(spaces) == sorted(LAMBDAS.names())
+    for policy, space in spaces.items():
+        cfg = compose_cfg(f"lambda={policy}")
+        for key, spec in space.items():
+            assert key.startswith("lam.") and key[4:] in cfg.lam, (policy, key)
+            assert spec["low"] < spec["high"]
+    assert spaces["none"] == {} and spaces["beta"]  # none has nothing to tune; the fixed baseline is tuned too
+
+
+def test_sampling_is_seeded_per_policy_and_log_uniform_where_asked():
+    space = {"lam.alpha": {"low": 0.05, "high": 4.0, "log": True}}
+    a = trials_for("beta", space, 6, seed=0)
+    assert a[0] == {} and len(a) == 6 and a == trials_for("beta", space, 6, seed=0)
+    assert a != trials_for("beta", space, 6, seed=1) and trials_for("none", {}, 6, seed=0) == [{}]
+    rng = np.random.default_rng(5)
+    logs = np.log([sample(space, rng)["lam.alpha"] for _ in range(4000)])
+    assert stats.kstest(logs, stats.uniform(np.log(0.05), np.log(4.0) - np.log(0.05)).cdf).pvalue > 0.01
+
+
+def test_tuning_gives_equal_budgets_selects_on_validation_and_the_comparison_uses_it(tmp_path, capsys):
+    out = tmp_path / "tuning"
+    assert tune_main(["--lambdas", "none,beta,distance", "--trials", "3", "--out", str(out), *TINY]) == 0
+    log = json.loads((out / "tuning.json").read_text())
+    per = {p: [t for t in log["trials_run"] if t["lambda"] == p] for p in ("none", "beta", "distance")}
+    assert [len(per[p]) for p in ("none", "beta", "distance")] == [1, 3, 3]  # equal budgets; none has no knob
+    tuned = yaml.safe_load((out / "tuned.yaml").read_text())
+    for policy in ("beta", "distance"):
+        # the choice is the trial with the best *validation* objective, read back from each trial's records
+        summaries = [json.loads((out / policy / f"trial_{t['trial']}" / "summary.json").read_text()) for t in per[policy]]
+        assert all(s["objective_key"] == "val_acc" and s["objective"] == s["final_val"]["val_acc"] for s in summaries)
+        best = max(range(3), key=lambda k: (summaries[k]["objective"], -k))
+        key = next(iter(tuned[policy]))
+        assert tuned[policy][key] == pytest.approx(summaries[best]["config"]["lam"][key[4:]])
+    assert tuned["none"] == {}
+    # the comparison reads tuned.yaml: its records show exactly the chosen values
+    from mixlab.train import train
+
+    train(compose_cfg(*TINY, "lambda=beta", f"tuned={out / 'tuned.yaml'}"), tmp_path / "compare")
+    used = json.loads((tmp_path / "compare" / "summary.json").read_text())["config"]
+    assert used["lam"]["alpha"] == pytest.approx(tuned["beta"]["lam.alpha"]) and used["tuned"] == str(out / "tuned.yaml")
+    assert math.isfinite(json.loads((tmp_path / "compare" / "summary.json").read_text())["objective"])
+
+
+def test_a_tuned_file_without_the_policy_is_one_line(tmp_path):
+    (tmp_path / "tuned.yaml").write_text("beta:\n  lam.alpha: 0.3\n")
+    r = subprocess.run([sys.executable, "-m", "mixlab", *TINY, "lambda=sk", f"tuned={tmp_path / 'tuned.yaml'}",
+                        f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "has no entry for lambda=sk; expected one of ['beta']" in r.stderr
+    bad = subprocess.run([sys.executable, "-m", "mixlab.tune", "--lambdas", "beta,nonsense", "--out",
+                          str(tmp_path / "t"), *TINY], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "['nonsense'] have no search space" in bad.stderr
