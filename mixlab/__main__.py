@@ -12,7 +12,6 @@ import os
 import shutil
 import sys
 import tempfile
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -20,10 +19,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .cli import USAGE, UsageError, check_args, interrupted
-from .config import ConfigError
+from .config import CONF_DIR, ConfigError
 from .train import Diverged, Interrupted, train
 
-CONF = str(Path(__file__).resolve().parent / "conf")  # shipped in the package; the top-level conf/ links here
+CONF = str(CONF_DIR)
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="config")

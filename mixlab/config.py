@@ -13,6 +13,7 @@ import importlib
 import json
 import re
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
@@ -20,6 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from .loggers import WANDB_MODES
 from .optim import SCHEDULES
 from .registry import is_number as _is_num
+
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # the Hydra configs, shipped in the package (conf/ links here)
 
 
 class ConfigError(ValueError):
@@ -44,6 +48,9 @@ def _one_of(*names: str) -> Rule:
 BOOL: Rule = ("true | false", lambda v: isinstance(v, bool))
 AUTO_BOOL: Rule = ("auto | true | false", lambda v: v == "auto" or isinstance(v, bool))
 RULES: dict[str, Rule] = {
+    "study.reference": ("a lam.name, e.g. beta", lambda v: isinstance(v, str) and v != ""),
+    "study.metric": _one_of("test_acc", "test_nll", "test_ece", "test_brier", "test_mse", "test_mae",
+                            "median_last10_acc"),
     "tuned": ("null or the path of a tuned.yaml (python -m mixlab.tune)", lambda v: v is None or isinstance(v, str)),
     "plugins": ("a list of importable module names", lambda v: _is_list(v) and all(isinstance(m, str) and m for m in v)),
     # torch seeds take 0..2**64-1, and the loop seeds a second generator with seed + 1
@@ -87,7 +94,7 @@ RULES: dict[str, Rule] = {
 }
 
 
-CLOSED = ("data", "trainer")  # nodes read key by key: an unknown key in them would be ignored silently
+CLOSED = ("data", "trainer", "study")  # nodes read key by key: an unknown key in them would be ignored silently
 
 
 def validate(cfg: DictConfig) -> None:
@@ -176,7 +183,7 @@ def options(node: DictConfig) -> dict:
 # Keys that change how a run executes or is logged, not what it computes. A run directory may be
 # resumed, or a completed run reused, with other values of these; any other difference is another
 # run. (The report groups runs by the rest minus the seed.)
-VOLATILE = ("device", "trainer.progress", "trainer.log_every", "logger", "data.root", "data.download")
+VOLATILE = ("device", "trainer.progress", "trainer.log_every", "logger", "data.root", "data.download", "study")
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -31,7 +31,7 @@ from .figures import (fig_boundaries, fig_curves, fig_final, fig_lam_distance, f
 from .config import fingerprint  # noqa: E402
 from .runs import LOWER_IS_BETTER, NAMES, Config, Run  # noqa: E402
 from .runs import fmt as _f  # noqa: E402
-from .stats import holm, mean_ci, paired_comparison, verdict  # noqa: E402
+from .stats import WILCOXON_MIN_PAIRS, holm, mean_ci, paired_comparison, verdict  # noqa: E402
 
 STATUS_ORDER = ("completed", "failed", "diverged", "running", "interrupted")
 FLIP = {"better": "worse", "worse": "better"}
@@ -124,9 +124,11 @@ def _non_lam(c: Config) -> dict:
     return {k: v for k, v in c.flat.items() if not k.startswith("lam.")}
 
 
-def compare(configs: list[Config], metric: str, baseline: str = "beta") -> list[dict]:
+def compare(configs: list[Config], metric: str, baseline: str = "beta", primary: bool = False) -> list[dict]:
     """Seed-matched comparisons of each configuration against ``baseline`` and ``none`` with the same
-    non-λ keys; Holm adjustment over all comparisons of this metric, then the verdicts."""
+    non-λ keys, then the verdicts. Each comparison is in a ``family``: with ``primary``, those against
+    ``baseline`` are the declared primary comparison; everything else is exploratory. Holm's
+    correction runs within each family, so the primary claims pay only for their own tests."""
     hib = metric not in LOWER_IS_BETTER
     rows: list[dict] = []
     for ref in dict.fromkeys([baseline, "none"]):
@@ -138,10 +140,26 @@ def compare(configs: list[Config], metric: str, baseline: str = "beta") -> list[
                     continue  # beta vs none is none vs beta again: one test, counted once by Holm
                 pc = paired_comparison(c.values(metric), b.values(metric), higher_is_better=hib)
                 rows.append({"label": c.label, "lam": c.lam, "ref": ref, "ref_label": b.label, "metric": metric, **pc})
-    for row, p_adj in zip(rows, holm([r["p"] for r in rows]), strict=True):
-        row["p_adj"] = p_adj
-        row["verdict"] = verdict(row["diff"], row["lo"], row["hi"], p_adj, higher_is_better=hib, n=row["n"])
+    for row in rows:
+        row["family"] = "primary" if primary and row["ref"] == baseline else "exploratory"
+    for family in ("primary", "exploratory"):
+        members = [r for r in rows if r["family"] == family]
+        for row, p_adj in zip(members, holm([r["p"] for r in members]), strict=True):
+            row["p_adj"] = p_adj
+            row["verdict"] = verdict(row["diff"], row["lo"], row["hi"], p_adj, higher_is_better=hib, n=row["n"])
     return rows
+
+
+def declared(runs: list[Run]) -> tuple[str, str]:
+    """The primary comparison the runs' config declared before they ran (``study.reference``,
+    ``study.metric``): one (reference policy, metric) shared by every run; beta and test_acc where no
+    run declares one (older records)."""
+    pairs = {((r.summary.get("config") or {}).get("study") or {}).get("reference", "beta") for r in runs}, \
+        {((r.summary.get("config") or {}).get("study") or {}).get("metric", "test_acc") for r in runs}
+    if len(pairs[0]) > 1 or len(pairs[1]) > 1:
+        raise ValueError(f"the runs declare different primary comparisons (study.reference {sorted(pairs[0])}, "
+                         f"study.metric {sorted(pairs[1])}); expected one per sweep, or --baseline/--metric")
+    return next(iter(pairs[0]), "beta"), next(iter(pairs[1]), "test_acc")
 
 
 def build_table(configs: list[Config], metric: str, others: list[str], comparisons: list[dict],
@@ -204,9 +222,16 @@ def _evidence(comps: dict[str, list[dict]], n_text: str, budget: str, baseline: 
             rest = [r["label"] for r in mine if r["verdict"] not in ("better", "worse")]
             if rest:
                 parts.append("no detectable difference: " + ", ".join(rest))
-            items.append(f"{name} against {ref} — " + "; ".join(parts))
-    lead = (f"At {n_text} (budget: {budget}). Δ is the seed-matched mean difference; a policy is called better "
-            "or worse only when the Holm-adjusted paired t-test gives p < 0.05 and the 95% CI of Δ excludes 0. "
+            tag = "primary" if mine and mine[0].get("family") == "primary" else "exploratory"
+            items.append(f"{name} against {ref} ({tag}) — " + "; ".join(parts))
+    primary = [r for rows in comps.values() for r in rows if r.get("family") == "primary"]
+    family = (f"The primary comparison, declared before the runs (study.reference, study.metric): each policy "
+              f"against lam={primary[0]['ref']} on {NAMES.get(primary[0]['metric'], primary[0]['metric'])}, "
+              f"Holm over its {len(primary)} test(s). Everything else is exploratory (Holm within each "
+              "exploratory set) and supports no claim on its own. " if primary else
+              "No primary comparison could be made: every verdict below is exploratory. ")
+    lead = (f"At {n_text} (budget: {budget}). {family}Δ is the seed-matched mean difference; a policy is called "
+            "better or worse only when the Holm-adjusted paired t-test gives p < 0.05 and the 95% CI of Δ excludes 0. "
             "Differences smaller than the seed-to-seed noise are not ranked, and a verdict holds for this budget only.")
     return [("p", lead), ("ul", items)]
 
@@ -290,13 +315,16 @@ def _text_blocks(sweep: Path, runs: list[Run], table_block: tuple, comps: dict[s
                            ("h2", f"Configurations (sorted by mean {name}; not a ranking, see the verdicts)"),
                            table_block, ("p", STRENGTH_NOTE)]
     for m, cr in comps.items():
-        blocks.append(("h2", f"Paired comparisons on {NAMES.get(m, m)} (seed-matched, Holm over {len(cr)} tests)"))
-        blocks.append(("table", ["configuration", "vs", "n pairs", "Δ mean", "95% CI", "p (paired t)", "p (Holm)",
-                                 "verdict"],
-                       [[c["label"], c["ref_label"], c["n"], _f(c["diff"]), f"[{_f(c['lo'])}, {_f(c['hi'])}]",
-                         _f(c["p"], 3), _f(c["p_adj"], 3), c["verdict"]] for c in cr]) if cr else
+        blocks.append(("h2", f"Paired comparisons on {NAMES.get(m, m)} (seed-matched; Holm within each family)"))
+        blocks.append(("table", ["configuration", "vs", "family", "n pairs", "Δ mean", "95% CI", "p (paired t)",
+                                 "p (Holm)", "p (Wilcoxon)", "verdict"],
+                       [[c["label"], c["ref_label"], c["family"], c["n"], _f(c["diff"]), f"[{_f(c['lo'])}, {_f(c['hi'])}]",
+                         _f(c["p"], 3), _f(c["p_adj"], 3), _f(c.get("p_wilcoxon"), 3), c["verdict"]] for c in cr])
+                      if cr else
                       ("p", f"No comparison possible: no lam={baseline} or lam=none configuration shares the other "
                             "keys with the rest (missing baseline)."))
+        if cr:
+            blocks.append(("p", _test_agreement(cr)))
     bad = [r for r in runs if r.status != "completed"]
     blocks.append(("h2", f"Failed, diverged or unfinished runs ({len(bad)})"))
     blocks.append(("table", ["run dir", "configuration", "seed", "status", "error"],
@@ -326,6 +354,22 @@ def _figures(configs: list[Config], metric: str, regression: bool) -> list[tuple
             ("decision_boundaries", fig_boundaries(configs), "Decision boundaries on moons, one seed per config")]
 
 
+def _test_agreement(comps: list[dict], alpha: float = 0.05) -> str:
+    """Whether the paired t-test and the Wilcoxon signed-rank test agree (each unadjusted, at ``alpha``)."""
+    checked = [c for c in comps if math.isfinite(c.get("p_wilcoxon", math.nan)) and math.isfinite(c["p"])]
+    if not checked:
+        return (f"Wilcoxon signed-rank check: needs at least {WILCOXON_MIN_PAIRS} seed pairs (shown as —); "
+                "with fewer, only the t-test speaks, and it assumes roughly normal differences.")
+    split = [c for c in checked if (c["p"] < alpha) != (c["p_wilcoxon"] < alpha)]
+    if not split:
+        return (f"The paired t-test and the Wilcoxon signed-rank test agree (each at p < {alpha}, unadjusted) "
+                f"on all {len(checked)} comparisons with at least {WILCOXON_MIN_PAIRS} pairs.")
+    return ("The paired t-test and the Wilcoxon signed-rank test DISAGREE (at p < "
+            f"{alpha}, unadjusted) on: " + "; ".join(f"{c['label']} vs {c['ref_label']} (t p={_f(c['p'], 3)}, "
+                                                      f"Wilcoxon p={_f(c['p_wilcoxon'], 3)})" for c in split)
+            + ". Read those verdicts with care: the differences may not be normal.")
+
+
 def _n_cell(c: Config) -> str:
     """``completed/launched``, flagged where runs of the configuration failed, diverged or did not finish:
     those count against their policy rather than disappearing from its mean."""
@@ -333,16 +377,20 @@ def _n_cell(c: Config) -> str:
     return f"{len(c.done)}/{len(c.runs)}" + (f" ⚠ {lost} not completed" if lost else "")
 
 
-def write_report(sweep: str | Path, out: str | Path | None = None, baseline: str = "beta",
-                 metric: str = "test_acc") -> tuple[Path, str]:
-    """Write report.md, report.html and figures/ for ``sweep`` into ``out``; returns (md path, table)."""
-    if metric not in NAMES:
-        raise ValueError(f"--metric={metric!r}: expected one of {sorted(NAMES)}")
+def write_report(sweep: str | Path, out: str | Path | None = None, baseline: str | None = None,
+                 metric: str | None = None) -> tuple[Path, str]:
+    """Write report.md, report.html and figures/ for ``sweep`` into ``out``; returns (md path, table).
+    ``baseline``/``metric`` (the primary comparison) default to what the runs declared (``study.*``)."""
     sweep = Path(sweep)
     out = Path(out) if out is not None else sweep
     runs = load_runs(sweep)
     if not runs:
         raise FileNotFoundError(f"{sweep}: expected run records (summary.json) below it, got none")
+    said = declared(runs) if baseline is None or metric is None else None
+    baseline = baseline if baseline is not None else said[0]
+    metric = metric if metric is not None else said[1]
+    if metric not in NAMES:
+        raise ValueError(f"--metric={metric!r}: expected one of {sorted(NAMES)}")
     (out / "figures").mkdir(parents=True, exist_ok=True)
     configs = group_runs(runs)
     done = [r for r in runs if r.status == "completed"]
@@ -354,7 +402,8 @@ def write_report(sweep: str | Path, out: str | Path | None = None, baseline: str
     median = any(r.value("median_last10_acc") is not None for r in done)
     others = ["test_mae"] if regression else [m for m in ("test_acc", "median_last10_acc", "test_nll", "test_ece",
                                                             "test_brier") if m != metric and (median or m != "median_last10_acc")]
-    comps = {m: compare(configs, m, baseline) for m in dict.fromkeys([metric] + ([] if regression else ["test_ece"]))}
+    comps = {m: compare(configs, m, baseline, primary=(m == metric))
+             for m in dict.fromkeys([metric] + ([] if regression else ["test_ece"]))}
     refs = tuple(dict.fromkeys([baseline, "none"]))
     table = build_table(configs, metric, others, comps[metric], refs)
     configs = [row["config"] for row in table]  # one order (the table's) in every figure
@@ -382,8 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mixlab.report", description=__doc__.split("\n\n")[1])
     ap.add_argument("sweep", help="a sweep directory (hydra.sweep.dir) or one run directory")
     ap.add_argument("--out", help="where report.md, report.html and figures/ go (default: the sweep dir)")
-    ap.add_argument("--baseline", default="beta", help="lam.name of the reference policy (default: beta)")
-    ap.add_argument("--metric", default="test_acc", help="headline metric (default: test_acc; test_mse for regression)")
+    ap.add_argument("--baseline", default=None, help="lam.name of the primary reference (default: the runs' "
+                                                     "study.reference, else beta)")
+    ap.add_argument("--metric", default=None, help="the primary metric (default: the runs' study.metric, else "
+                                                   "test_acc; test_mse for regression)")
     args = ap.parse_args(argv)
     try:
         md, table = write_report(args.sweep, args.out, args.baseline, args.metric)

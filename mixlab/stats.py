@@ -14,6 +14,8 @@ from scipy import stats as sps
 
 __all__ = ["holm", "mean_ci", "paired_comparison", "verdict"]
 
+WILCOXON_MIN_PAIRS = 6  # below this the signed-rank test cannot reach p < 0.05 (its smallest p is 2/2^n)
+
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float, float, int]:
     """Mean, sample std and Student-t confidence interval of ``values``: ``(mean, std, lo, hi, n)``.
@@ -47,12 +49,18 @@ def paired_comparison(a: Mapping[object, float], b: Mapping[object, float], conf
     Degenerate cases scipy answers with NaN: all d equal to 0 (identical runs) → p = 1, CI [0, 0];
     all d equal to c ≠ 0 (no noise at all) → p = 0, CI [c, c], the limit of the t-test.
     n < 2 → p NaN and verdict "not enough seeds".
+
+    ``p_wilcoxon``: with n ≥ 6 pairs, the two-sided Wilcoxon signed-rank test of d
+    (``scipy.stats.wilcoxon``), a check that does not assume normal differences; NaN below 6 pairs
+    (it cannot reach p < 0.05 with fewer) or when every d is 0.
     """
     seeds = sorted((s for s in a if s in b and _finite(a[s]) and _finite(b[s])), key=str)
     d = np.array([float(a[s]) - float(b[s]) for s in seeds], dtype=np.float64)
     n = int(d.size)
     out = {"n": n, "seeds": seeds, "diff": float(d.mean()) if n else math.nan,
-           "lo": math.nan, "hi": math.nan, "p": math.nan}
+           "lo": math.nan, "hi": math.nan, "p": math.nan, "p_wilcoxon": math.nan}
+    if n >= WILCOXON_MIN_PAIRS and np.any(d != 0):
+        out["p_wilcoxon"] = float(sps.wilcoxon(d).pvalue)
     if n < 2:
         out["verdict"] = "not enough seeds"
         return out

@@ -22,13 +22,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .config import ConfigError
+from .config import CONF_DIR, ConfigError, flatten
 from .records import atomic_write, atomic_write_json
 
-CONF = Path(__file__).resolve().parent / "conf"
 
-
-def search_spaces(path: Path = CONF / "search_spaces.yaml") -> dict[str, dict[str, dict]]:
+def search_spaces(path: Path = CONF_DIR / "search_spaces.yaml") -> dict[str, dict[str, dict]]:
     return yaml.safe_load(path.read_text()) or {}
 
 
@@ -75,9 +73,9 @@ def tune(lambdas: list[str], trials: int, out: str | Path, overrides: list[str],
         raise ConfigError(f"--trials={trials}: expected an integer >= 1")
     log, tuned = [], {}
     for policy in lambdas:
-        best, best_params = None, None
+        best, chosen = None, None
         for k, params in enumerate(trials_for(policy, spaces[policy], trials, seed)):
-            with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
                 cfg = compose(config_name="config", overrides=[*overrides, f"lambda={policy}",
                                                                 *(f"{key}={v!r}" for key, v in params.items())])
             objective = train(cfg, out / policy / f"trial_{k}")
@@ -85,26 +83,16 @@ def tune(lambdas: list[str], trials: int, out: str | Path, overrides: list[str],
             higher = not summary.get("objective_key", "val_acc").endswith(("mse", "mae"))
             log.append({"lambda": policy, "trial": k, "params": params, "objective": objective,
                         "objective_key": summary.get("objective_key"), "status": summary.get("status")})
-            if _better(objective, best, higher):
-                best, best_params = objective, params
-        if best_params is None:
+            if _better(objective, best, higher):  # the values the run used, defaults included, from its record
+                best, chosen = objective, {key: flatten(summary["config"])[key] for key in spaces[policy]}
+        if chosen is None:
             raise ConfigError(f"lambda={policy}: no trial completed with a finite objective; see {out / policy}")
-        tuned[policy] = {key: best_params.get(key, _default(policy, key, overrides)) for key in spaces[policy]}
+        tuned[policy] = chosen
     atomic_write_json(out / "tuning.json", {"lambdas": lambdas, "trials": trials, "seed": seed,
                                            "overrides": overrides, "spaces": {p: spaces[p] for p in lambdas},
                                            "trials_run": log})
     atomic_write(out / "tuned.yaml", lambda f: f.write(yaml.safe_dump(tuned, sort_keys=False).encode()))
     return tuned
-
-
-def _default(policy: str, key: str, overrides: list[str]) -> Any:
-    """The config's value of ``key`` for ``lambda=policy`` (trial 0 won: its defaults are the choice)."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*overrides, f"lambda={policy}"])
-    return OmegaConf.select(cfg, key)
 
 
 def main(argv: list[str] | None = None) -> int:

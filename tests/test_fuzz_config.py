@@ -78,6 +78,8 @@ SPEC: dict[str, Spec] = {
     "device": Spec(str, strings=r"auto|cpu|cuda(:\d+)?"),
     "plugins": list_of(STRING),
     "tuned": STRING_OR_NULL,
+    "study.reference": Spec(str, strings=".+"),
+    "study.metric": choice("test_acc", "test_nll", "test_ece", "test_brier", "test_mse", "test_mae", "median_last10_acc"),
     "data.val_size": integer(0),
     "data.split_seed": integer(0, 2**63 - 1),
     "data.subset_per_seed": BOOL,

@@ -360,3 +360,24 @@ def test_a_committed_sweep_regenerates_its_report_byte_for_byte(tmp_path, monkey
 
     assert report_main([str(fixture / "records"), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "report.md").read_text() == (fixture / "report.md").read_text()
+
+
+def test_holm_runs_within_the_declared_primary_family_only(tmp_path):
+    # The fixture's records: none, beta, distance × 3 seeds. Primary: each policy vs beta on test accuracy.
+    from mixlab.report import compare, declared
+    from mixlab.stats import holm
+
+    runs = load_runs(Path(__file__).resolve().parent / "fixtures" / "report_sweep" / "records")
+    assert declared(runs) == ("beta", "test_acc")  # records without study.* fall back to the defaults
+    rows = compare(group_runs(runs), "test_acc", "beta", primary=True)
+    primary = [r for r in rows if r["family"] == "primary"]
+    assert sorted(r["label"] for r in primary) == ["lam=distance", "lam=none"] and {r["ref"] for r in primary} == {"beta"}
+    assert [r["p_adj"] for r in primary] == holm([r["p"] for r in primary])  # m = 2, not 3
+    exploratory = [r for r in rows if r["family"] == "exploratory"]
+    assert [r["p_adj"] for r in exploratory] == holm([r["p"] for r in exploratory])
+    assert all(r["family"] == "exploratory" for r in compare(group_runs(runs), "test_ece", "beta", primary=False))
+    # runs that declare different primary comparisons cannot share one report without --baseline/--metric
+    for i, r in enumerate(runs[:2]):
+        r.summary.setdefault("config", {})["study"] = {"reference": ["beta", "none"][i], "metric": "test_acc"}
+    with pytest.raises(ValueError, match="declare different primary comparisons"):
+        declared(runs)

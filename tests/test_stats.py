@@ -154,3 +154,27 @@ def test_holm_properties(p):
         for j in range(len(p)):
             if p[i] < p[j]:
                 assert adj[i] <= adj[j]
+
+
+def test_wilcoxon_beside_the_t_test_from_six_pairs():
+    from scipy import stats as sps
+
+    a = {s: 0.80 + 0.01 * s for s in range(8)}
+    b = {s: 0.79 + 0.012 * s + (0.004 if s % 3 == 0 else -0.002) for s in range(8)}
+    out = paired_comparison(a, b)
+    d = [a[s] - b[s] for s in range(8)]
+    assert out["p_wilcoxon"] == sps.wilcoxon(d).pvalue  # seed-matched differences, two-sided
+    five = paired_comparison({s: a[s] for s in range(5)}, {s: b[s] for s in range(5)})
+    assert math.isnan(five["p_wilcoxon"])  # 5 pairs: the signed-rank test cannot reach 0.05 (2/32 > 0.05)
+    assert math.isnan(paired_comparison(a, dict(a))["p_wilcoxon"])  # all differences 0
+
+
+def test_report_says_when_the_t_test_and_wilcoxon_disagree():
+    from mixlab.report import _test_agreement
+
+    agree = [{"label": "x", "ref_label": "beta", "p": 0.01, "p_wilcoxon": 0.02}]
+    split = agree + [{"label": "y", "ref_label": "beta", "p": 0.03, "p_wilcoxon": 0.2}]
+    assert "agree" in _test_agreement(agree) and "DISAGREE" not in _test_agreement(agree)
+    text = _test_agreement(split)
+    assert "DISAGREE" in text and "y vs beta (t p=0.030, Wilcoxon p=0.200)" in text and "x vs" not in text
+    assert "needs at least 6" in _test_agreement([{"label": "x", "ref_label": "b", "p": 0.01, "p_wilcoxon": math.nan}])
