@@ -115,11 +115,21 @@ def fig_reliability(configs: list[Config]) -> plt.Figure | None:
         ax.bar(centers[keep], s_acc[keep] / count[keep], width=1 / k, edgecolor="k", alpha=0.7, label="accuracy")
         ax.plot(s_conf[keep] / count[keep], s_acc[keep] / count[keep], "r.", label="(mean conf, acc)")
         ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+        # each bin's count (its share of the predictions), so a nearly empty bin is not read as a trend
+        share = ax.twinx()
+        share.bar(centers[keep], count[keep] / count.sum(), width=0.6 / k, color="grey", alpha=0.35,
+                  label="share of predictions")
+        share.set(ylim=(0, 1), ylabel="share of predictions in the bin")
+        share.yaxis.label.set_fontsize(7)
+        ax.set_zorder(share.get_zorder() + 1)  # the accuracy bars in front of the count bars
+        ax.patch.set_visible(False)
+        for x_c, n_c in zip(centers[keep], count[keep], strict=True):
+            ax.annotate(f"{int(n_c)}", (x_c, 0.01), ha="center", va="bottom", fontsize=5, rotation=90)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
                title=f"{c.label}\n(n={len(c.done)} seeds, {int(count.sum())} preds)")
         ax.title.set_fontsize(9)
     axes[0].legend(fontsize=7, loc="upper left")
-    fig.suptitle("Reliability diagrams, final epoch, bins summed over seeds")
+    fig.suptitle("Reliability diagrams, final epoch, bins summed over seeds (numbers: predictions per bin)")
     return fig
 
 
@@ -152,8 +162,8 @@ def fig_lam_distance(configs: list[Config]) -> plt.Figure | None:
             d += pairs.get("distance", [])
             lam += pairs.get("lam", [])
         ax.scatter(d, lam, s=8, alpha=0.5, color=colors[c.label], label=f"{c.label} (n={len(c.done)}, {len(d)} pairs)")
-    ax.set(xlabel="pair distance ‖x_i − x_j‖ (input space, normalised)", ylabel="λ", ylim=(-0.03, 1.03),
-           title="λ against pair distance (last batch of the final epoch)")
+    ax.set(xlabel="pair distance as the policy measured it, over the batch's all-pairs statistic", ylabel="λ",
+           ylim=(-0.03, 1.03), title="λ against normalised pair distance (first batch of the final epoch)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig

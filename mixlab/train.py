@@ -34,7 +34,7 @@ from .lam import LAMBDAS
 from .mixing import MIXERS, Mix
 from .models import MixModel, build_model
 from .optim import build_optimizer
-from .pairing import PAIRINGS, _lowest_top_bidder, pair_distance
+from .pairing import PAIRINGS, _lowest_top_bidder, batch_distance_scale, pair_distance
 from .records import (MetricsLog, atomic_write, atomic_write_json, git_info, load_checkpoint, read_json,
                       remove_stale_temps, rng_state, save_checkpoint, set_rng_state, versions)
 
@@ -276,6 +276,7 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
     n = 0  # samples seen: known on the host, so never copied to the device
     lams: list[Tensor] = []
     images: Tensor | None = None
+    probe: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # the first batch's pairs, for λ against distance
     t0 = time.perf_counter()
     for step, (x, y, index) in enumerate(p.batches):
         if p.channels_last:
@@ -288,6 +289,7 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
 
                 def mix_hidden(h: Tensor) -> Tensor:
                     h_mix, held["y"] = p.mix(h, y, features=h.flatten(1), index=index, progress=progress)
+                    held["h"] = h.detach()
                     return h_mix
 
                 out = p.forward(x, mix_at=at, mix=mix_hidden)
@@ -314,6 +316,11 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
                 p.bank.refresh(index, p.mix.last.lam, p.mix.last.partner if p.mix.last.pool is None else None, epoch)
 
         last = p.mix.last
+        if step == 0:  # what the λ policy measured distances in: the hidden state, its features, or x
+            space = held["h"] if p.manifold else features if getattr(p.mix.lam_policy, "space", "") == "feature" else x
+            # (the rows, what partner indexes: the gathered batch under pairing_scope=global, partner, λ)
+            probe = (space.detach(), (last.pool[0] if last.pool is not None else space).detach(), last.partner,
+                     last.lam.detach())
         n += y.shape[0]
         px, py = last.pool if last.pool is not None else (x, y)  # pairing_scope=global: the gathered batch
         pair_d = pair_distance(x, px.index_select(0, last.partner))  # input space, (B,)
@@ -347,9 +354,20 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
     if topped_up is not None:  # trainer.features=cache: the share of rows the end-of-epoch pass refreshed
         row["feature_cache_topped_up"] = topped_up / p.ds.n_train
     row.update(lam_stats(d.gather(torch.cat(lams))))
-    # up to 256 pairs of the epoch's last batch, for the report's λ-against-distance picture
-    lam_vs_distance = {"distance": pair_d[:256].tolist(), "lam": last.lam[:256].float().tolist()}
-    return {"row": row, "images": images, "lam_vs_distance": lam_vs_distance}
+    return {"row": row, "images": images, "lam_vs_distance": _lam_vs_distance(p.mix.lam_policy, *probe)}
+
+
+def _lam_vs_distance(policy: object, z: Tensor, pool: Tensor, partner: Tensor, lam: Tensor, most: int = 256) -> dict:
+    """Up to ``most`` pairs of an epoch's first (full) batch for the report's λ-against-distance picture:
+    each pair's distance (row i of ``z`` to row partner[i] of ``pool``) as the λ policy saw it — its
+    metric and space, divided by its statistic over the batch ``pool`` (``distance``'s ``normalize``,
+    ``sk``'s all-pairs mean; Euclidean over the mean for the others)."""
+    metric, how = getattr(policy, "metric", "euclidean"), getattr(policy, "normalize", "mean")
+    dist = pair_distance(z, pool.index_select(0, partner), metric)
+    if how != "none":
+        dist = dist / batch_distance_scale(pool, metric, how).clamp_min(1e-12)
+    return {"distance": dist[:most].tolist(), "lam": lam[:most].float().tolist(), "metric": metric,
+            "normalize": how, "batch": int(partner.shape[0])}
 
 
 @torch.no_grad()

@@ -517,3 +517,16 @@ def test_test_every_gives_test_curves_and_val_size_zero_falls_back_to_the_test_o
     _, rows, summary = run(tmp_path, "data.val_size=0", name="noval")
     assert "val_acc" not in rows[-1] and summary["dataset"]["n_val"] == 0 and summary["final_val"] == {}
     assert summary["objective"] == rows[-1]["test_acc"] and summary["objective_key"] == "test_acc"
+
+
+@pytest.mark.parametrize("extra", [(), ("lam.space=feature",), ("mixer=manifold", "model=cnn", "model.width=8")])
+def test_lam_against_distance_is_recorded_as_the_policy_saw_it(extra, tmp_path):
+    # Before: 80 pairs of the 16-image leftover batch against the raw input distance, under an axis that
+    # said "normalised". Now: the first (full) batch, the distance in the policy's own space and metric
+    # over its batch statistic, so that for lambda=distance (exp map, τ = 1) λ = e^(−d) pair by pair.
+    _, _, summary = run(tmp_path, "lambda=distance", "data.train_subset=240", *extra)  # 240 = 7 × 32 + 16
+    pairs = summary["lam_vs_distance"]
+    assert pairs["batch"] == 32 and len(pairs["distance"]) == 32 and pairs["normalize"] == "mean"
+    d, lam = torch.tensor(pairs["distance"]), torch.tensor(pairs["lam"])
+    torch.testing.assert_close(lam, torch.exp(-d), rtol=1e-5, atol=1e-6)
+    assert 0.3 < float(d.mean()) < 1.7  # normalised: a typical pair near 1, not the raw scale
