@@ -131,7 +131,7 @@ def apply_tuned(cfg: DictConfig) -> None:
     import yaml
 
     try:
-        chosen = yaml.safe_load(open(path, encoding="utf-8")) or {}
+        chosen = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except OSError as e:
         raise ConfigError(f"tuned={path!r}: cannot be read ({e.strerror or e}); expected a tuned.yaml "
                           "written by python -m mixlab.tune") from None
@@ -223,13 +223,14 @@ def job_dir(overrides: Any) -> str:
     order on the command line does not matter); a ``/`` in a value becomes ``%2F``; a name over 120
     characters keeps its first 80 and a hash of the whole. Used as Hydra's
     ``hydra.sweep.subdir: ${mixlab.job_dir:${hydra.overrides.task}}``."""
+    def key(o: str) -> str:
+        return o.lstrip("+~").split("=", 1)[0]
+
     def rank(o: str) -> tuple:
-        key = o.lstrip("+~").split("=", 1)[0]
-        top = next((i for i, p in enumerate(FIRST_IN_JOB_DIR) if _under(key, (p,))), len(FIRST_IN_JOB_DIR))
+        top = next((i for i, p in enumerate(FIRST_IN_JOB_DIR) if _under(key(o), (p,))), len(FIRST_IN_JOB_DIR))
         return top, o
 
-    kept = sorted((str(o) for o in (overrides or []) if not _under(str(o).lstrip("+~").split("=", 1)[0], VOLATILE)),
-                  key=rank)
+    kept = sorted((o for o in map(str, overrides or []) if not _under(key(o), VOLATILE)), key=rank)
     name = ",".join(kept).replace("/", "%2F") or "default"
     if len(name) > 120:
         name = f"{name[:80]}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
