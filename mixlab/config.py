@@ -50,7 +50,10 @@ AUTO_BOOL: Rule = ("auto | true | false", lambda v: v == "auto" or isinstance(v,
 RULES: dict[str, Rule] = {
     "study.reference": ("a lam.name, e.g. beta", lambda v: isinstance(v, str) and v != ""),
     "study.metric": _one_of("test_acc", "test_nll", "test_ece", "test_brier", "test_mse", "test_mae",
-                            "median_last10_acc"),
+                            "test_nll_ts", "test_ece_ts", "median_last10_acc"),
+    "study.matched": _one_of("primary", "exploratory"),
+    "study.control_of": ("null, or the lam config this run is the strength-matched control of (python -m mixlab.controls)",
+                         lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("name"), str))),
     "tuned": ("null or the path of a tuned.yaml (python -m mixlab.tune)", lambda v: v is None or isinstance(v, str)),
     "plugins": ("a list of importable module names", lambda v: _is_list(v) and all(isinstance(m, str) and m for m in v)),
     # torch seeds take 0..2**64-1, and the loop seeds a second generator with seed + 1
@@ -121,13 +124,16 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r}: expected {allowed}")
 
 
-def apply_tuned(cfg: DictConfig) -> None:
+def apply_tuned(cfg: DictConfig) -> dict | None:
     """With ``tuned=<tuned.yaml>`` (written by ``python -m mixlab.tune``), set this run's λ-policy
     hyperparameters to what tuning chose for ``cfg.lam.name``, in place, before anything is recorded:
-    the run's resolved config, and so its records, show the values it used."""
+    the run's resolved config, and so its records, show the values it used. Returns what the run's
+    summary keeps of the tuning (the file, the chosen values and, from the ``tuning.json`` beside it,
+    the budget, search seed, search space, objective and the chosen trial's score), so a report can
+    state them from the run records alone; None without ``tuned``."""
     path = cfg.get("tuned")
     if not path:
-        return
+        return None
     import yaml
 
     try:
@@ -136,6 +142,8 @@ def apply_tuned(cfg: DictConfig) -> None:
         raise ConfigError(f"tuned={path!r}: cannot be read ({e.strerror or e}); expected a tuned.yaml "
                           "written by python -m mixlab.tune") from None
     name = cfg.lam.name
+    if isinstance(chosen, dict) and name not in chosen and _nothing_to_tune(name):
+        return None  # none, automix: no search space, so nothing tuning could have chosen
     if not isinstance(chosen, dict) or name not in chosen:
         have = sorted(chosen) if isinstance(chosen, dict) else []
         raise ConfigError(f"tuned={path!r}: has no entry for lambda={name}; expected one of {have}")
@@ -143,6 +151,40 @@ def apply_tuned(cfg: DictConfig) -> None:
         if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
             raise ConfigError(f"tuned={path!r}: {key} is not a key of lambda={name}'s config")
         OmegaConf.update(cfg, key, value, merge=False)
+    record: dict[str, Any] = {"file": str(path), "lambda": name, "chosen": chosen[name] or {}}
+    try:
+        log = json.loads((Path(path).parent / "tuning.json").read_text(encoding="utf-8"))
+        mine = [t for t in log.get("trials_run", []) if t.get("lambda") == name]
+        scores = [t["objective"] for t in mine if isinstance(t.get("objective"), (int, float))]
+        higher = not str((mine or [{}])[0].get("objective_key") or "val_acc").endswith(("mse", "mae"))
+        record.update(trials=log.get("trials"), trials_run=len(mine), search_seed=log.get("seed"),
+                      space=(log.get("spaces") or {}).get(name, {}), overrides=log.get("overrides"),
+                      objective_key=(mine or [{}])[0].get("objective_key"),
+                      best_objective=(max if higher else min)(scores) if scores else None)
+    except (OSError, ValueError):
+        record["trials"] = None  # a tuned.yaml written by hand: the values are known, the budget is not
+    return record
+
+
+def _nothing_to_tune(name: str) -> bool:
+    import yaml
+
+    spaces = yaml.safe_load((CONF_DIR / "search_spaces.yaml").read_text(encoding="utf-8")) or {}
+    return name in spaces and not spaces[name]
+
+
+def apply_strength(cfg: DictConfig) -> None:
+    """``lambda=beta lam.strength=s``: set ``lam.alpha`` to the α* that strength implies
+    (``lam.beta_alpha_for_strength``), in place, so the run's records show the α it drew from."""
+    if cfg.lam.get("name") != "beta" or cfg.lam.get("strength") is None:
+        return
+    from .lam import beta_alpha_for_strength
+
+    try:
+        alpha = beta_alpha_for_strength(cfg.lam.strength)
+    except ValueError as e:
+        raise ConfigError(f"lam.{e}") from None
+    OmegaConf.update(cfg, "lam.alpha", alpha, merge=False)
 
 
 def import_plugins(modules: list[str] | None) -> None:

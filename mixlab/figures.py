@@ -63,18 +63,23 @@ def fig_curves(configs: list[Config], metric: str) -> plt.Figure:
 
 
 def fig_lam_strength(configs: list[Config]) -> plt.Figure | None:
-    """Mixing strength min(λ, 1 − λ) per epoch; None for records that predate ``lam_strength``."""
+    """Per epoch: the mean λ (left) and the mixing strength min(λ, 1 − λ) (right); None for records that
+    predate ``lam_strength``."""
     if not any(isinstance(row.get("lam_strength"), (int, float)) for c in configs for r in c.done for row in r.rows):
         return None
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, (ax_lam, ax) = plt.subplots(1, 2, figsize=(13, 4.5), layout="constrained")
+    _per_epoch(ax_lam, configs, "lam_mean")
+    ax_lam.get_legend().remove()  # one legend, on the right panel
+    ax_lam.set(xlabel="epoch", ylabel="mean λ (the sample's own weight)", ylim=(-0.02, 1.02),
+               title="Mean λ per epoch")
     for y, text in ((0.25, "Beta(1, 1)"), (0.5, "even blend")):
         ax.axhline(y, color="grey", ls=":", lw=1)
         ax.annotate(text, (0.01, y), xycoords=("axes fraction", "data"), xytext=(0, 2), textcoords="offset points",
                     fontsize=7, color="grey")
     _per_epoch(ax, configs, "lam_strength")
     ax.set(xlabel="epoch", ylabel="mixing strength min(λ, 1 − λ)", ylim=(-0.02, 0.54),
-           title="Mixing strength per epoch (0: no mixing, ½: even blends; line: mean, band: min–max over seeds)")
-    ax.title.set_fontsize(10)
+           title="Mixing strength per epoch (0: no mixing, ½: even blends)")
+    fig.suptitle("λ policies over training (line: mean over seeds, band: min–max over seeds)", fontsize=10)
     return fig
 
 
@@ -95,16 +100,48 @@ def fig_final(configs: list[Config], metrics: list[str]) -> plt.Figure:
     return fig
 
 
-def fig_reliability(configs: list[Config]) -> plt.Figure | None:
-    shown = [c for c in configs if any(r.summary.get("reliability") for r in c.done)]
+def fig_paired(comparisons: list[dict]) -> plt.Figure | None:
+    """The primary family's paired differences: per comparison, each seed's Δ (points), the mean Δ
+    (diamond) and its interval simultaneous over the family (``lo_sim``/``hi_sim``, bar); colour is
+    the Holm verdict. None where no primary comparison was made."""
+    rows = [r for r in comparisons if r.get("family") == "primary" and r["n"] >= 1]
+    if not rows:
+        return None
+    metric = rows[0]["metric"]
+    colors = {"better": "tab:green", "worse": "tab:red"}
+    fig, ax = plt.subplots(figsize=(8.5, 0.6 * len(rows) + 1.9))
+    for i, r in enumerate(rows):
+        y, color = len(rows) - 1 - i, colors.get(r["verdict"], "tab:grey")
+        jitter = np.linspace(-0.18, 0.18, len(r["d"])) if len(r["d"]) > 1 else np.zeros(len(r["d"]))
+        ax.scatter(r["d"], y + jitter, s=14, color=color, alpha=0.55, zorder=2)
+        err = [[r["diff"] - r["lo_sim"]], [r["hi_sim"] - r["diff"]]] if math.isfinite(r["lo_sim"]) else None
+        ax.errorbar([r["diff"]], [y], xerr=err, fmt="D", color=color, markeredgecolor="k", capsize=5, lw=2, zorder=3)
+        ax.annotate(f"{r['verdict'].split(' at n=')[0]} (n={r['n']}, Holm p={_f(r['p_adj'], 3)})", (r["diff"], y), xytext=(0, 9),
+                    textcoords="offset points", ha="center", fontsize=7)
+    ax.axvline(0, color="k", lw=1)
+    ax.set_yticks(range(len(rows))[::-1], [f"{r['label']}\n  − {r['ref_label']}" for r in rows], fontsize=8)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    better = "lower" if metric in LOWER_IS_BETTER else "higher"
+    ax.set(xlabel=f"Δ {NAMES.get(metric, metric)}, policy − reference, seed by seed ({better} is better for the policy)",
+           title=f"Primary comparison: paired differences (points: seeds; diamond: mean Δ; bar: 95% interval "
+                 f"simultaneous over the {rows[0]['m']} test(s), Bonferroni)")
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3, axis="x")
+    return fig
+
+
+def fig_reliability(configs: list[Config], key: str = "reliability", what: str = "") -> plt.Figure | None:
+    """Reliability diagrams from each run's ``summary[key]`` (``reliability``: raw; ``reliability_ts``:
+    after temperature scaling), bins summed over seeds; ``what`` goes in the title."""
+    shown = [c for c in configs if any(r.summary.get(key) for r in c.done)]
     if not shown:
         return None
     fig, axes = _panels(len(shown))
     for ax, c in zip(axes, shown, strict=True):
-        k = len(next(r.summary["reliability"]["count"] for r in c.done if r.summary.get("reliability")))
+        k = len(next(r.summary[key]["count"] for r in c.done if r.summary.get(key)))
         count, s_conf, s_acc = np.zeros(k), np.zeros(k), np.zeros(k)
         for r in c.done:
-            rel = r.summary.get("reliability")
+            rel = r.summary.get(key)
             if rel:  # bin means × counts are sums, which add across seeds; empty bins (null) add 0
                 n = np.array(rel["count"], dtype=float)
                 count += n
@@ -129,7 +166,7 @@ def fig_reliability(configs: list[Config]) -> plt.Figure | None:
                title=f"{c.label}\n(n={len(c.done)} seeds, {int(count.sum())} preds)")
         ax.title.set_fontsize(9)
     axes[0].legend(fontsize=7, loc="upper left")
-    fig.suptitle("Reliability diagrams, final epoch, bins summed over seeds (numbers: predictions per bin)")
+    fig.suptitle(f"Reliability diagrams{what}, final epoch, bins summed over seeds (numbers: predictions per bin)")
     return fig
 
 

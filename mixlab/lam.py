@@ -141,7 +141,14 @@ def _check_alpha(name: str, value: float) -> float:
 
 
 class Policy:
-    """Base class: stateless by default. ``observe`` and ``setup`` are no-ops unless overridden."""
+    """Base class: stateless by default. ``observe`` and ``setup`` are no-ops unless overridden.
+
+    ``dynamic``: whether λ depends on the pair, the model's state or the training time (True, the
+    default, for a new policy) rather than being a fixed draw or value; ``python -m mixlab.controls``
+    adds a strength-matched Beta control next to each dynamic policy of a comparison.
+    """
+
+    dynamic = True
 
     def __call__(self, x: Tensor, partner: Tensor, *, features: Tensor | None = None, index: Tensor | None = None,
                  progress: float | None = None, generator: torch.Generator | None = None) -> Tensor:
@@ -166,6 +173,8 @@ class Policy:
 class NoMix(Policy):
     """λ = 1: no mixing, the ERM baseline."""
 
+    dynamic = False
+
     def __call__(self, x, partner, **_: object) -> Tensor:
         return torch.ones(x.shape[0], device=x.device)
 
@@ -177,6 +186,8 @@ class Constant(Policy):
     Seed 002 trains with 0.2 given to the *partner* (x̂_i = 0.8·x_i + 0.2·x_j), which is
     ``value=0.8`` here (the default): mixlab's λ is always the sample's own weight.
     """
+
+    dynamic = False
 
     def __init__(self, *, value: float = 0.8) -> None:
         if not (is_number(value) and 0.0 <= value <= 1.0):
@@ -195,6 +206,8 @@ class Beta(Policy):
     (:func:`beta_alpha_for_strength`): fixed mixup as strong, on average, as a dynamic policy
     that measured s, so a comparison can separate "dynamic" from "how much".
     """
+
+    dynamic = False
 
     def __init__(self, *, alpha: float = 1.0, per_sample: bool = True, strength: float | None = None) -> None:
         self.alpha = _check_alpha("alpha", alpha) if strength is None else beta_alpha_for_strength(strength)

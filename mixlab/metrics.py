@@ -21,7 +21,9 @@ __all__ = [
     "lam_stats",
     "median_last",
     "regression_metrics",
+    "fit_temperature",
     "reliability",
+    "temperature_scaled",
 ]
 
 
@@ -126,6 +128,50 @@ def reliability(logits: Tensor, labels: Tensor, *, n_bins: int = 15) -> dict[str
     mean_acc = sums[:, 2] / count
     c, a, k = torch.stack([mean_conf, mean_acc, count]).tolist()
     return {"confidence": c, "accuracy": a, "count": k}
+
+
+TEMPERATURE_RANGE = (1e-2, 1e2)  # fitted temperatures are clamped here (a separable set wants T → 0)
+
+
+def fit_temperature(logits: Tensor, labels: Tensor, *, steps: int = 60) -> float:
+    """The temperature T > 0 that minimises the NLL of softmax(logits / T) on (``logits``, ``labels``)
+    (Guo et al. 2017: fitted on the validation split, then applied to the test logits).
+
+    With β = 1/T the NLL f(β) = 1/N Σ_i [logsumexp_c(β·z_ic) − β·z_{i,y_i}] is convex, and
+    f'(β) = 1/N Σ_i (E_{softmax(βz_i)}[z_i] − z_{i,y_i}) is increasing, so its root is found by
+    bisection on log β over ``TEMPERATURE_RANGE``, in float64, to a relative 1e-12 or so. Where
+    the root lies outside the range (f' of one sign throughout, e.g. every sample already right
+    with a margin), T is the end of the range the NLL decreases towards.
+    """
+    _check_classification_inputs(logits, labels, 1)
+    z = logits.detach().to(torch.float64 if logits.device.type != "mps" else torch.float32)
+    zy = z.gather(1, labels.long().view(-1, 1)).squeeze(1)
+
+    def slope(log_beta: float) -> float:
+        p = torch.softmax(z * math.exp(log_beta), dim=1)
+        return float(((p * z).sum(1) - zy).mean())
+
+    lo, hi = -math.log(TEMPERATURE_RANGE[1]), -math.log(TEMPERATURE_RANGE[0])  # log β bounds
+    if slope(lo) >= 0:
+        return TEMPERATURE_RANGE[1]
+    if slope(hi) <= 0:
+        return TEMPERATURE_RANGE[0]
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
+    return math.exp(-0.5 * (lo + hi))
+
+
+def temperature_scaled(val_logits: Tensor, val_labels: Tensor, logits: Tensor, labels: Tensor, *,
+                       n_bins: int = 15) -> dict:
+    """Calibration after temperature scaling: T fitted on (``val_logits``, ``val_labels``) by
+    :func:`fit_temperature`, then NLL, ECE, Brier and the reliability bins of softmax(``logits`` / T).
+    Accuracy is not repeated: dividing by T > 0 keeps every argmax."""
+    t = fit_temperature(val_logits, val_labels)
+    scaled = logits.float() / t
+    m = classification_metrics(scaled, labels, n_bins=n_bins)
+    return {"temperature": t, "nll": m["nll"], "ece": m["ece"], "brier": m["brier"],
+            "reliability": reliability(scaled, labels, n_bins=n_bins)}
 
 
 # ----------------------------------------------------------------------------- regression

@@ -27,8 +27,8 @@ matplotlib.use("Agg")  # files only: no display on a server or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .figures import (fig_boundaries, fig_curves, fig_final, fig_lam_distance, fig_lam_hist,  # noqa: E402
-                      fig_lam_strength, fig_mixed, fig_reliability)
-from .config import fingerprint  # noqa: E402
+                      fig_lam_strength, fig_mixed, fig_paired, fig_reliability)
+from .config import fingerprint, flatten  # noqa: E402
 from .runs import LOWER_IS_BETTER, NAMES, Config, Run  # noqa: E402
 from .runs import fmt as _f  # noqa: E402
 from .stats import WILCOXON_MIN_PAIRS, holm, mean_ci, paired_comparison, verdict  # noqa: E402
@@ -109,45 +109,94 @@ def group_runs(runs: list[Run]) -> list[Config]:
         by_key.setdefault(json.dumps(flat, sort_keys=True, default=str), Config("", flat)).runs.append(r)
     configs = list(by_key.values())
     vary = varying_keys([c.flat for c in configs])
+    # ``tuned`` (the file the λ values came from) names a configuration only where its values do not
+    for keys in ([k for k in vary if k != "tuned"], vary):
+        for c in configs:
+            parts = [f"{k.removesuffix('.name')}={_short(c.flat[k])}" for k in keys if k in c.flat]
+            c.label = " ".join(parts) or (f"lam={c.lam}" if c.lam else "all runs")
+        if len({c.label for c in configs}) == len(configs):
+            break
+    for c in configs:  # a strength-matched control says whose strength it matches
+        if c.control_of is not None:
+            target = matched_policy(c, configs)
+            c.label += (f" [matched to {target.label}]" if target is not None else
+                        f" [matched to lam={c.control_of.get('name')}, not in these records]")
     for c in configs:
-        parts = [f"{k.removesuffix('.name')}={c.flat[k]}" for k in vary if k in c.flat]
-        c.label = " ".join(parts) or (f"lam={c.lam}" if c.lam else "all runs")
         for r in c.runs:
             r.label = c.label
     return configs
+
+
+def _short(v: object) -> object:
+    """A float with more than 6 significant digits (a solved α*, a sampled τ) at 6, for labels."""
+    return float(f"{v:.6g}") if isinstance(v, float) and len(repr(v)) > 8 else v
+
+
+def matched_policy(control: Config, configs: list[Config]) -> Config | None:
+    """The configuration whose strength ``control`` matches: its lam config is the control's
+    ``study.control_of`` and every non-λ key is the same."""
+    want = flatten({"lam": control.control_of or {}})
+    return next((c for c in configs if c.control_of is None and c.lam_options() == want
+                 and _non_lam(c) == _non_lam(control)), None)
 
 
 # ----------------------------------------------------------------------------- numbers
 
 
 def _non_lam(c: Config) -> dict:
-    return {k: v for k, v in c.flat.items() if not k.startswith("lam.")}
+    """The keys that are not the λ policy's: ``lam.*``, and ``tuned`` (where the lam values came from)."""
+    return {k: v for k, v in c.flat.items() if not k.startswith("lam.") and k != "tuned"}
 
 
-def compare(configs: list[Config], metric: str, baseline: str = "beta", primary: bool = False) -> list[dict]:
+def compare(configs: list[Config], metric: str, baseline: str = "beta", primary: bool = False,
+            matched: str = "primary", alpha: float = 0.05) -> list[dict]:
     """Seed-matched comparisons of each configuration against ``baseline`` and ``none`` with the same
-    non-λ keys, then the verdicts. Each comparison is in a ``family``: with ``primary``, those against
-    ``baseline`` are the declared primary comparison; everything else is exploratory. Holm's
-    correction runs within each family, so the primary claims pay only for their own tests."""
+    non-λ keys, and of each dynamic policy against its strength-matched Beta control (``ref`` "matched",
+    from ``python -m mixlab.controls``); then the verdicts. Each comparison is in a ``family``: with
+    ``primary``, each *dynamic* policy against ``baseline``, and against its matched control where
+    ``matched`` is "primary", form the declared primary comparison; everything else (none, constant,
+    the controls themselves, other metrics) is exploratory. Holm's correction runs within each family,
+    so the primary claims pay only for their own tests. ``lo_sim``/``hi_sim``: the t interval of Δ at
+    level 1 − alpha/m for the m tests of the family (Bonferroni), simultaneous over the family."""
     hib = metric not in LOWER_IS_BETTER
     rows: list[dict] = []
     for ref in dict.fromkeys([baseline, "none"]):
         for c in configs:
             for b in configs:
-                if c.lam == ref or b.lam != ref or _non_lam(b) != _non_lam(c):
+                if (c.lam == ref and c.control_of is None) or b.lam != ref or b.control_of is not None \
+                        or _non_lam(b) != _non_lam(c):
                     continue
                 if any(r["label"] == b.label and r["ref_label"] == c.label for r in rows):
                     continue  # beta vs none is none vs beta again: one test, counted once by Holm
                 pc = paired_comparison(c.values(metric), b.values(metric), higher_is_better=hib)
-                rows.append({"label": c.label, "lam": c.lam, "ref": ref, "ref_label": b.label, "metric": metric, **pc})
+                rows.append({"label": c.label, "lam": c.lam, "ref": ref, "ref_label": b.label, "metric": metric,
+                             "control": c.control_of is not None,
+                             "claim": c.dynamic and c.control_of is None and ref == baseline, **pc})
+    for b in configs:
+        c = matched_policy(b, configs) if b.control_of is not None else None
+        if c is not None:
+            pc = paired_comparison(c.values(metric), b.values(metric), higher_is_better=hib)
+            rows.append({"label": c.label, "lam": c.lam, "ref": "matched", "ref_label": b.label, "metric": metric,
+                         "control": False, "claim": matched == "primary", **pc})
     for row in rows:
-        row["family"] = "primary" if primary and row["ref"] == baseline else "exploratory"
+        claim = row.pop("claim")
+        row["family"] = "primary" if primary and claim else "exploratory"
     for family in ("primary", "exploratory"):
         members = [r for r in rows if r["family"] == family]
+        m = sum(math.isfinite(r["p"]) for r in members)
         for row, p_adj in zip(members, holm([r["p"] for r in members]), strict=True):
             row["p_adj"] = p_adj
             row["verdict"] = verdict(row["diff"], row["lo"], row["hi"], p_adj, higher_is_better=hib, n=row["n"])
+            lo, hi = (row["lo"], row["hi"]) if row["n"] < 2 or len(set(row["d"])) == 1 else \
+                mean_ci(row["d"], 1 - alpha / max(m, 1))[2:4]
+            row.update(lo_sim=lo, hi_sim=hi, m=m)
     return rows
+
+
+def matched_family(runs: list[Run]) -> str:
+    """``study.matched`` as the runs declared it: "exploratory" only where every run that says says so."""
+    said = {((r.summary.get("config") or {}).get("study") or {}).get("matched") for r in runs} - {None}
+    return "exploratory" if said == {"exploratory"} else "primary"
 
 
 def declared(runs: list[Run]) -> tuple[str, str]:
@@ -174,12 +223,16 @@ def build_table(configs: list[Config], metric: str, others: list[str], compariso
         for m in others:
             row[m] = mean_ci(list(c.values(m).values()))[:2]
         row["lam_strength"] = mean_ci([r.epoch_mean("lam_strength") for r in c.done])[:2]
+        if any(x["ref"] == "matched" for x in comparisons):
+            hit = [(x["verdict"], x["diff"]) for x in comparisons if x["label"] == c.label and x["ref"] == "matched"]
+            row["vs matched"] = ("(control)" if c.control_of is not None else "; ".join(
+                v + (f" (Δ {d:+.4f})" if v in FLIP else "") for v, d in hit) or "—")
         for ref in refs:
             hit = [(x["verdict"], x["diff"]) for x in comparisons if x["label"] == c.label and x["ref"] == ref]
             # A comparison made the other way round (none vs beta, read in beta's row as beta vs none).
             hit += [(FLIP.get(x["verdict"], x["verdict"]), -x["diff"]) for x in comparisons
-                    if x["ref_label"] == c.label and x["lam"] == ref]
-            row[f"vs {ref}"] = "(reference)" if c.lam == ref else "; ".join(
+                    if x["ref_label"] == c.label and x["lam"] == ref and not x.get("control")]
+            row[f"vs {ref}"] = "(reference)" if c.lam == ref and c.control_of is None else "; ".join(
                 v + (f" (Δ {d:+.4f})" if v in FLIP else "") for v, d in hit) or "no matching reference"
         table.append(row)
     sign = -1 if metric in LOWER_IS_BETTER else 1
@@ -211,8 +264,8 @@ def _evidence(comps: dict[str, list[dict]], n_text: str, budget: str, baseline: 
         name = NAMES.get(m, m)
         if not rows:
             items.append(f"{name}: no comparison could be made (no matching lam={baseline} or lam=none runs)")
-        for ref in dict.fromkeys(r["ref_label"] for r in rows):
-            mine = [r for r in rows if r["ref_label"] == ref]
+        for ref, fam in dict.fromkeys((r["ref_label"], r["family"]) for r in rows):
+            mine = [r for r in rows if r["ref_label"] == ref and r["family"] == fam]
             parts = []
             for word in ("better", "worse"):
                 hits = [f"{r['label']} ({r['diff']:+.4f}, 95% CI [{r['lo']:+.4f}, {r['hi']:+.4f}])"
@@ -222,14 +275,16 @@ def _evidence(comps: dict[str, list[dict]], n_text: str, budget: str, baseline: 
             rest = [r["label"] for r in mine if r["verdict"] not in ("better", "worse")]
             if rest:
                 parts.append("no detectable difference: " + ", ".join(rest))
-            tag = "primary" if mine and mine[0].get("family") == "primary" else "exploratory"
-            items.append(f"{name} against {ref} ({tag}) — " + "; ".join(parts))
+            items.append(f"{name} against {ref} ({fam}) — " + "; ".join(parts))
     primary = [r for rows in comps.values() for r in rows if r.get("family") == "primary"]
-    family = (f"The primary comparison, declared before the runs (study.reference, study.metric): each policy "
-              f"against lam={primary[0]['ref']} on {NAMES.get(primary[0]['metric'], primary[0]['metric'])}, "
-              f"Holm over its {len(primary)} test(s). Everything else is exploratory (Holm within each "
-              "exploratory set) and supports no claim on its own. " if primary else
-              "No primary comparison could be made: every verdict below is exploratory. ")
+    refs = [f"lam={baseline}"] * any(r["ref"] != "matched" for r in primary) + \
+        ["its strength-matched Beta control (fixed mixup of the same mean strength)"] * any(
+            r["ref"] == "matched" for r in primary)
+    family = (f"The primary comparison, declared before the runs (study.reference, study.metric, study.matched): "
+              f"each dynamic λ policy against {' and against '.join(refs)} on "
+              f"{NAMES.get(primary[0]['metric'], primary[0]['metric'])}, Holm over its {len(primary)} test(s). "
+              "Everything else is exploratory (Holm within each exploratory set) and supports no claim on its own. "
+              if primary else "No primary comparison could be made: every verdict below is exploratory. ")
     lead = (f"At {n_text} (budget: {budget}). {family}Δ is the seed-matched mean difference; a policy is called "
             "better or worse only when the Holm-adjusted paired t-test gives p < 0.05 and the 95% CI of Δ excludes 0. "
             "Differences smaller than the seed-to-seed noise are not ranked, and a verdict holds for this budget only.")
@@ -313,13 +368,15 @@ def _text_blocks(sweep: Path, runs: list[Run], table_block: tuple, comps: dict[s
     blocks: list[tuple] = [("h1", f"mixlab report: {sweep}"), ("p", f"{_status_line(runs)}. Budget: {budget}."),
                            ("h2", "What the evidence supports"), *_evidence(comps, n_text, budget, baseline),
                            ("h2", f"Configurations (sorted by mean {name}; not a ranking, see the verdicts)"),
-                           table_block, ("p", STRENGTH_NOTE)]
+                           table_block, ("p", STRENGTH_NOTE), *_tuning(runs)]
     for m, cr in comps.items():
         blocks.append(("h2", f"Paired comparisons on {NAMES.get(m, m)} (seed-matched; Holm within each family)"))
-        blocks.append(("table", ["configuration", "vs", "family", "n pairs", "Δ mean", "95% CI", "p (paired t)",
-                                 "p (Holm)", "p (Wilcoxon)", "verdict"],
+        blocks.append(("table", ["configuration", "vs", "family", "n pairs", "Δ mean", "95% CI",
+                                 "95% CI, simultaneous over the family", "p (paired t)", "p (Holm)", "p (Wilcoxon)",
+                                 "verdict"],
                        [[c["label"], c["ref_label"], c["family"], c["n"], _f(c["diff"]), f"[{_f(c['lo'])}, {_f(c['hi'])}]",
-                         _f(c["p"], 3), _f(c["p_adj"], 3), _f(c.get("p_wilcoxon"), 3), c["verdict"]] for c in cr])
+                         f"[{_f(c['lo_sim'])}, {_f(c['hi_sim'])}] (m={c['m']})", _f(c["p"], 3), _f(c["p_adj"], 3),
+                         _f(c.get("p_wilcoxon"), 3), c["verdict"]] for c in cr])
                       if cr else
                       ("p", f"No comparison possible: no lam={baseline} or lam=none configuration shares the other "
                             "keys with the rest (missing baseline)."))
@@ -333,7 +390,47 @@ def _text_blocks(sweep: Path, runs: list[Run], table_block: tuple, comps: dict[s
     return blocks
 
 
-def _figures(configs: list[Config], metric: str, regression: bool) -> list[tuple[str, plt.Figure | None, str]]:
+def _space_text(space: dict) -> str:
+    def one(key: str, spec: dict) -> str:
+        if "choices" in spec:
+            return f"{key} ∈ {{{', '.join(map(str, spec['choices']))}}}"
+        return f"{key} ∈ [{spec['low']:g}, {spec['high']:g}]" + (" log-uniform" if spec.get("log") else " uniform")
+    return "; ".join(one(k, v) for k, v in (space or {}).items()) or "nothing to tune"
+
+
+def _tuning(runs: list[Run]) -> list[tuple]:
+    """How the λ hyperparameters were chosen, from the runs' ``tuning`` records (``tuned=``): per policy
+    the budget, the search space, the chosen values and their validation score; or that nothing was tuned."""
+    seen: dict[str, dict] = {}
+    for r in runs:
+        t = r.summary.get("tuning")
+        if isinstance(t, dict) and (r.config.get("study") or {}).get("control_of") is None:
+            seen.setdefault(json.dumps([t.get("file"), t.get("lambda")]), t)
+    if not seen:
+        return [("h2", "How the λ hyperparameters were chosen"),
+                ("p", "No run used tuned=: every policy ran at the values of its config, untuned. A fair comparison "
+                      "tunes each policy with the same budget on the validation split first (python -m mixlab.tune) "
+                      "and runs the comparison with tuned=<its tuned.yaml>.")]
+    ts = list(seen.values())
+    budgets = {t.get("trials") for t in ts}
+    lead = ("The λ policies' hyperparameters were chosen by python -m mixlab.tune (seeded random search, trial 0 = "
+            "the config's defaults), each trial scored by its final validation metric; the test set never entered "
+            "selection. " + (f"Budget: {next(iter(budgets))} trials per policy (a policy with nothing to tune runs "
+                             "once). " if len(budgets) == 1 and None not in budgets else
+                             f"⚠ Budgets differ or are unknown across policies ({sorted(map(str, budgets))} trials): "
+                             "the comparison is not equal-budget. ")
+            + "The controls (strength-matched Beta) are not tuned: their α follows from the strength they match.")
+    rows = [[t.get("lambda"), t.get("file"), f"{t.get('trials_run', '—')} of {t.get('trials', '—')}",
+             t.get("search_seed", "—"), _space_text(t.get("space")),
+             ", ".join(f"{k}={_short(v)}" for k, v in (t.get("chosen") or {}).items()) or "—",
+             f"{t.get('objective_key') or 'objective'} {_f(t.get('best_objective'))}"] for t in ts]
+    return [("h2", "How the λ hyperparameters were chosen"), ("p", lead),
+            ("table", ["λ policy", "tuned.yaml", "trials run (of budget)", "search seed", "search space",
+                       "chosen", "chosen trial's validation score"], rows)]
+
+
+def _figures(configs: list[Config], metric: str, regression: bool,
+             primary: list[dict]) -> list[tuple[str, plt.Figure | None, str]]:
     # Per-epoch curves from the validation split: the test set is read once, at the end (unless the
     # runs set trainer.test_every, whose test curves are then shown).
     has_val = any(row.get("val_acc") is not None or row.get("val_mse") is not None
@@ -342,13 +439,22 @@ def _figures(configs: list[Config], metric: str, regression: bool) -> list[tuple
     curve = f"{split}_mse" if regression else f"{split}_acc"
     if not has_val and metric.startswith("test_") and metric != "test_ece":
         curve = metric
-    return [("curves", fig_curves(configs, curve), f"{NAMES.get(curve, curve)} per epoch, mean and min–max band"),
-            ("final", fig_final(configs, [metric] + ([] if regression or metric == "test_ece" else ["test_ece"])),
+    calibration = [] if regression else [m for m in ("test_ece", "test_ece_ts") if m != metric and (
+        m == "test_ece" or any(r.value(m) is not None for c in configs for r in c.done))]
+    return [("paired", fig_paired(primary),
+             "The declared primary comparison, seed by seed: Δ per policy against its reference with intervals "
+             "simultaneous over the family (Bonferroni: an interval that excludes 0 implies Holm's verdict, not "
+             "conversely); colour: the Holm verdict"),
+            ("curves", fig_curves(configs, curve), f"{NAMES.get(curve, curve)} per epoch, mean and min–max band"),
+            ("final", fig_final(configs, [metric] + calibration),
              "Final metrics per configuration, mean with 95% t-interval over seeds"),
             ("reliability", fig_reliability(configs), "Reliability diagrams, final epoch, seeds pooled"),
+            ("reliability_ts", fig_reliability(configs, "reliability_ts", " after temperature scaling (T fitted on "
+                                               "validation)"),
+             "Reliability diagrams after temperature scaling with T fitted on the validation split, seeds pooled"),
             ("lam_hist", fig_lam_hist(configs), "λ distribution of the final epoch, seeds pooled"),
             ("lam_strength", fig_lam_strength(configs),
-             "Mixing strength min(λ, 1 − λ) per epoch, mean and min–max band over seeds"),
+             "Mean λ and mixing strength min(λ, 1 − λ) per epoch, mean and min–max band over seeds"),
             ("lam_distance", fig_lam_distance(configs), "λ against pair distance for distance/sk (beta for contrast)"),
             ("mixed_examples", fig_mixed(configs), "Mixed training images (epoch 1) of one run per configuration"),
             ("decision_boundaries", fig_boundaries(configs), "Decision boundaries on moons, one seed per config")]
@@ -400,23 +506,27 @@ def write_report(sweep: str | Path, out: str | Path | None = None, baseline: str
     # The median of the last 10 epochs (OpenMixup) needs a test evaluation every epoch for 20 epochs or more:
     # shown only where a run recorded it.
     median = any(r.value("median_last10_acc") is not None for r in done)
-    others = ["test_mae"] if regression else [m for m in ("test_acc", "median_last10_acc", "test_nll", "test_ece",
-                                                            "test_brier") if m != metric and (median or m != "median_last10_acc")]
-    comps = {m: compare(configs, m, baseline, primary=(m == metric))
-             for m in dict.fromkeys([metric] + ([] if regression else ["test_ece"]))}
+    # Calibration after temperature scaling (T fitted on validation) beside the raw figures, where recorded.
+    scaled = any(r.value("test_nll_ts") is not None for r in done)
+    others = ["test_mae"] if regression else [
+        m for m in ("test_acc", "median_last10_acc", "test_nll", "test_nll_ts", "test_ece", "test_ece_ts", "test_brier")
+        if m != metric and (median or m != "median_last10_acc") and (scaled or not m.endswith("_ts"))]
+    comps = {m: compare(configs, m, baseline, primary=(m == metric), matched=matched_family(runs))
+             for m in dict.fromkeys([metric] + ([] if regression else ["test_ece"] + ["test_ece_ts"] * scaled))}
     refs = tuple(dict.fromkeys([baseline, "none"]))
     table = build_table(configs, metric, others, comps[metric], refs)
     configs = [row["config"] for row in table]  # one order (the table's) in every figure
     ns = sorted({row["n"] for row in table})
     n_text = f"n={ns[0]}{'–' + str(ns[-1]) if len(ns) > 1 else ''} seeds per configuration"
+    vs = [f"vs {ref}" for ref in refs] + ["vs matched"] * ("vs matched" in table[0])
     columns = ["configuration", "n (completed/launched)", f"{NAMES[metric]} mean ± std", "95% CI", *[NAMES[m] for m in others],
-               STRENGTH, *[f"vs {ref}" for ref in refs]]
+               STRENGTH, *[{"vs matched": "vs its strength-matched control"}.get(v, v) for v in vs]]
     rows = [[row["label"], _n_cell(row["config"]), _pm((row["mean"], row["std"])), f"[{_f(row['lo'])}, {_f(row['hi'])}]",
-             *[_pm(row[m]) for m in others], _pm(row["lam_strength"]), *[row[f"vs {ref}"] for ref in refs]]
+             *[_pm(row[m]) for m in others], _pm(row["lam_strength"]), *[row[v] for v in vs]]
             for row in table]
     blocks = _text_blocks(sweep, runs, ("table", columns, rows), comps, n_text, _budget(configs), metric, baseline)
     blocks.append(("h2", "Figures"))
-    for fname, fig, caption in _figures(configs, metric, regression):
+    for fname, fig, caption in _figures(configs, metric, regression, comps[metric]):
         if fig is not None:
             blocks.append(("figure", fname, f"{caption} ({n_text}).", _save(fig, out / "figures" / f"{fname}.png")))
     md = out / "report.md"

@@ -12,12 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Metrics where a smaller value is the better one (the rest: higher is better).
-LOWER_IS_BETTER = {f"{split}_{m}" for split in ("test", "val") for m in ("nll", "ece", "brier", "mse", "mae")}
+LOWER_IS_BETTER = ({f"{split}_{m}" for split in ("test", "val") for m in ("nll", "ece", "brier", "mse", "mae")}
+                   | {"test_nll_ts", "test_ece_ts", "test_brier_ts"})
+FIXED_LAM = {"none", "constant", "beta"}  # λ policies that are not dynamic, for records without lam_dynamic
 # Metric key -> its name in headings, columns and axis labels; also the --metric choices.
 NAMES = {"test_acc": "test accuracy", "test_ece": "ECE", "test_nll": "NLL", "test_brier": "Brier",
          "test_mse": "test MSE", "test_mae": "test MAE", "median_last10_acc": "median last-10 acc",
          "val_acc": "validation accuracy", "val_ece": "validation ECE", "val_nll": "validation NLL",
-         "val_brier": "validation Brier", "val_mse": "validation MSE", "val_mae": "validation MAE"}
+         "val_brier": "validation Brier", "val_mse": "validation MSE", "val_mae": "validation MAE",
+         # calibration after temperature scaling, T fitted on the validation split (Guo et al. 2017)
+         "test_nll_ts": "NLL (T-scaled)", "test_ece_ts": "ECE (T-scaled)", "test_brier_ts": "Brier (T-scaled)"}
 
 
 def fmt(x: float | None, nd: int = 4) -> str:
@@ -75,3 +79,21 @@ class Config:
     @property
     def lam(self) -> str | None:
         return self.flat.get("lam.name")
+
+    @property
+    def control_of(self) -> dict | None:
+        """The lam config this configuration is the strength-matched Beta control of
+        (``study.control_of``, written by ``python -m mixlab.controls``), else None."""
+        return next((m for r in self.runs if isinstance(m := (r.config.get("study") or {}).get("control_of"), dict)),
+                    None)
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether the λ policy is dynamic (``Policy.dynamic``, recorded as ``lam_dynamic``; older records:
+        every policy but none, constant and beta)."""
+        said = [r.summary["lam_dynamic"] for r in self.runs if isinstance(r.summary.get("lam_dynamic"), bool)]
+        return said[0] if said else self.lam not in FIXED_LAM
+
+    def lam_options(self) -> dict:
+        """This configuration's ``lam.*`` keys, flat (``{"lam.name": "distance", "lam.temperature": 0.5, ...}``)."""
+        return {k: v for k, v in self.flat.items() if k.startswith("lam.")}

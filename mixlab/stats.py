@@ -43,7 +43,7 @@ def paired_comparison(a: Mapping[object, float], b: Mapping[object, float], conf
     """Seed-matched comparison of ``a`` against ``b`` (each ``{seed: value}``).
 
     Only seeds present (with finite values) in both enter: d_s = a_s − b_s. Returns ``n`` (matched
-    pairs), ``seeds``, ``diff`` = mean d, ``lo``/``hi`` = the t interval of mean d, ``p`` = the paired
+    pairs), ``seeds``, ``d`` (the d_s, in ``seeds`` order), ``diff`` = mean d, ``lo``/``hi`` = the t interval of mean d, ``p`` = the paired
     t-test p-value (``scipy.stats.ttest_rel``) and the unadjusted ``verdict``.
 
     Degenerate cases scipy answers with NaN: all d equal to 0 (identical runs) → p = 1, CI [0, 0];
@@ -57,7 +57,7 @@ def paired_comparison(a: Mapping[object, float], b: Mapping[object, float], conf
     seeds = sorted((s for s in a if s in b and _finite(a[s]) and _finite(b[s])), key=str)
     d = np.array([float(a[s]) - float(b[s]) for s in seeds], dtype=np.float64)
     n = int(d.size)
-    out = {"n": n, "seeds": seeds, "diff": float(d.mean()) if n else math.nan,
+    out = {"n": n, "seeds": seeds, "d": d.tolist(), "diff": float(d.mean()) if n else math.nan,
            "lo": math.nan, "hi": math.nan, "p": math.nan, "p_wilcoxon": math.nan}
     if n >= WILCOXON_MIN_PAIRS and np.any(d != 0):
         out["p_wilcoxon"] = float(sps.wilcoxon(d).pvalue)

@@ -24,12 +24,13 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torchvision.utils import make_grid, save_image
 
-from .config import (ConfigError, apply_tuned, component_errors, config_difference, fingerprint, import_plugins,
-                     options, validate)
+from .config import (ConfigError, apply_strength, apply_tuned, component_errors, config_difference, fingerprint,
+                     import_plugins, options, validate)
 from .data import Batches, Dataset, dataset_from_config, eval_batches
 from .distributed import Dist, setup as setup_distributed
 from .loggers import LOGGERS, NoLogger
-from .metrics import classification_metrics, lam_stats, median_last, regression_metrics, reliability
+from .metrics import (classification_metrics, lam_stats, median_last, regression_metrics, reliability,
+                      temperature_scaled)
 from .lam import LAMBDAS
 from .mixing import MIXERS, Mix
 from .models import MixModel, build_model
@@ -396,7 +397,7 @@ def evaluate(p: Parts, split: str = "test", *, batch_size: int = 1000) -> dict:
     if p.ds.task == "classification":
         m = classification_metrics(out, y_all)
         return {f"{split}_acc": m["acc"], f"{split}_nll": m["nll"], f"{split}_ece": m["ece"],
-                f"{split}_brier": m["brier"], "reliability": reliability(out, y_all)}
+                f"{split}_brier": m["brier"], "reliability": reliability(out, y_all), "logits": out}
     m = regression_metrics(out.squeeze(1), y_all)
     return {f"{split}_acc": None, f"{split}_nll": None, f"{split}_ece": None, f"{split}_brier": None,
             f"{split}_mse": m["mse"], f"{split}_mae": m["mae"]}
@@ -467,7 +468,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     run_dir = Path(d.broadcast(str(run_dir)))
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    apply_tuned(cfg)  # the tuned hyperparameters are part of what the run is, and of its records
+    tuning = apply_tuned(cfg)  # the tuned hyperparameters are part of what the run is, and of its records
+    apply_strength(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     previous = read_json(run_dir / "summary.json") or {}
     _check_same_run(run_dir, resolved, previous)
@@ -476,7 +478,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
             print(f"mixlab: {run_dir} already completed; skipping (delete summary.json to redo)", file=sys.stderr)
         return previous["objective"]
     with _signals_to_flag() as stop:
-        return _run(cfg, run_dir, resolved, previous, stop, d)
+        return _run(cfg, run_dir, resolved, previous, stop, d, tuning)
 
 
 def _check_same_run(run_dir: Path, resolved: dict, previous: dict) -> None:
@@ -499,10 +501,13 @@ def _check_same_run(run_dir: Path, resolved: dict, previous: dict) -> None:
                       f"only by the same configuration: expected a new hydra.run.dir, or delete that folder")
 
 
-def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: dict, d: Dist = Dist()) -> float:
+def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: dict, d: Dist = Dist(),
+         tuning: dict | None = None) -> float:
     started = time.time()
     summary: dict = {"status": "running", "config": resolved, "git": git_info() if d.main else None,
                      "versions": versions(), "epochs": cfg.get("trainer", {}).get("epochs")}
+    if tuning is not None:
+        summary["tuning"] = tuning
     if d.world > 1:
         summary["world_size"] = d.world
     log = MetricsLog(run_dir / "metrics.jsonl")
@@ -514,6 +519,7 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: d
         import_plugins(cfg.get("plugins"))
         p = build(cfg, d)
         summary["dataset"] = p.ds.summary()
+        summary["lam_dynamic"] = bool(getattr(p.mix.lam_policy, "dynamic", True))  # the report's primary family
         ckpt = load_checkpoint(run_dir / "last.pt", map_location=p.device)
         start = _restore(p, ckpt) if ckpt is not None else 0
         if d.main:
@@ -544,8 +550,14 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: d
                 val = evaluate(p, "val") if p.ds.n_val else {}
                 every = cfg.trainer.get("test_every", 0)
                 test = evaluate(p, "test") if epoch == epochs or (every and epoch % every == 0) else {}
+                val_logits, test_logits = val.pop("logits", None), test.pop("logits", None)
                 extras = {"reliability": test.pop("reliability", None), "val_reliability": val.pop("reliability", None),
                           "lam_vs_distance": result["lam_vs_distance"]}
+                if val_logits is not None and test_logits is not None:  # calibration with T fitted on validation
+                    ts = temperature_scaled(val_logits, p.ds.y_val, test_logits, p.ds.y_test)
+                    extras["reliability_ts"] = ts.pop("reliability")
+                    test.update({"temperature": ts["temperature"],
+                                 **{f"test_{k}_ts": ts[k] for k in ("nll", "ece", "brier")}})
                 row = {"epoch": epoch, **result["row"], **val, **test, "lr": p.optimizer.param_groups[0]["lr"],
                        "seconds": time.perf_counter() - t0}
                 # Record first, checkpoint second: a kill between the two resumes from epoch - 1, drops this
@@ -596,7 +608,7 @@ def _final(rows: list[dict], ds: Dataset | None, wall: float) -> dict:
     ``final_val`` (the last validation metrics) and ``objective``, what sweepers and tuning optimise:
     the validation accuracy (MSE for regression), the test one only where there is no validation split."""
     last = rows[-1]
-    final = {k: last[k] for k in last if k.startswith("test_")}
+    final = {k: last[k] for k in last if k.startswith("test_") or k == "temperature"}
     final_val = {k: last[k] for k in last if k.startswith("val_")}
     classification = (last.get("val_acc") if final_val else last.get("test_acc")) is not None
     key = ("val_" if final_val else "test_") + ("acc" if classification else "mse")

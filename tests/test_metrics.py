@@ -11,11 +11,14 @@ import torch.nn.functional as F
 from mixlab.metrics import (
     Accumulator,
     classification_metrics,
+    fit_temperature,
     lam_stats,
     median_last,
     regression_metrics,
     reliability,
+    temperature_scaled,
 )
+from mixlab.metrics import TEMPERATURE_RANGE
 
 # ----------------------------------------------------------------------------- references
 
@@ -351,3 +354,60 @@ def test_median_last() -> None:
         median_last([])
     with pytest.raises(ValueError, match="positive int"):
         median_last([1.0], k=0)
+
+
+# ----------------------------------------------------------------------------- temperature scaling
+
+
+def _nll64(logits: np.ndarray, labels: np.ndarray, t: float) -> float:
+    from scipy.special import logsumexp
+
+    z = logits.astype(np.float64) / t
+    return float(np.mean(logsumexp(z, axis=1) - z[np.arange(len(labels)), labels]))
+
+
+def _miscalibrated(seed: int, n: int = 600, c: int = 10, scale: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, c, generator=g) * scale
+    labels = torch.randint(0, c, (n,), generator=g)
+    right = torch.rand(n, generator=g) < 0.6  # 60% right: the logits' scale says more, or less, than that
+    labels[right] = logits[right].argmax(1)
+    return logits, labels
+
+
+@pytest.mark.parametrize("seed,scale", [(0, 3.0), (1, 0.3), (2, 12.0)])
+def test_fitted_temperature_minimises_the_nll_like_scipy(seed, scale):
+    from scipy.optimize import minimize_scalar
+
+    logits, labels = _miscalibrated(seed, scale=scale)
+    z, y = logits.numpy(), labels.numpy()
+    ref = minimize_scalar(lambda lt: _nll64(z, y, math.exp(lt)), bounds=(math.log(1e-2), math.log(1e2)),
+                          method="bounded", options={"xatol": 1e-10})
+    t = fit_temperature(logits, labels)
+    assert t == pytest.approx(math.exp(ref.x), rel=1e-5)
+    assert _nll64(z, y, t) <= min(_nll64(z, y, 1.0), ref.fun + 1e-12)  # T = 1 is a candidate: never worse
+
+
+def test_fitted_temperature_scales_with_the_logits():
+    logits, labels = _miscalibrated(3)
+    assert fit_temperature(logits * 4.0, labels) == pytest.approx(4.0 * fit_temperature(logits, labels), rel=1e-6)
+
+
+def test_fitted_temperature_stops_at_its_range_where_the_nll_keeps_falling():
+    labels = torch.arange(20) % 4
+    separable = F.one_hot(labels, 4).float() * 5.0  # every sample right: sharper is always better
+    assert fit_temperature(separable, labels) == TEMPERATURE_RANGE[0]
+    assert fit_temperature(-separable, labels) == TEMPERATURE_RANGE[1]  # every sample wrong: flatter is better
+
+
+def test_temperature_scaled_metrics_are_the_metrics_of_the_scaled_test_logits():
+    val_logits, val_labels = _miscalibrated(4, scale=6.0)
+    logits, labels = _miscalibrated(5, scale=6.0)
+    out = temperature_scaled(val_logits, val_labels, logits, labels)
+    t = fit_temperature(val_logits, val_labels)  # fitted on validation, not on the logits it scales
+    assert out["temperature"] == t != pytest.approx(fit_temperature(logits, labels), rel=1e-3)
+    assert out["nll"] == pytest.approx(_nll64(logits.numpy(), labels.numpy(), t), abs=1e-5)
+    assert out["ece"] == pytest.approx(ref_ece(logits.numpy() / t, labels.numpy()), abs=1e-5)
+    raw = classification_metrics(logits, labels)
+    assert out["temperature"] > 1 and out["nll"] < raw["nll"]  # overconfident: a T fitted on like data helps
+    assert sum(out["reliability"]["count"]) == len(labels)

@@ -349,12 +349,14 @@ def test_mixlab_import_graph_has_no_cycle():
     assert "mixlab.runs" in graph["mixlab.figures"] and "mixlab.report" not in graph["mixlab.figures"]
 
 
-def test_a_committed_sweep_regenerates_its_report_byte_for_byte(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["report_sweep", "protocol_sweep"])
+def test_a_committed_sweep_regenerates_its_report_byte_for_byte(name, tmp_path, monkeypatch):
     # Auditable results: the records alone (summary.json + metrics.jsonl, no checkpoints) give back the
-    # committed report.md exactly, from the command its README states.
+    # committed report.md exactly, from the command its README states. report_sweep: untuned records
+    # from before study.*, tuning and temperature scaling; protocol_sweep: tune -> tuned sweep -> controls.
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
-    fixture = Path("tests/fixtures/report_sweep")
+    fixture = Path("tests/fixtures") / name
     assert {p.name for p in (fixture / "records").rglob("*") if p.is_file()} == {"summary.json", "metrics.jsonl"}
     from mixlab.report import main as report_main
 
@@ -371,8 +373,10 @@ def test_holm_runs_within_the_declared_primary_family_only(tmp_path):
     assert declared(runs) == ("beta", "test_acc")  # records without study.* fall back to the defaults
     rows = compare(group_runs(runs), "test_acc", "beta", primary=True)
     primary = [r for r in rows if r["family"] == "primary"]
-    assert sorted(r["label"] for r in primary) == ["lam=distance", "lam=none"] and {r["ref"] for r in primary} == {"beta"}
-    assert [r["p_adj"] for r in primary] == holm([r["p"] for r in primary])  # m = 2, not 3
+    # each *dynamic* policy against beta: none (no mixing) and none-vs-beta are exploratory
+    assert [r["label"] for r in primary] == ["lam=distance"] and {r["ref"] for r in primary} == {"beta"}
+    assert primary[0]["p_adj"] == primary[0]["p"]  # a family of one: Holm leaves p as it is (m = 1, not 3)
+    assert any(r["label"] == "lam=none" and r["ref"] == "beta" and r["family"] == "exploratory" for r in rows)
     exploratory = [r for r in rows if r["family"] == "exploratory"]
     assert [r["p_adj"] for r in exploratory] == holm([r["p"] for r in exploratory])
     assert all(r["family"] == "exploratory" for r in compare(group_runs(runs), "test_ece", "beta", primary=False))

@@ -10,6 +10,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -530,3 +531,31 @@ def test_lam_against_distance_is_recorded_as_the_policy_saw_it(extra, tmp_path):
     d, lam = torch.tensor(pairs["distance"]), torch.tensor(pairs["lam"])
     torch.testing.assert_close(lam, torch.exp(-d), rtol=1e-5, atol=1e-6)
     assert 0.3 < float(d.mean()) < 1.7  # normalised: a typical pair near 1, not the raw scale
+
+
+def test_calibration_after_temperature_scaling_fits_t_on_validation_and_scales_the_test_logits(tmp_path):
+    from scipy.optimize import minimize_scalar
+    from scipy.special import logsumexp
+
+    _, rows, summary = run(tmp_path, "lambda=beta")
+    assert "temperature" not in rows[0]  # epoch 1 has no test evaluation to calibrate
+    final = summary["final"]
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    p = train_module.build(compose_cfg(*FAST, "lambda=beta"))
+    p.model.load_state_dict(ckpt["model"])
+    p.model.eval()
+    with torch.no_grad():
+        z_val, z_test = (p.eval_forward(x).double().numpy() for x in (p.ds.x_val, p.ds.x_test))
+    y_val, y_test = p.ds.y_val.numpy(), p.ds.y_test.numpy()
+
+    def nll(z, y, t):
+        return float(np.mean(logsumexp(z / t, axis=1) - z[np.arange(len(y)), y] / t))
+
+    t_val = math.exp(minimize_scalar(lambda lt: nll(z_val, y_val, math.exp(lt)), bounds=(-4.6, 4.6),
+                                     method="bounded", options={"xatol": 1e-10}).x)
+    t_test = math.exp(minimize_scalar(lambda lt: nll(z_test, y_test, math.exp(lt)), bounds=(-4.6, 4.6),
+                                      method="bounded", options={"xatol": 1e-10}).x)
+    assert final["temperature"] == pytest.approx(t_val, rel=1e-4) != pytest.approx(t_test, rel=1e-3)
+    assert final["test_nll_ts"] == pytest.approx(nll(z_test, y_test, t_val), abs=1e-4)
+    assert final["test_nll"] == pytest.approx(nll(z_test, y_test, 1.0), abs=1e-4)
+    assert sum(summary["reliability_ts"]["count"]) == len(y_test)
