@@ -383,8 +383,11 @@ def _clean_features(p: Parts, x: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(p: Parts, split: str = "test", *, batch_size: int = 1000) -> dict:
-    """Metrics of the model on the ``test`` or ``val`` split, keys prefixed by the split's name."""
+def evaluate(p: Parts, split: str = "test", *, batch_size: int | None = None) -> dict:
+    """Metrics of the model on the ``test`` or ``val`` split, keys prefixed by the split's name.
+    Batches of 1000 on an accelerator; of 128 on a CPU, where a batch that fits the caches is faster
+    (the small cnn on 5 000 Fashion-MNIST images, one thread: 3.0 s at 128 against 5.6 s at 1000)."""
+    batch_size = batch_size or (128 if p.device.type == "cpu" else 1000)
     x_all, y_all = (p.ds.x_test, p.ds.y_test) if split == "test" else (p.ds.x_val, p.ds.y_val)
     p.model.eval()
     outs = []

@@ -58,12 +58,34 @@ def _better(a: float | None, b: float | None, higher: bool) -> bool:
     return b is None or (a > b if higher else a < b)
 
 
-def tune(lambdas: list[str], trials: int, out: str | Path, overrides: list[str], *, seed: int = 0) -> dict:
-    """Run every trial of every policy (skipping completed ones on a re-run) and write tuned.yaml."""
+def _trial(overrides: list[str], run_dir: str) -> float | None:
+    """One trial: compose the config from ``overrides`` and train it into ``run_dir``; a failed run is
+    recorded as failed in its summary.json and scores nothing."""
     from hydra import compose, initialize_config_dir
 
-    from .train import train
+    from .train import Interrupted, train
 
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    try:
+        return train(cfg, run_dir)
+    except (ConfigError, Interrupted):
+        raise
+    except Exception as e:  # noqa: BLE001 - the run recorded it; the other trials go on
+        print(f"mixlab.tune: {run_dir} failed ({type(e).__name__}: {e})", file=sys.stderr)
+        return None
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def tune(lambdas: list[str], trials: int, out: str | Path, overrides: list[str], *, seed: int = 0,
+         jobs: int = 1) -> dict:
+    """Run every trial of every policy (skipping completed ones on a re-run; ``jobs`` at a time, each
+    with its share of the CPU threads) and write tuned.yaml."""
     spaces, out = search_spaces(), Path(out)
     unknown = [p for p in lambdas if p not in spaces]
     if unknown:
@@ -71,16 +93,31 @@ def tune(lambdas: list[str], trials: int, out: str | Path, overrides: list[str],
                           f"{sorted(spaces)} (conf/search_spaces.yaml)")
     if trials < 1:
         raise ConfigError(f"--trials={trials}: expected an integer >= 1")
+    if jobs < 1:
+        raise ConfigError(f"--jobs={jobs}: expected an integer >= 1")
+    work = [(policy, k, params) for policy in lambdas
+            for k, params in enumerate(trials_for(policy, spaces[policy], trials, seed))]
+    args = [([*overrides, f"lambda={policy}", *(f"{key}={v!r}" for key, v in params.items())],
+             str(out / policy / f"trial_{k}")) for policy, k, params in work]
+    if jobs == 1:
+        objectives = [_trial(*a) for a in args]
+    else:
+        import multiprocessing
+        import os
+        from concurrent.futures import ProcessPoolExecutor
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(threads,)) as pool:
+            objectives = list(pool.map(_trial, *zip(*args)))
     log, tuned = [], {}
     for policy in lambdas:
         best, chosen = None, None
-        for k, params in enumerate(trials_for(policy, spaces[policy], trials, seed)):
-            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-                cfg = compose(config_name="config", overrides=[*overrides, f"lambda={policy}",
-                                                                *(f"{key}={v!r}" for key, v in params.items())])
-            objective = train(cfg, out / policy / f"trial_{k}")
+        for (p, k, params), objective in zip(work, objectives, strict=True):
+            if p != policy:
+                continue
             summary = json.loads((out / policy / f"trial_{k}" / "summary.json").read_text())
-            higher = not summary.get("objective_key", "val_acc").endswith(("mse", "mae"))
+            higher = not str(summary.get("objective_key") or "val_acc").endswith(("mse", "mae"))
             log.append({"lambda": policy, "trial": k, "params": params, "objective": objective,
                         "objective_key": summary.get("objective_key"), "status": summary.get("status")})
             if _better(objective, best, higher):  # the values the run used, defaults included, from its record
@@ -100,11 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lambdas", required=True, help="comma-separated λ policies, e.g. beta,distance,sk")
     ap.add_argument("--trials", type=int, default=8, help="trials per policy (the same for every policy)")
     ap.add_argument("--seed", type=int, default=0, help="seeds the search (not the runs: set seed= for that)")
+    ap.add_argument("--jobs", type=int, default=1, help="trials run at once, each in its own process with its "
+                                                       "share of the CPU threads (the choice does not depend on it)")
     ap.add_argument("--out", required=True, help="where the trials' records, tuning.json and tuned.yaml go")
     ap.add_argument("overrides", nargs="*", help="config overrides shared by every trial (data=..., trainer.epochs=...)")
     args = ap.parse_args(argv)
     try:
-        tuned = tune([p for p in args.lambdas.split(",") if p], args.trials, args.out, args.overrides, seed=args.seed)
+        tuned = tune([p for p in args.lambdas.split(",") if p], args.trials, args.out, args.overrides, seed=args.seed,
+                     jobs=args.jobs)
     except ConfigError as e:
         print(f"mixlab: error: {e}", file=sys.stderr)
         return 2
