@@ -6,11 +6,11 @@ a λ policy (``LAMBDAS``) and a mixer (``MIXERS``) — composed by ``Mix``. Data
 into them, named in the config key ``plugins``, extends ``python -m mixlab`` without editing mixlab.
 """
 from .data import DATASETS, Dataset
-from .lam import LAMBDAS, Policy, beta_icdf
-from .mixing import MIXERS, Mix, Mixed, Mixer, mix_inputs, mix_targets
+from .engine.lam import LAMBDAS, Policy, beta_icdf
+from .engine.mixing import MIXERS, Mix, Mixed, Mixer, mix_inputs, mix_targets
+from .engine.pairing import PAIRINGS, Pairing
+from .engine.registry import Registry
 from .models import MODELS, MixModel
-from .pairing import PAIRINGS, Pairing
-from .registry import Registry
 
 __version__ = "0.1.0"
 __all__ = ["DATASETS", "LAMBDAS", "MIXERS", "MODELS", "PAIRINGS", "Dataset", "Mix", "MixModel", "Mixed", "Mixer",

@@ -1,7 +1,7 @@
 """``python -m mixlab [group=option ...] [key=value ...]`` — one run; add ``-m`` for a sweep.
 
 Several processes (DDP): ``torchrun --standalone --nproc_per_node=N -m mixlab ...``.
-``python -m mixlab --help`` lists the groups, their options and the stable keys (``mixlab/cli.py``).
+``python -m mixlab --help`` lists the groups, their options and the stable keys (``mixlab/run/cli.py``).
 Exit status: 0 done, 2 a user error (one line, ``mixlab: error: ...``), 130/143 stopped by
 SIGINT/SIGTERM (the command that resumes is printed).
 """
@@ -18,9 +18,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .cli import USAGE, UsageError, check_args, interrupted
-from .config import CONF_DIR, ConfigError
-from .train import Diverged, Interrupted, train
+from .run.cli import USAGE, UsageError, check_args, interrupted
+from .run.config import CONF_DIR, ConfigError
+from .run.train import Diverged, Interrupted, train
 
 CONF = str(CONF_DIR)
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from bench_mixing import device_name
 
-from mixlab.pairing import exact_assignment, pairwise_distance, sinkhorn_assignment
+from mixlab.engine.pairing import exact_assignment, pairwise_distance, sinkhorn_assignment
 
 
 def batch(kind: str, b: int, d: int, seed: int) -> torch.Tensor:

@@ -4,7 +4,7 @@ throughput against a plain PyTorch loop, and the wall time of a sweep. Not a tes
 
   step   Each λ policy (random pairing) and each pairing (beta λ), plus the feature-space
          variants and manifold mixup, against ``lambda=none`` on the same model and batch.
-         Every case is a real ``Parts`` from ``mixlab.train.build`` run through
+         Every case is a real ``Parts`` from ``mixlab.run.train.build`` run through
          ``train_epoch`` on synthetic data; rounds are interleaved (round r runs every case
          once) and the overhead is the median of the per-round ratios case / none.
   e2e    Images per second over the training split: mixlab's loop against the way most
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench_mixing import device_name  # noqa: E402  (scripts/ is on sys.path when run as a script)
 from mixlab import LAMBDAS, PAIRINGS  # noqa: E402
-from mixlab import train as T  # noqa: E402
+from mixlab.run import train as T  # noqa: E402
 from mixlab.data import Dataset, find_fashion_mnist  # noqa: E402
 
 STEP_BASELINE = "lambda=none"
@@ -64,7 +64,7 @@ def synthetic(n: int, shape: tuple[int, ...], classes: int, device: torch.device
 
 
 def build_parts(overrides: list[str], ds: Dataset | None = None) -> T.Parts:
-    """``mixlab.train.build`` on ``overrides``; with ``ds`` the data loader is swapped for it."""
+    """``mixlab.run.train.build`` on ``overrides``; with ``ds`` the data loader is swapped for it."""
     cfg = compose(overrides)
     T.validate(cfg)
     if ds is None:

@@ -12,6 +12,16 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null &
         || echo "setup: could not install dataset-fashion-mnist with apt; torchvision will download it"
 fi
 
+# Jane Austen's novels (data=austen) from Debian's r-cran-janeaustenr, unpacked without installing R.
+AUSTEN=${HOME}/.cache/mixlab/janeaustenr
+if [ ! -e "$AUSTEN/usr/lib/R/site-library/janeaustenr/data/Rdata.rdx" ] && [ ! -e /usr/lib/R/site-library/janeaustenr/data/Rdata.rdx ] \
+        && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    ( tmp=$(mktemp -d) && cd "$tmp" && { apt-get download r-cran-janeaustenr >/dev/null 2>&1 \
+          || { apt-get update -qq && apt-get download r-cran-janeaustenr; } >/dev/null 2>&1; } \
+      && mkdir -p "$AUSTEN" && dpkg -x r-cran-janeaustenr_*.deb "$AUSTEN" && rm -rf "$tmp" ) \
+        || echo "setup: could not fetch r-cran-janeaustenr with apt; data=austen needs it (see README)"
+fi
+
 # torch and torchvision must be a matched pair from the package index: a CPU-only torch
 # wheel from a local find-links folder cannot load PyPI's torchvision. The CUDA build runs on CPU.
 TORCH=${MIXLAB_TORCH:-2.11.0}

@@ -15,7 +15,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from mixlab.__main__ import CONF
-from mixlab.cli import UsageError, check_args, resume_command
+from mixlab.run.cli import UsageError, check_args, resume_command
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}

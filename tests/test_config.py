@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from mixlab.config import ConfigError, validate
+from mixlab.run.config import ConfigError, validate
 from mixlab.data import DATASETS
-from mixlab.lam import LAMBDAS
-from mixlab.loggers import LOGGERS
-from mixlab.mixing import MIXERS
+from mixlab.engine.lam import LAMBDAS
+from mixlab.run.loggers import LOGGERS
+from mixlab.engine.mixing import MIXERS
 from mixlab.models import MODELS
-from mixlab.optim import OPTIMIZERS
-from mixlab.pairing import PAIRINGS
-from mixlab.train import build
+from mixlab.run.optim import OPTIMIZERS
+from mixlab.engine.pairing import PAIRINGS
+from mixlab.run.train import build
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -66,17 +66,29 @@ def test_stable_keys_exist_with_defaults():
 
 
 TINY = ("data=digits", "data.train_subset=64", "model=mlp", "device=cpu")
+TEXT_OPTIONS = {("model", "textcnn")}  # options that need text data
+
+
+def text_base(folder: Path) -> tuple[str, ...]:
+    """TINY's counterpart for text: the synthetic Austen corpus written into ``folder``."""
+    from .corpus import write_corpus
+
+    root = write_corpus(folder / "austen") if not (folder / "austen").exists() else folder / "austen"
+    return ("data=austen", f"data.root={root}", "data.seq_len=8", "data.val_size=30", "model=textcnn", "device=cpu")
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in sorted(GROUPS) if g != "data" for o in options_of(g)])
 def test_every_option_of_every_group_builds(group, option, tmp_path):
     overrides = [*TINY, f"{group}={option}"]
+    if (group, option) in TEXT_OPTIONS:  # a text model needs token ids: the synthetic corpus of tests/corpus.py
+        overrides = [*text_base(tmp_path), f"{group}={option}"]
     if group == "logger" and option == "wandb":
         overrides.append("logger.mode=disabled")
     cfg = compose_cfg(*overrides)
     validate(cfg)
     parts = build(cfg)
-    assert parts.ds.name == "digits" and parts.batches.batch_size == cfg.data.batch_size
+    assert parts.ds.name == ("austen" if (group, option) in TEXT_OPTIONS else "digits")
+    assert parts.batches.batch_size == cfg.data.batch_size
     if group == "lambda":
         assert type(parts.mix.lam_policy) is LAMBDAS.get(option)
     if group == "pairing":
@@ -146,8 +158,8 @@ def test_a_target_import_path_is_never_instantiated(node, monkeypatch):
     with pytest.raises(ConfigError, match=rf"^{node}\b.*_target_"):
         validate(cfg)
         build(cfg)
-        from mixlab.loggers import LOGGERS as loggers  # built last, in train()
-        from mixlab.config import component_errors, options
+        from mixlab.run.loggers import LOGGERS as loggers  # built last, in train()
+        from mixlab.run.config import component_errors, options
 
         with component_errors("logger"):
             loggers.build(cfg.logger.name, run_dir=Path("."), config={}, **options(cfg.logger))

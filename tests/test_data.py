@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from mixlab import data as D
+from mixlab.data import base as B
+from mixlab.data import images as D
 from mixlab.data import DATASETS, Batches, Dataset, crop_and_flip, eval_batches, load_dataset, read_idx
 
 HAVE_DEBIAN_FMNIST = all(
@@ -92,8 +93,9 @@ def shifted(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- registry / API
 
 
-def test_registered_names_are_exactly_the_six() -> None:
-    assert DATASETS.names() == sorted(["fashion_mnist", "digits", "cifar10", "cifar100", "diabetes", "moons"])
+def test_registered_names_are_exactly_the_ten() -> None:
+    assert DATASETS.names() == sorted(["fashion_mnist", "digits", "cifar10", "cifar100", "diabetes", "moons", "austen",
+                                       "ag_news", "sst2", "trec"])
 
 
 def test_unknown_name_lists_the_known_ones() -> None:
@@ -323,7 +325,7 @@ def test_digits_split() -> None:
     assert torch.allclose(raw * 16, (raw * 16).round(), atol=1e-4)  # values k/16
     assert raw.min().item() == pytest.approx(0.0, abs=1e-5) and raw.max().item() == pytest.approx(1.0, abs=1e-5)
     # The split does not move with the run seed; train and test are disjoint.
-    train, test = D.stratified_split(torch.arange(1797) % 10, n_test=360, generator=torch.Generator().manual_seed(0))
+    train, test = B.stratified_split(torch.arange(1797) % 10, n_test=360, generator=torch.Generator().manual_seed(0))
     assert torch.cat([train, test]).sort().values.equal(torch.arange(1797))
     assert torch.equal(load_dataset("digits", seed=5).y_test, ds.y_test)
 
@@ -448,7 +450,7 @@ def test_cifar_partly_missing_names_what_is_absent(tmp_path: Path, offline: list
 
 def test_cifar_missing_without_root_names_the_default(tmp_path: Path, offline: list[str],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(D, "DEFAULT_ROOT", tmp_path / "cache")
+    monkeypatch.setattr(B, "DEFAULT_ROOT", tmp_path / "cache")
     with pytest.raises(D.DataNotFoundError) as info:
         load_dataset("cifar10", download=True)
     assert_one_line_says_how(str(info.value), f"data.root=null, so {tmp_path / 'cache'}",

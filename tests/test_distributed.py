@@ -15,13 +15,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mixlab.config import ConfigError, validate
+from mixlab.run.config import ConfigError, validate
 from mixlab.data import Batches, Dataset
-from mixlab.distributed import Dist, setup
-from mixlab.mixing import Mix
-from mixlab.records import load_checkpoint
-import mixlab.train as train_module
-from mixlab.train import Interrupted, build, train
+from mixlab.run.distributed import Dist, setup
+from mixlab.engine.mixing import Mix
+from mixlab.run.records import load_checkpoint
+import mixlab.run.train as train_module
+from mixlab.run.train import Interrupted, build, train
 
 from .test_config import ROOT, compose_cfg
 from .test_train import FAST, without_timing

@@ -37,13 +37,13 @@ import numpy as np
 import pytest
 import torch
 
-from mixlab import data as D
+from mixlab.data import images as D
 from mixlab.data import load_dataset
-from mixlab.lam import LAMBDAS
-from mixlab.mixing import MIXERS
-from mixlab.pairing import PAIRINGS
-from mixlab.records import MetricsLog, load_checkpoint, read_json, remove_stale_temps
-from mixlab.train import train
+from mixlab.engine.lam import LAMBDAS
+from mixlab.engine.mixing import MIXERS
+from mixlab.engine.pairing import PAIRINGS
+from mixlab.run.records import MetricsLog, load_checkpoint, read_json, remove_stale_temps
+from mixlab.run.train import train
 
 from .test_config import compose_cfg
 from .test_data import _pickle, write_idx, write_tiny_fashion
@@ -472,7 +472,7 @@ def test_remove_stale_temps_removes_only_temp_files(tmp_path):
 
 
 def test_atomic_write_with_a_writer_function(tmp_path):
-    from mixlab.records import atomic_write
+    from mixlab.run.records import atomic_write
 
     atomic_write(tmp_path / "a.bin", lambda f: f.write(b"abc"))
     with pytest.raises(RuntimeError):

@@ -17,9 +17,11 @@ That every option's valid defaults build is ``tests/test_config.py``'s
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import math
 import re
+import shutil
 import string
 import tempfile
 from dataclasses import dataclass
@@ -31,12 +33,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import DictConfig, OmegaConf
 
-from mixlab.config import ConfigError, validate
+from mixlab.run.config import ConfigError, validate
 from mixlab.data import DATASETS
-from mixlab.pairing import METRICS, SPACES
-from mixlab.train import build
+from mixlab.engine.pairing import METRICS, SPACES
+from mixlab.run.train import build
 
-from .test_config import CONF, GROUPS, KEY, TINY, compose_cfg, options_of, run_cli
+from .test_config import CONF, GROUPS, KEY, TEXT_OPTIONS, TINY, compose_cfg, options_of, run_cli, text_base
 
 EXAMPLES = 15  # invalid values per target; ~1100 builds in all keeps the file under a minute
 
@@ -102,6 +104,11 @@ SPEC: dict[str, Spec] = {
     "data.crop_padding": integer(0, 8),  # at most the side of digits' 8x8 images
     "data.hflip": BOOL,
     "model.hidden": list_of(integer(1, 65536), extra=([],)),
+    "model.dim": integer(1, 1024),
+    "model.filters": integer(1, 65536),
+    "model.widths": list_of(integer(1, 32), extra=([],)),
+    "data.seq_len": integer(8, 100_000),
+    "data.vocab_size": integer(3, 10_000_000),
     "model.dropout": number(0, 1, open="hi"),
     "model.width": integer(1, 1024),
     "model.depth": integer(10, 1000, extra=(11, 15, 20, 30, 998)),  # (depth - 4) % 6 != 0
@@ -208,9 +215,19 @@ def targets() -> list[tuple[tuple[str, ...], str]]:
     out = [(TINY, k) for k in keys_of(TINY) if k.split(".")[0] not in nodes]
     for group in sorted(GROUPS.keys() - {"data"}):
         for option in options_of(group):
-            overrides = (*(o for o in TINY if not o.startswith(f"{group}=")), f"{group}={option}")
+            if (group, option) in TEXT_OPTIONS:
+                overrides = TEXT_BASE
+            else:
+                overrides = (*(o for o in TINY if not o.startswith(f"{group}=")), f"{group}={option}")
             out += [(overrides, k) for k in keys_of(overrides) if k.startswith(f"{KEY.get(group, group)}.")]
+    # the text data set's own keys, on the synthetic corpus
+    out += [(TEXT_BASE, k) for k in keys_of(TEXT_BASE) if k.startswith("data.") and k not in keys_of(TINY)]
     return out
+
+
+_CORPUS = tempfile.mkdtemp(prefix="mixlab-fuzz-")
+atexit.register(shutil.rmtree, _CORPUS, True)
+TEXT_BASE = text_base(Path(_CORPUS))
 
 
 TARGETS = targets()

@@ -17,8 +17,8 @@ from scipy import integrate, special, stats
 from scipy.spatial.distance import pdist
 
 from mixlab import LAMBDAS, Mix, beta_icdf
-from mixlab.lam import beta_alpha_for_strength, beta_strength
-from mixlab.pairing import batch_distance_scale
+from mixlab.engine.lam import beta_alpha_for_strength, beta_strength
+from mixlab.engine.pairing import batch_distance_scale
 
 ALL = LAMBDAS.names()
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mixlab.metrics import (
+from mixlab.tasks.metrics import (
     Accumulator,
     classification_metrics,
     fit_temperature,
@@ -18,7 +18,7 @@ from mixlab.metrics import (
     reliability,
     temperature_scaled,
 )
-from mixlab.metrics import TEMPERATURE_RANGE
+from mixlab.tasks.metrics import TEMPERATURE_RANGE
 
 # ----------------------------------------------------------------------------- references
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mixlab import LAMBDAS, MIXERS, PAIRINGS, Mix, mix_inputs, mix_targets
-from mixlab.registry import Registry
+from mixlab.engine.registry import Registry
 
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 LOW_PRECISION = [torch.bfloat16, torch.float16]

@@ -16,6 +16,9 @@ from mixlab.models import MODELS, MixModel, build_model
 IMAGE_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 TABULAR_SHAPE = (2,)
 TABULAR_MODELS = {"mlp"}
+# Text models read token ids (B, L): 16 tokens of a 50-word vocabulary, padded at the end.
+TEXT_SHAPE, VOCAB = (16,), 50
+TEXT_MODELS = {"textcnn"}
 
 # Narrow variants keep the file fast; a model missing here is tested at its defaults.
 SMALL_OPTIONS: dict[str, dict[str, object]] = {
@@ -23,6 +26,7 @@ SMALL_OPTIONS: dict[str, dict[str, object]] = {
     "cnn": {"width": 8},
     "preact_resnet18": {"width": 8},
     "wrn": {"depth": 10, "widen": 2},
+    "textcnn": {"dim": 8, "filters": 4},
 }
 NUM_CLASSES = 5
 BATCH = 4
@@ -41,7 +45,7 @@ def _one_thread():
 def _cases() -> list[tuple[str, tuple[int, ...]]]:
     cases = []
     for name in MODELS.names():
-        shapes = IMAGE_SHAPES + ([TABULAR_SHAPE] if name in TABULAR_MODELS else [])
+        shapes = [TEXT_SHAPE] if name in TEXT_MODELS else IMAGE_SHAPES + ([TABULAR_SHAPE] if name in TABULAR_MODELS else [])
         cases += [(name, shape) for shape in shapes]
     return cases
 
@@ -54,11 +58,20 @@ IMAGE_IDS = [f"{name}-{'x'.join(map(str, shape))}" for name, shape in IMAGE_CASE
 
 def _small(name: str, in_shape: tuple[int, ...], *, seed: int = 0) -> MixModel:
     torch.manual_seed(seed)
-    return build_model(name, in_shape=in_shape, num_classes=NUM_CLASSES, **SMALL_OPTIONS.get(name, {}))
+    text = {"vocab_size": VOCAB} if name in TEXT_MODELS else {}
+    return build_model(name, in_shape=in_shape, num_classes=NUM_CLASSES, **SMALL_OPTIONS.get(name, {}), **text)
+
+
+def _shape(name: str) -> tuple[int, ...]:
+    """A small input shape the model takes: token sequences for text models, 8x8 images for the rest."""
+    return TEXT_SHAPE if name in TEXT_MODELS else (1, 8, 8)
 
 
 def _input(in_shape: tuple[int, ...], *, batch: int = BATCH, seed: int = 1) -> Tensor:
     gen = torch.Generator().manual_seed(seed)
+    if in_shape == TEXT_SHAPE:  # token ids, each row padded (id 0) after a different length
+        ids = torch.randint(2, VOCAB, (batch, *in_shape), generator=gen)
+        return ids * (torch.arange(in_shape[0]) < torch.arange(batch).unsqueeze(1) % in_shape[0] + 4)
     return torch.randn(batch, *in_shape, generator=gen)
 
 
@@ -85,7 +98,8 @@ def test_shapes_and_attributes(name: str, in_shape: tuple[int, ...]) -> None:
 
 @pytest.mark.parametrize(("name", "in_shape"), CASES, ids=CASE_IDS)
 def test_default_options_build_and_run(name: str, in_shape: tuple[int, ...]) -> None:
-    model = build_model(name, in_shape=in_shape, num_classes=NUM_CLASSES).eval()
+    text = {"vocab_size": VOCAB} if name in TEXT_MODELS else {}
+    model = build_model(name, in_shape=in_shape, num_classes=NUM_CLASSES, **text).eval()
     with torch.no_grad():
         logits = model(_input(in_shape, batch=2))
     assert logits.shape == (2, NUM_CLASSES)
@@ -122,7 +136,7 @@ def test_mix_sees_the_output_of_block_k(name: str, in_shape: tuple[int, ...]) ->
     model = _small(name, in_shape).eval()
     x = _input(in_shape)
     with torch.no_grad():
-        expected = x
+        expected = x if model.stem is None else model.stem(x)  # text: point 0 is the embedded sequence
         for k in range(model.num_mix_points):
             if k > 0:
                 expected = model.blocks[k - 1](expected)
@@ -166,7 +180,8 @@ def test_hidden_mix_points_are_not_input_mixup(name: str, in_shape: tuple[int, .
     # like the input: manifold mixup there is input mixup in disguise. In float64 the two
     # agree to ~1e-15, so anything above 1e-6 of the logits' scale is a genuine difference.
     model = _small(name, in_shape).double().eval()
-    x = _input(in_shape).double()
+    x = _input(in_shape)
+    x = x if x.dtype == torch.int64 else x.double()  # token ids stay ids
 
     def mix(h: Tensor) -> Tensor:
         return 0.7 * h + 0.3 * h.flip(0)
@@ -206,8 +221,8 @@ def test_gradients_reach_every_parameter(name: str, in_shape: tuple[int, ...]) -
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_invalid_mix_at_is_rejected(name: str) -> None:
-    model = _small(name, (1, 8, 8))
-    x = _input((1, 8, 8))
+    model = _small(name, _shape(name))
+    x = _input(_shape(name))
     for bad in (-1, model.num_mix_points, 99):
         with pytest.raises(ValueError, match=rf"mix_at={bad}\b"):
             model(x, mix_at=bad, mix=lambda h: h)
@@ -222,16 +237,16 @@ def test_invalid_mix_at_is_rejected(name: str) -> None:
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_mix_that_changes_shape_is_rejected(name: str) -> None:
-    model = _small(name, (1, 8, 8))
+    model = _small(name, _shape(name))
     with pytest.raises(ValueError, match="shape"):
-        model(_input((1, 8, 8)), mix_at=0, mix=lambda h: h[:2])
+        model(_input(_shape(name)), mix_at=0, mix=lambda h: h[:2])
 
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_integer_like_mix_at_is_accepted(name: str) -> None:
     # The loop may sample k with numpy or torch; both must work like a plain int.
-    model = _small(name, (1, 8, 8)).eval()
-    x = _input((1, 8, 8))
+    model = _small(name, _shape(name)).eval()
+    x = _input(_shape(name))
     with torch.no_grad():
         plain = model(x)
         for k in (np.int64(0), torch.tensor(0)):
@@ -240,7 +255,7 @@ def test_integer_like_mix_at_is_accepted(name: str) -> None:
         assert torch.equal(model(x, mix=lambda h: h.flip(0)), plain)
 
 
-@pytest.mark.parametrize("name", sorted(set(MODELS.names()) - TABULAR_MODELS))
+@pytest.mark.parametrize("name", sorted(set(MODELS.names()) - TABULAR_MODELS - TEXT_MODELS))
 @pytest.mark.parametrize("in_shape", [(2,), (28, 28), (1, 3, 32, 32)])
 def test_conv_models_reject_non_image_shapes(name: str, in_shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match=r"in_shape=" + repr(in_shape).replace("(", r"\(").replace(")", r"\)")):
@@ -334,7 +349,7 @@ def test_bf16_autocast_forward_and_backward(name: str, in_shape: tuple[int, ...]
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_same_seed_same_init(name: str) -> None:
-    a, b, c = (_small(name, (1, 8, 8), seed=s) for s in (7, 7, 8))
+    a, b, c = (_small(name, _shape(name), seed=s) for s in (7, 7, 8))
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert any(not torch.equal(sa[k], sc[k]) for k in sa)

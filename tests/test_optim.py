@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from mixlab.optim import build_optimizer, lr_factor
+from mixlab.run.optim import build_optimizer, lr_factor
 
 
 def lrs(schedule: str, *, warmup_epochs: float = 0.0, epochs: int = 4, steps: int = 10, **kw) -> list[float]:

@@ -16,7 +16,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 from mixlab import PAIRINGS
-from mixlab.pairing import METRICS, pair_distance, pairwise_distance
+from mixlab.engine.pairing import METRICS, pair_distance, pairwise_distance
 
 ALL = PAIRINGS.names()
 # Strategies that never pair a sample with itself when B >= 2 (class pairings via their
@@ -340,7 +340,7 @@ def test_distance_pairings_are_float32_under_bf16_autocast(name):
 
 
 def test_exact_assignment_leaves_the_callers_cost_alone():
-    from mixlab.pairing import exact_assignment
+    from mixlab.engine.pairing import exact_assignment
 
     cost = torch.rand(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     before = cost.clone()
@@ -395,7 +395,7 @@ def test_sinkhorn_derangement_property_with_ties(b, seed, levels):
 
 
 def test_sinkhorn_assignment_on_degenerate_cost_matrices():
-    from mixlab.pairing import sinkhorn_assignment
+    from mixlab.engine.pairing import sinkhorn_assignment
 
     for b in (2, 3, 40):
         for cost in (torch.zeros(b, b), torch.ones(b, b), torch.eye(b) * 1e9, torch.rand(b, b) * 1e-30,
@@ -484,7 +484,7 @@ def test_sinkhorn_stays_on_the_device(device):
 
 
 def test_auto_solver_picks_exact_on_the_cpu_and_for_small_batches():
-    from mixlab.pairing import AUTO_EXACT_MAX_BATCH
+    from mixlab.engine.pairing import AUTO_EXACT_MAX_BATCH
 
     auto = _optimal("auto")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")

@@ -13,13 +13,13 @@ import yaml
 from scipy import stats as sps
 from scipy.special import beta as beta_fn
 
-from mixlab.controls import control_config, plan
-from mixlab.controls import main as controls_main
-from mixlab.lam import LAMBDAS, STRENGTH_RANGE
-from mixlab.report import compare, group_runs, load_runs, matched_policy
-from mixlab.report import main as report_main
-from mixlab.train import train
-from mixlab.tune import main as tune_main
+from mixlab.study.controls import control_config, plan
+from mixlab.study.controls import main as controls_main
+from mixlab.engine.lam import LAMBDAS, STRENGTH_RANGE
+from mixlab.study.report import compare, group_runs, load_runs, matched_policy
+from mixlab.study.report import main as report_main
+from mixlab.run.train import train
+from mixlab.study.tune import main as tune_main
 
 from .test_config import compose_cfg
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from mixlab import records
-from mixlab.records import (
+from mixlab.run import records
+from mixlab.run.records import (
     MetricsLog,
     atomic_write_bytes,
     atomic_write_json,

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from scipy import stats as sps
 
-import mixlab.loggers
-from mixlab.report import build_table, compare, group_runs, load_runs, write_report
-from mixlab.train import train
+import mixlab.run.loggers
+from mixlab.study.report import build_table, compare, group_runs, load_runs, write_report
+from mixlab.run.train import train
 
 from .test_config import compose_cfg
 
@@ -241,7 +241,7 @@ def test_wandb_table_is_logged_and_a_failure_is_a_warning(moons, tmp_path, monke
         def finish(self):
             calls.append("finish")
 
-    monkeypatch.setattr(mixlab.loggers.LOGGERS, "build", lambda name, **kw: calls.append((name, kw)) or Fake())
+    monkeypatch.setattr(mixlab.run.loggers.LOGGERS, "build", lambda name, **kw: calls.append((name, kw)) or Fake())
     write_report(runs, out=tmp_path / "a")
     assert calls[0][0] == "wandb" and calls[0][1]["group"] == "report" and calls[0][1]["mode"] in ("offline", "online")
     assert calls[1][0] == "report" and calls[1][1][0] == "configuration" and calls[-1] == "finish"
@@ -249,7 +249,7 @@ def test_wandb_table_is_logged_and_a_failure_is_a_warning(moons, tmp_path, monke
     def broken(name, **kw):
         raise RuntimeError("no network")
 
-    monkeypatch.setattr(mixlab.loggers.LOGGERS, "build", broken)
+    monkeypatch.setattr(mixlab.run.loggers.LOGGERS, "build", broken)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         md, _ = write_report(runs, out=tmp_path / "b")
@@ -270,7 +270,7 @@ def test_wandb_logger_mirrors_both_lam_histograms(tmp_path, monkeypatch):
     fake = type(sys)("wandb")
     fake.init, fake.Histogram = (lambda **kw: Run()), Histogram
     monkeypatch.setitem(sys.modules, "wandb", fake)
-    logger = mixlab.loggers.WandbLogger(run_dir=tmp_path, config={}, mode="offline")
+    logger = mixlab.run.loggers.WandbLogger(run_dir=tmp_path, config={}, mode="offline")
     logger.log({"lam_mean": 0.5, "lam_hist": [1, 0, 0, 3], "lam_strength": 0.1, "lam_strength_hist": [3, 0, 1, 0]},
                step=2)
     [(data, step)] = logged
@@ -323,9 +323,10 @@ def _imports_of(path: Path, name: str, modules: set[str]) -> set[str]:
     return found
 
 
-def test_mixlab_import_graph_has_no_cycle():
+def test_mixlab_import_graph_has_no_cycle_and_points_down_the_layers():
     """No module of the package imports itself back through others (report and figures once did, via the types
-    they share; those now live in mixlab.runs, below both). Holds for every module added later."""
+    they share; those now live in mixlab.study.runs, below both). The layers point down: study -> run ->
+    tasks/models/data -> engine, and the engine imports nothing else of mixlab. Holds for every module added later."""
     files = {}
     for path in sorted((ROOT / "mixlab").rglob("*.py")):
         parts = path.relative_to(ROOT).with_suffix("").parts
@@ -346,7 +347,14 @@ def test_mixlab_import_graph_has_no_cycle():
     for name in sorted(graph):
         if name not in state:
             visit(name, [])
-    assert "mixlab.runs" in graph["mixlab.figures"] and "mixlab.report" not in graph["mixlab.figures"]
+    assert "mixlab.study.runs" in graph["mixlab.study.figures"] and "mixlab.study.report" not in graph["mixlab.study.figures"]
+    rank = {"engine": 0, "data": 1, "models": 1, "tasks": 1, "run": 2, "study": 3}
+    layer = {name: name.split(".")[1] for name in graph if name.count(".") >= 1 and name.split(".")[1] in rank}
+    for name, deps in graph.items():
+        for dep in deps:
+            if name in layer and dep in layer and layer[name] != layer[dep]:
+                assert rank[layer[dep]] < rank[layer[name]], f"{name} imports {dep}: an arrow up the layers"
+    assert all(dep.startswith("mixlab.engine") for name in graph if layer.get(name) == "engine" for dep in graph[name])
 
 
 @pytest.mark.parametrize("name", ["report_sweep", "protocol_sweep"])
@@ -358,7 +366,7 @@ def test_a_committed_sweep_regenerates_its_report_byte_for_byte(name, tmp_path, 
     monkeypatch.chdir(root)
     fixture = Path("tests/fixtures") / name
     assert {p.name for p in (fixture / "records").rglob("*") if p.is_file()} == {"summary.json", "metrics.jsonl"}
-    from mixlab.report import main as report_main
+    from mixlab.study.report import main as report_main
 
     assert report_main([str(fixture / "records"), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "report.md").read_text() == (fixture / "report.md").read_text()
@@ -366,8 +374,8 @@ def test_a_committed_sweep_regenerates_its_report_byte_for_byte(name, tmp_path, 
 
 def test_holm_runs_within_the_declared_primary_family_only(tmp_path):
     # The fixture's records: none, beta, distance × 3 seeds. Primary: each policy vs beta on test accuracy.
-    from mixlab.report import compare, declared
-    from mixlab.stats import holm
+    from mixlab.study.report import compare, declared
+    from mixlab.study.stats import holm
 
     runs = load_runs(Path(__file__).resolve().parent / "fixtures" / "report_sweep" / "records")
     assert declared(runs) == ("beta", "test_acc")  # records without study.* fall back to the defaults
@@ -391,7 +399,7 @@ def test_every_committed_result_regenerates_from_its_records_or_is_marked_supers
     # docs/results/<name>/: records/ (summary.json + metrics.jsonl per run) and the report.md that
     # `python3 -m mixlab.report docs/results/<name>/records --out docs/results/<name>` wrote, from the
     # repository root; a folder without records may stay only as a superseded record, said so in the index.
-    from mixlab.report import main as report_main
+    from mixlab.study.report import main as report_main
 
     monkeypatch.chdir(ROOT)
     results = Path("docs/results")

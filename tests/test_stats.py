@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from mixlab.stats import holm, mean_ci, paired_comparison, verdict
+from mixlab.study.stats import holm, mean_ci, paired_comparison, verdict
 
 
 def seeds(values) -> dict[int, float]:
@@ -170,7 +170,7 @@ def test_wilcoxon_beside_the_t_test_from_six_pairs():
 
 
 def test_report_says_when_the_t_test_and_wilcoxon_disagree():
-    from mixlab.report import _test_agreement
+    from mixlab.study.report import _test_agreement
 
     agree = [{"label": "x", "ref_label": "beta", "p": 0.01, "p_wilcoxon": 0.02}]
     split = agree + [{"label": "y", "ref_label": "beta", "p": 0.03, "p_wilcoxon": 0.2}]

@@ -125,7 +125,7 @@ def test_submitit_launcher_with_the_local_executor(tmp_path):
 
 
 def test_job_folder_names_say_what_the_job_runs():
-    from mixlab.config import job_dir
+    from mixlab.run.config import job_dir
 
     a = job_dir(["data=digits", "seed=1", "lambda=beta", "device=cpu", "trainer.progress=false", "logger.mode=offline"])
     assert a == "lambda=beta,seed=1,data=digits"  # volatile keys out; policy and seed first

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-import mixlab.train as train_module
-from mixlab.lam import LAMBDAS
-from mixlab.mixing import MIXERS
-from mixlab.pairing import PAIRINGS
-from mixlab.config import ConfigError
-from mixlab.distributed import Dist
+import mixlab.run.train as train_module
+from mixlab.engine.lam import LAMBDAS
+from mixlab.engine.mixing import MIXERS
+from mixlab.engine.pairing import PAIRINGS
+from mixlab.run.config import ConfigError
+from mixlab.run.distributed import Dist
 from mixlab.models import build_model
-from mixlab.records import load_checkpoint
-from mixlab.train import Diverged, train
+from mixlab.run.records import load_checkpoint
+from mixlab.run.train import Diverged, train
 
 from .test_config import compose_cfg
 

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from scipy import stats
 
-from mixlab.tune import main as tune_main
-from mixlab.tune import sample, search_spaces, trials_for
+from mixlab.study.tune import main as tune_main
+from mixlab.study.tune import sample, search_spaces, trials_for
 
 from .test_config import compose_cfg
 
@@ -60,7 +60,7 @@ def test_tuning_gives_equal_budgets_selects_on_validation_and_the_comparison_use
         assert tuned[policy][key] == pytest.approx(summaries[best]["config"]["lam"][key[4:]])
     assert tuned["none"] == {}
     # the comparison reads tuned.yaml: its records show exactly the chosen values
-    from mixlab.train import train
+    from mixlab.run.train import train
 
     train(compose_cfg(*TINY, "lambda=beta", f"tuned={out / 'tuned.yaml'}"), tmp_path / "compare")
     used = json.loads((tmp_path / "compare" / "summary.json").read_text())["config"]
@@ -89,3 +89,29 @@ def test_parallel_trials_run_the_same_trials_and_choose_the_same(tmp_path):
     assert [t["objective"] for t in two] == pytest.approx([t["objective"] for t in one], abs=2 / 300)
     assert all(t["status"] == "completed" for t in two)
     assert yaml.safe_load((tmp_path / "two" / "tuned.yaml").read_text()).keys() == {"beta", "distance"}
+
+
+def test_stopping_the_tuner_stops_its_workers_and_the_same_command_resumes(tmp_path):
+    # A worker left running after its tuner is killed writes on into folders that a new tuner writes too.
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "t"
+    cmd = [sys.executable, "-m", "mixlab.tune", "--lambdas", "beta", "--trials", "2", "--jobs", "2", "--out", str(out),
+           *[o for o in TINY if not o.startswith("trainer.epochs")], "trainer.epochs=400"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = [out / "beta" / f"trial_{k}" / "metrics.jsonl" for k in range(2)]
+    deadline = time.time() + 240
+    while not all(p.exists() for p in logs) and time.time() < deadline:
+        time.sleep(0.5)
+    assert all(p.exists() for p in logs), proc.stderr.read() if proc.poll() is not None else "no trial started"
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "the same command resumes" in err
+    sizes = [p.stat().st_size for p in logs]
+    time.sleep(3)
+    assert [p.stat().st_size for p in logs] == sizes  # nobody writes on
+    for k in range(2):
+        summary = json.loads((out / "beta" / f"trial_{k}" / "summary.json").read_text())
+        assert summary["status"] == "interrupted"

@@ -246,7 +246,7 @@ class Distance(Policy):
     at the mixing layer for manifold mixup).
 
     ``normalize`` divides d by the ``mean`` (default) or ``median`` distance over *all* pairs of
-    the batch (:func:`~mixlab.pairing.batch_distance_scale`), so d ≈ 1 for a typical pair
+    the batch (:func:`~mixlab.engine.pairing.batch_distance_scale`), so d ≈ 1 for a typical pair
     whatever the data's scale, while what the pairing chose still shows: ``pairing=nearest``
     gives d < 1 (λ large, little mixing), ``farthest`` d > 1. (Dividing by the chosen pairs' own
     mean would normalise both to ≈ 1 and erase the pairing.) ``normalize='none'`` is the seed's literal form;

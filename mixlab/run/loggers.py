@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .registry import Registry
+from ..engine.registry import Registry
 
 LOGGERS: Registry = Registry("logger")
 

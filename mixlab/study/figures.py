@@ -223,9 +223,9 @@ def fig_mixed(configs: list[Config]) -> plt.Figure | None:
 def fig_boundaries(configs: list[Config]) -> plt.Figure | None:
     import torch
 
-    from .data import dataset_from_config
-    from .models import build_model
-    from .records import load_checkpoint
+    from ..data import dataset_from_config
+    from ..models import build_model
+    from ..run.records import load_checkpoint
 
     picks = [(c, next((r for r in c.done if (r.path / "last.pt").exists()), None)) for c in configs
              if c.flat.get("data.name") == "moons"]

@@ -6,7 +6,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .registry import Registry, is_number
+from ..engine.registry import Registry, is_number
 
 OPTIMIZERS: Registry = Registry("optim")
 SCHEDULES = ("cosine", "step", "constant")

@@ -7,6 +7,7 @@ from ``last.pt`` and ends with the same metrics as an uninterrupted run (on CPU)
 """
 from __future__ import annotations
 
+import inspect
 import math
 import signal
 import sys
@@ -18,24 +19,23 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torchvision.utils import make_grid, save_image
 
+from ..data import Batches, Dataset, dataset_from_config, eval_batches
+from ..engine.lam import LAMBDAS
+from ..engine.mixing import MIXERS, Mix
+from ..engine.pairing import PAIRINGS, _lowest_top_bidder, batch_distance_scale, pair_distance
+from ..models import MODELS, MixModel, build_model
+from ..tasks import TASKS, Classification, Task
+from ..tasks.metrics import lam_stats, median_last, temperature_scaled
 from .config import (ConfigError, apply_strength, apply_tuned, component_errors, config_difference, fingerprint,
                      import_plugins, options, validate)
-from .data import Batches, Dataset, dataset_from_config, eval_batches
 from .distributed import Dist, setup as setup_distributed
 from .loggers import LOGGERS, NoLogger
-from .metrics import (classification_metrics, lam_stats, median_last, regression_metrics, reliability,
-                      temperature_scaled)
-from .lam import LAMBDAS
-from .mixing import MIXERS, Mix
-from .models import MixModel, build_model
 from .optim import build_optimizer
-from .pairing import PAIRINGS, _lowest_top_bidder, batch_distance_scale, pair_distance
 from .records import (MetricsLog, atomic_write, atomic_write_json, git_info, load_checkpoint, read_json,
                       remove_stale_temps, rng_state, save_checkpoint, set_rng_state, versions)
 
@@ -126,10 +126,12 @@ class Parts:
     device: torch.device
     amp: bool
     channels_last: bool
-    manifold: bool
+    manifold: bool  # mixing inside the model: mixer=manifold, or a model that embeds its inputs (text)
     needs_features: bool
     dist: Dist = field(default_factory=Dist)
     bank: FeatureBank | None = None  # trainer.features=cache
+    task: Task = field(default_factory=Classification)  # what targets, the loss and the metrics are
+    mix_at: int | None = None  # a fixed mix point (text with mixer=input: 0, the embeddings); None: drawn per step
 
 
 class FeatureBank:
@@ -217,16 +219,21 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
     with component_errors("data"):
         ds = dataset_from_config(cfg.data, seed=cfg.seed, device=device)
         batches = Batches(ds, batch_size=cfg.data.batch_size, generator=generators["data"],
-                          crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip, rank=d.rank, world_size=d.world)
+                          crop_padding=cfg.data.get("crop_padding", 0), hflip=cfg.data.get("hflip", False),
+                          rank=d.rank, world_size=d.world)
+    if ds.is_text and "vocab_size" not in inspect.signature(MODELS.get(cfg.model.name)).parameters:
+        raise ConfigError(f"model={cfg.model.name}: reads numbers, but data={ds.name} gives token ids; expected a text "
+                          "model (textcnn)")
     with component_errors("model"):
-        model = build_model(cfg.model.name, in_shape=ds.input_shape, num_classes=ds.num_classes,
-                            **options(cfg.model)).to(device)
+        model = build_model(cfg.model.name, in_shape=ds.input_shape, num_classes=ds.num_classes, **options(cfg.model),
+                            **({"vocab_size": ds.vocab_size} if ds.is_text else {})).to(device)
     if d.world > 1:
         torch.manual_seed(d.seed(cfg.seed))  # dropout: each process its own masks
     channels_last = _auto(cfg.trainer.channels_last, device) and len(ds.input_shape) == 3
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    classification = ds.task == "classification"
+    task = TASKS.build(ds.task)
+    classification = task.has_classes
     for group, registry, node in (("lam", LAMBDAS, cfg.lam), ("pairing", PAIRINGS, cfg.pairing),
                                   ("mixer", MIXERS, cfg.mixer)):
         with component_errors(group):
@@ -244,6 +251,13 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
         optimizer, scheduler = build_optimizer(cfg.optim.name, model.parameters(), steps_per_epoch=len(batches),
                                                epochs=cfg.trainer.epochs, **options(cfg.optim))
     manifold = cfg.mixer.name == "manifold"
+    inside = bool(getattr(model, "mixes_inside", False))  # text: inputs are mixed after the model's embedding
+    if inside and cfg.mixer.name == "cutmix":
+        raise ConfigError(f"mixer=cutmix: needs images, but model={cfg.model.name} embeds token ids; expected mixer=input "
+                          "(the embedded sequences, wordMixup) or manifold (a hidden layer, e.g. the sentence embedding)")
+    if inside and scope == "global":
+        raise ConfigError(f"trainer.pairing_scope='global': not supported with model={cfg.model.name}, which mixes inside "
+                          "the model (embeddings are not gathered across processes); expected local")
     uses_features = any(getattr(part, "space", "input") == "feature" for part in (mix.lam_policy, mix.pairing))
     forward = torch.compile(model) if cfg.trainer.compile else model
     eval_forward = forward
@@ -253,15 +267,13 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
     needs_features = uses_features and not manifold
     bank = FeatureBank(model, ds.n_train, device, d) if needs_features and cfg.trainer.features == "cache" else None
     return Parts(ds, model, forward, eval_forward, mix, batches, optimizer, scheduler, generators, device,
-                 _auto(cfg.trainer.amp, device), channels_last, manifold, needs_features, d, bank)
+                 _auto(cfg.trainer.amp, device), channels_last, manifold or inside, needs_features, d, bank, task,
+                 0 if inside and not manifold else None)
 
 
-def loss_per_sample(out: Tensor, target: Tensor, task: str) -> Tensor:
-    """Soft-target cross-entropy (classification) or squared error (regression), per sample (B,)."""
-    out = out.float()
-    if task == "classification":
-        return -(target * F.log_softmax(out, dim=1)).sum(1)
-    return (out.squeeze(1) - target.float()).square() if target.dim() == 1 else (out - target).square().mean(1)
+def loss_per_sample(out: Tensor, target: Tensor, task: Task) -> Tensor:
+    """The task's loss of each sample against its mixed target, (B,) (the one place a step computes it)."""
+    return task.loss_per_sample(out, target)
 
 
 def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: object | None,
@@ -271,8 +283,8 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
     several processes they are summed over all of them there (one all-reduce, which also carries
     the stop flag, so all processes stop, or diverge, at the same step)."""
     p.model.train()
-    ds, dev, steps, d = p.ds, p.device, len(p.batches), p.dist
-    classification = ds.task == "classification"
+    dev, steps, d = p.device, len(p.batches), p.dist
+    classification = p.task.has_classes
     sums = torch.zeros(4, device=dev, dtype=torch.float64)  # loss, correct, same-class pairs, pair distance
     n = 0  # samples seen: known on the host, so never copied to the device
     lams: list[Tensor] = []
@@ -285,12 +297,17 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
         progress = ((epoch - 1) + step / steps) / epochs
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=p.amp):
             if p.manifold:
-                at = int(torch.randint(p.model.num_mix_points, (1,), generator=p.generators["layer"]))
+                at = p.mix_at if p.mix_at is not None else \
+                    int(torch.randint(p.model.num_mix_points, (1,), generator=p.generators["layer"]))
                 held: dict[str, Tensor] = {}
+                features = None
+                if p.needs_features:  # text with mixer=input: the clean penultimate embedding, as for images
+                    features = p.bank.read(index) if p.bank is not None and epoch > 1 else _clean_features(p, x)
 
                 def mix_hidden(h: Tensor) -> Tensor:
-                    h_mix, held["y"] = p.mix(h, y, features=h.flatten(1), index=index, progress=progress)
-                    held["h"] = h.detach()
+                    f = features if features is not None else h.flatten(1)
+                    h_mix, held["y"] = p.mix(h, y, features=f, index=index, progress=progress)
+                    held["h"], held["f"] = h.detach(), f.detach()
                     return h_mix
 
                 out = p.forward(x, mix_at=at, mix=mix_hidden)
@@ -303,7 +320,7 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
                 if images is None and epoch == 1:
                     images = x_mix[:32].detach()
                 out = p.forward(x_mix)
-        per_sample = loss_per_sample(out, y_mix, ds.task)
+        per_sample = loss_per_sample(out, y_mix, p.task)
         loss = per_sample.mean()
         p.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -318,7 +335,8 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
 
         last = p.mix.last
         if step == 0:  # what the λ policy measured distances in: the hidden state, its features, or x
-            space = held["h"] if p.manifold else features if getattr(p.mix.lam_policy, "space", "") == "feature" else x
+            feature_space = getattr(p.mix.lam_policy, "space", "") == "feature"
+            space = (held["f"] if feature_space else held["h"]) if p.manifold else features if feature_space else x
             # (the rows, what partner indexes: the gathered batch under pairing_scope=global, partner, λ)
             probe = (space.detach(), (last.pool[0] if last.pool is not None else space).detach(), last.partner,
                      last.lam.detach())
@@ -327,7 +345,7 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
         pair_d = pair_distance(x, px.index_select(0, last.partner))  # input space, (B,)
         zero = pair_d.new_zeros(())
         same = (y == py[last.partner]).sum() if classification else zero
-        correct = (out.argmax(1) == y_mix.argmax(1)).sum() if classification else zero
+        correct = p.task.correct(out, y_mix)
         sums += torch.stack([loss.detach() * y.shape[0], correct, same, pair_d.sum()]).double()
         lams.append(last.lam.detach())
         if (step + 1) % log_every == 0 or step + 1 == steps:
@@ -396,14 +414,7 @@ def evaluate(p: Parts, split: str = "test", *, batch_size: int | None = None) ->
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=p.amp):
             outs.append(p.eval_forward(x).float())
-    out = torch.cat(outs)
-    if p.ds.task == "classification":
-        m = classification_metrics(out, y_all)
-        return {f"{split}_acc": m["acc"], f"{split}_nll": m["nll"], f"{split}_ece": m["ece"],
-                f"{split}_brier": m["brier"], "reliability": reliability(out, y_all), "logits": out}
-    m = regression_metrics(out.squeeze(1), y_all)
-    return {f"{split}_acc": None, f"{split}_nll": None, f"{split}_ece": None, f"{split}_brier": None,
-            f"{split}_mse": m["mse"], f"{split}_mae": m["mae"]}
+    return p.task.metrics(torch.cat(outs), y_all, split)
 
 
 def _rng(p: Parts) -> dict | list[dict]:

@@ -18,12 +18,12 @@ from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..engine.registry import is_number as _is_num
 from .loggers import WANDB_MODES
 from .optim import SCHEDULES
-from .registry import is_number as _is_num
 
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"  # the Hydra configs, shipped in the package (conf/ links here)
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the Hydra configs, shipped in the package (conf/ links here)
 
 
 class ConfigError(ValueError):
@@ -75,6 +75,9 @@ RULES: dict[str, Rule] = {
     "data.split_seed": ("an integer in [0, 2**63)", lambda v: _is_int(v) and 0 <= v < 2**63),
     "data.subset_per_seed": BOOL,
     "data.crop_padding": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "data.seq_len": ("an integer in 8..100000 (tokens per passage)", lambda v: _is_int(v) and 8 <= v <= 100_000),
+    "data.vocab_size": ("an integer in 3..10000000 (words kept, padding and <unk> included)",
+                        lambda v: _is_int(v) and 3 <= v <= 10_000_000),
     "data.hflip": BOOL,
     "data.download": BOOL,
     "data.root": ("null or a path", lambda v: v is None or isinstance(v, str)),
@@ -178,7 +181,7 @@ def apply_strength(cfg: DictConfig) -> None:
     (``lam.beta_alpha_for_strength``), in place, so the run's records show the α it drew from."""
     if cfg.lam.get("name") != "beta" or cfg.lam.get("strength") is None:
         return
-    from .lam import beta_alpha_for_strength
+    from ..engine.lam import beta_alpha_for_strength
 
     try:
         alpha = beta_alpha_for_strength(cfg.lam.strength)
@@ -206,7 +209,7 @@ def component_errors(group: str) -> Iterator[None]:
         yield
     except (ValueError, TypeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if msg.startswith(f"{group}."):  # the component named the full key itself (data.train_subset=...)
+        if msg.startswith((f"{group}.", f"{group}=")):  # it named the full key itself (data.train_subset=..., data=...)
             prefix = ""
         else:
             prefix = f"{group}." if re.match(r"^\w+=", msg) else f"{group}: "

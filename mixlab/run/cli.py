@@ -2,7 +2,7 @@
 
 ``check_args`` reads the command line before Hydra does. A misspelled config group option
 (``lambda=distnace``) or key (``lam.temprature=0.5``) is reported as one line naming it, with the
-closest valid names, and exit status 2, the way ``mixlab.config.validate`` reports a bad value;
+closest valid names, and exit status 2, the way ``mixlab.run.config.validate`` reports a bad value;
 Hydra's own messages for these are several lines and exit 1. Whatever it accepts goes to Hydra unchanged.
 
 After SIGINT/SIGTERM, ``interrupted`` prints the command that resumes the run: with the default

@@ -1,0 +1,5 @@
+"""The engine: pairing strategies, λ policies and mixers behind registries, composed by ``Mix``.
+
+Pure tensors: it imports nothing else of mixlab (``tests/test_report.py`` checks the import graph),
+so it can be used on its own, in any training loop (README: "Use the engine in your own loop").
+"""

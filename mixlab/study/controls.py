@@ -1,0 +1,134 @@
+"""``python -m mixlab.controls SWEEP_DIR [--dry-run]``: add a strength-matched fixed-mixup control
+next to every dynamic λ policy of a comparison.
+
+A dynamic policy can beat Beta(1, 1) just by mixing more or less. For each configuration of the
+sweep whose λ policy is dynamic (``Policy.dynamic``: distance, loss, sk, automix, schedule, and new
+policies unless they say otherwise), its measured mixing strength s is the mean over its completed
+runs of each run's mean over epochs of min(λ, 1 − λ) (``lam_strength``), rounded to 4 decimals. Its
+control is ``lambda=beta lam.strength=s``: Beta(α*, α*) with E[min(λ, 1 − λ)] = ½ − 1/(α*·4^α*·B(α*, α*))
+= s, solved for α* (``lam.beta_alpha_for_strength``). Every other key, and each seed, is the policy's
+own (so the control is paired with it seed by seed); the control's records go beside the policy's,
+with ``study.control_of`` = the policy's lam config, and the report compares each dynamic policy
+with fixed mixup of the same strength. Re-running skips completed controls.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import yaml
+from omegaconf import OmegaConf
+
+from ..engine.lam import LAMBDAS, STRENGTH_RANGE
+from ..run.config import CONF_DIR, ConfigError, _under, import_plugins, job_dir
+from .report import group_runs, load_runs
+from .runs import Config, Run
+
+ROUND = 4  # decimals of the matched strength: a readable, stable folder name and label
+
+
+def _is_dynamic(c: Config) -> bool:
+    import_plugins(next((r.config.get("plugins") for r in c.runs if r.config.get("plugins")), None))
+    if c.lam not in LAMBDAS:
+        raise ConfigError(f"lam.name={c.lam!r} (in {c.runs[0].path}): not a registered λ policy; expected one of "
+                          f"{LAMBDAS.names()} or plugins= that registers it")
+    return bool(getattr(LAMBDAS.get(c.lam), "dynamic", True))
+
+
+def control_config(resolved: dict, strength: float) -> dict:
+    """The control of one run: its resolved config with lam = Beta at ``strength`` (beta's defaults
+    otherwise), no tuned file, and ``study.control_of`` = the run's lam config."""
+    cfg = copy.deepcopy(resolved)
+    beta = yaml.safe_load((CONF_DIR / "lambda" / "beta.yaml").read_text(encoding="utf-8"))
+    cfg["lam"] = {**beta, "strength": strength}
+    cfg["tuned"] = None
+    cfg.setdefault("study", {})["control_of"] = copy.deepcopy(resolved["lam"])
+    return cfg
+
+
+def control_dir(run: Run, strength: float) -> Path:
+    """Beside the run: its Hydra overrides with the λ policy replaced (``lambda=beta,lam.strength=s,...``),
+    plus which policy it matches; without Hydra overrides, the seed stands for them."""
+    overrides_file = run.path / ".hydra" / "overrides.yaml"
+    if overrides_file.exists():
+        kept = [o for o in yaml.safe_load(overrides_file.read_text(encoding="utf-8")) or []
+                if not _under(o.lstrip("+~").split("=", 1)[0], ("lambda", "lam", "tuned"))]
+    else:
+        kept = [f"seed={run.seed}"]
+    tag = hashlib.sha1(json.dumps(run.config["lam"], sort_keys=True).encode()).hexdigest()[:6]
+    name = job_dir(["lambda=beta", f"lam.strength={strength}", *kept])
+    return run.path.parent / f"{name},matched_to={run.config['lam']['name']}-{tag}"
+
+
+def plan(sweep: str | Path) -> tuple[list[dict], list[str]]:
+    """The controls ``sweep`` needs (``{"policy", "strength", "seed", "dir", "config"}``, one per launched
+    run of each dynamic policy) and a line for each dynamic policy that cannot have one."""
+    todo, skipped = [], []
+    configs = group_runs(load_runs(sweep))
+    for c in configs:
+        if c.control_of is not None or not c.lam or not _is_dynamic(c):
+            continue
+        strengths = [r.epoch_mean("lam_strength") for r in c.done]
+        if not strengths:
+            skipped.append(f"{c.label}: no completed run to measure its strength")
+            continue
+        if any(v is None for v in strengths):
+            skipped.append(f"{c.label}: its records predate lam_strength (re-run it with this mixlab)")
+            continue
+        s = round(math.fsum(strengths) / len(strengths), ROUND)
+        lo, hi = STRENGTH_RANGE
+        if not lo <= s <= hi:
+            skipped.append(f"{c.label}: measured strength {s} is outside [{lo}, {hi}], where a Beta(α, α) can match it")
+            continue
+        for r in c.runs:
+            if r.config:
+                todo.append({"policy": c.label, "strength": s, "seed": r.seed, "dir": control_dir(r, s),
+                             "config": control_config(r.config, s)})
+    return todo, skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mixlab.controls", description=__doc__.split("\n\n")[0])
+    ap.add_argument("sweep", help="the comparison's sweep directory (its runs' records are read, controls written there)")
+    ap.add_argument("--dry-run", action="store_true", help="list the controls and their folders, run nothing")
+    args = ap.parse_args(argv)
+    try:
+        if not Path(args.sweep).is_dir():
+            raise ConfigError(f"{args.sweep}: expected a sweep directory with run records, got no such directory")
+        todo, skipped = plan(args.sweep)
+    except ConfigError as e:
+        print(f"mixlab.controls: error: {e}", file=sys.stderr)
+        return 2
+    for line in skipped:
+        print(f"mixlab.controls: no control for {line}", file=sys.stderr)
+    if not todo:
+        print("mixlab.controls: nothing to add (no dynamic policy with completed runs)", file=sys.stderr)
+        return 0
+    from ..run.train import train
+
+    failed = 0
+    for k, job in enumerate(todo, 1):
+        print(f"mixlab.controls: [{k}/{len(todo)}] {job['policy']} seed {job['seed']}: lambda=beta "
+              f"lam.strength={job['strength']} -> {job['dir']}", file=sys.stderr)
+        if args.dry_run:
+            continue
+        try:
+            train(OmegaConf.create(job["config"]), job["dir"])
+        except ConfigError as e:
+            print(f"mixlab.controls: error: {e}", file=sys.stderr)
+            return 2
+        except Exception as e:  # noqa: BLE001 - recorded as failed in its summary.json; the others still run
+            failed += 1
+            print(f"mixlab.controls: {job['dir']} failed ({type(e).__name__}: {e})", file=sys.stderr)
+    print(f"mixlab.controls: {len(todo) - failed} of {len(todo)} controls done; compare: python -m mixlab.report "
+          f"{args.sweep}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

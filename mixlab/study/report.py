@@ -1,0 +1,559 @@
+"""``python -m mixlab.report SWEEP_DIR [--out DIR] [--baseline beta] [--metric test_acc]``.
+
+Reads a sweep's run records (``summary.json``, ``metrics.jsonl``, ``mixed_examples.png``, ``last.pt``;
+never W&B), groups the runs into configurations (the resolved config minus the seed and the keys
+that do not define a method), and writes ``report.md`` (figures in ``figures/``) and a
+self-contained ``report.html`` (figures inlined as base64 PNG). Differences are only called
+"better" or "worse" when a seed-matched, Holm-adjusted test says they exceed the noise.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import importlib.util
+import io
+import json
+import math
+import os
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on a server or in CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..run.config import fingerprint, flatten  # noqa: E402
+from .figures import (fig_boundaries, fig_curves, fig_final, fig_lam_distance, fig_lam_hist,  # noqa: E402
+                      fig_lam_strength, fig_mixed, fig_paired, fig_reliability)
+from .runs import LOWER_IS_BETTER, NAMES, Config, Run  # noqa: E402
+from .runs import fmt as _f  # noqa: E402
+from .stats import WILCOXON_MIN_PAIRS, holm, mean_ci, paired_comparison, verdict  # noqa: E402
+
+STATUS_ORDER = ("completed", "failed", "diverged", "running", "interrupted")
+FLIP = {"better": "worse", "worse": "better"}
+STRENGTH = "mixing strength (mean over epochs)"
+STRENGTH_NOTE = ("Mixing strength (mean over epochs): the mean of min(λ, 1 − λ) over each training epoch's λ "
+                 "draws, averaged over the run's epochs, then mean ± std over seeds; 0 = no mixing, ½ = even blends, "
+                 "Beta(1, 1) gives ¼. Under a symmetric pairing λ = 0.3 and 0.7 make the same blends, so a policy "
+                 "can win or lose just by mixing more or less: read its verdicts beside its strength. "
+                 "\"—\" in its column: no completed run recorded it (older run records).")
+
+
+# ----------------------------------------------------------------------------- reading and grouping
+
+
+def method_key(config: dict) -> dict[str, object]:
+    """A run's configuration minus its seed and volatile keys: runs with equal keys are seeds of one method."""
+    return {k: v for k, v in fingerprint(config).items() if k != "seed"}
+
+
+def _natural(p: Path) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))]
+
+
+def load_runs(path: str | Path) -> list[Run]:
+    """Every run under ``path`` (a sweep dir searched recursively, or one run dir), sorted naturally.
+
+    An unreadable summary.json and a Hydra job dir without one are runs too (status "failed" /
+    "unknown"), so nothing disappears from the report silently.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: expected a sweep or run directory, got no such directory")
+    runs = []
+    for f in sorted(path.rglob("summary.json"), key=_natural):
+        try:
+            summary = json.loads(f.read_text())
+            if not isinstance(summary, dict):
+                raise ValueError(f"expected a JSON object, got {type(summary).__name__}")
+        except (OSError, ValueError) as e:
+            summary = {"status": "failed", "error": f"unreadable summary.json ({type(e).__name__}: {e})"}
+        rows = []
+        if (f.parent / "metrics.jsonl").exists():
+            rows = [json.loads(x) for x in (f.parent / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        runs.append(Run(f.parent, summary, rows))
+    for h in sorted(path.rglob(".hydra"), key=_natural):
+        if h.is_dir() and not (h.parent / "summary.json").exists():
+            runs.append(Run(h.parent, {"status": "unknown", "error": "no summary.json: killed before writing it"}, []))
+    return runs
+
+
+def varying_keys(flats: list[dict]) -> list[str]:
+    """Keys whose value differs between configurations. A component option (``lam.temperature``)
+    counts only among configurations with the same component (``lam.name``), so ``distance`` and
+    ``sk`` are not told apart by options they do not share."""
+    keys = list(dict.fromkeys(k for f in flats for k in f))
+    out = []
+    for k in keys:
+        ctx = k.split(".")[0] + ".name"
+        seen: dict[object, set] = {}
+        for f in flats:
+            seen.setdefault(f.get(ctx) if k != ctx else None, set()).add(repr(f.get(k)))
+        if any(len(v) > 1 for v in seen.values()):
+            out.append(k)
+    first = {"lam.name": 0, "pairing.name": 1, "mixer.name": 2}
+    return sorted(out, key=lambda k: (first.get(k, 3), keys.index(k)))
+
+
+def group_runs(runs: list[Run]) -> list[Config]:
+    """Configurations in first-seen order, each labelled by its values of the varying keys."""
+    by_key: dict[str, Config] = {}
+    for r in runs:
+        if not r.config:
+            continue
+        flat = method_key(r.config)
+        by_key.setdefault(json.dumps(flat, sort_keys=True, default=str), Config("", flat)).runs.append(r)
+    configs = list(by_key.values())
+    vary = varying_keys([c.flat for c in configs])
+    # ``tuned`` (the file the λ values came from) names a configuration only where its values do not
+    for keys in ([k for k in vary if k != "tuned"], vary):
+        for c in configs:
+            parts = [f"{k.removesuffix('.name')}={_short(c.flat[k])}" for k in keys if k in c.flat]
+            c.label = " ".join(parts) or (f"lam={c.lam}" if c.lam else "all runs")
+        if len({c.label for c in configs}) == len(configs):
+            break
+    for c in configs:  # a strength-matched control says whose strength it matches
+        if c.control_of is not None:
+            target = matched_policy(c, configs)
+            c.label += (f" [matched to {target.label}]" if target is not None else
+                        f" [matched to lam={c.control_of.get('name')}, not in these records]")
+    for c in configs:
+        for r in c.runs:
+            r.label = c.label
+    return configs
+
+
+def _short(v: object) -> object:
+    """A float with more than 6 significant digits (a solved α*, a sampled τ) at 6, for labels."""
+    return float(f"{v:.6g}") if isinstance(v, float) and len(repr(v)) > 8 else v
+
+
+def matched_policy(control: Config, configs: list[Config]) -> Config | None:
+    """The configuration whose strength ``control`` matches: its lam config is the control's
+    ``study.control_of`` and every non-λ key is the same."""
+    want = flatten({"lam": control.control_of or {}})
+    return next((c for c in configs if c.control_of is None and c.lam_options() == want
+                 and _non_lam(c) == _non_lam(control)), None)
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+def _non_lam(c: Config) -> dict:
+    """The keys that are not the λ policy's: ``lam.*``, and ``tuned`` (where the lam values came from)."""
+    return {k: v for k, v in c.flat.items() if not k.startswith("lam.") and k != "tuned"}
+
+
+def compare(configs: list[Config], metric: str, baseline: str = "beta", primary: bool = False,
+            matched: str = "primary", alpha: float = 0.05) -> list[dict]:
+    """Seed-matched comparisons of each configuration against ``baseline`` and ``none`` with the same
+    non-λ keys, and of each dynamic policy against its strength-matched Beta control (``ref`` "matched",
+    from ``python -m mixlab.controls``); then the verdicts. Each comparison is in a ``family``: with
+    ``primary``, each *dynamic* policy against ``baseline``, and against its matched control where
+    ``matched`` is "primary", form the declared primary comparison; everything else (none, constant,
+    the controls themselves, other metrics) is exploratory. Holm's correction runs within each family,
+    so the primary claims pay only for their own tests. ``lo_sim``/``hi_sim``: the t interval of Δ at
+    level 1 − alpha/m for the m tests of the family (Bonferroni), simultaneous over the family."""
+    hib = metric not in LOWER_IS_BETTER
+    rows: list[dict] = []
+    for ref in dict.fromkeys([baseline, "none"]):
+        for c in configs:
+            for b in configs:
+                if (c.lam == ref and c.control_of is None) or b.lam != ref or b.control_of is not None \
+                        or _non_lam(b) != _non_lam(c):
+                    continue
+                if any(r["label"] == b.label and r["ref_label"] == c.label for r in rows):
+                    continue  # beta vs none is none vs beta again: one test, counted once by Holm
+                pc = paired_comparison(c.values(metric), b.values(metric), higher_is_better=hib)
+                rows.append({"label": c.label, "lam": c.lam, "ref": ref, "ref_label": b.label, "metric": metric,
+                             "control": c.control_of is not None,
+                             "claim": c.dynamic and c.control_of is None and ref == baseline, **pc})
+    for b in configs:
+        c = matched_policy(b, configs) if b.control_of is not None else None
+        if c is not None:
+            pc = paired_comparison(c.values(metric), b.values(metric), higher_is_better=hib)
+            rows.append({"label": c.label, "lam": c.lam, "ref": "matched", "ref_label": b.label, "metric": metric,
+                         "control": False, "claim": matched == "primary", **pc})
+    for row in rows:
+        claim = row.pop("claim")
+        row["family"] = "primary" if primary and claim else "exploratory"
+    for family in ("primary", "exploratory"):
+        members = [r for r in rows if r["family"] == family]
+        m = sum(math.isfinite(r["p"]) for r in members)
+        for row, p_adj in zip(members, holm([r["p"] for r in members]), strict=True):
+            row["p_adj"] = p_adj
+            row["verdict"] = verdict(row["diff"], row["lo"], row["hi"], p_adj, higher_is_better=hib, n=row["n"])
+            lo, hi = (row["lo"], row["hi"]) if row["n"] < 2 or len(set(row["d"])) == 1 else \
+                mean_ci(row["d"], 1 - alpha / max(m, 1))[2:4]
+            row.update(lo_sim=lo, hi_sim=hi, m=m)
+    return rows
+
+
+def matched_family(runs: list[Run]) -> str:
+    """``study.matched`` as the runs declared it: "exploratory" only where every run that says says so."""
+    said = {((r.summary.get("config") or {}).get("study") or {}).get("matched") for r in runs} - {None}
+    return "exploratory" if said == {"exploratory"} else "primary"
+
+
+def declared(runs: list[Run]) -> tuple[str, str]:
+    """The primary comparison the runs' config declared before they ran (``study.reference``,
+    ``study.metric``): one (reference policy, metric) shared by every run; beta and test_acc where no
+    run declares one (older records)."""
+    pairs = {((r.summary.get("config") or {}).get("study") or {}).get("reference", "beta") for r in runs}, \
+        {((r.summary.get("config") or {}).get("study") or {}).get("metric", "test_acc") for r in runs}
+    if len(pairs[0]) > 1 or len(pairs[1]) > 1:
+        raise ValueError(f"the runs declare different primary comparisons (study.reference {sorted(pairs[0])}, "
+                         f"study.metric {sorted(pairs[1])}); expected one per sweep, or --baseline/--metric")
+    return next(iter(pairs[0]), "beta"), next(iter(pairs[1]), "test_acc")
+
+
+def build_table(configs: list[Config], metric: str, others: list[str], comparisons: list[dict],
+                refs: tuple[str, ...]) -> list[dict]:
+    """One row per configuration: n completed, mean/std/CI of ``metric``, mean±std of ``others`` and of the
+    mixing strength (``lam_strength``, each run's mean over epochs), and the verdict against each reference;
+    sorted by the mean of ``metric`` (best first)."""
+    table = []
+    for c in configs:
+        mean, std, lo, hi, _ = mean_ci(list(c.values(metric).values()))
+        row = {"label": c.label, "n": len(c.done), "mean": mean, "std": std, "lo": lo, "hi": hi, "config": c}
+        for m in others:
+            row[m] = mean_ci(list(c.values(m).values()))[:2]
+        row["lam_strength"] = mean_ci([r.epoch_mean("lam_strength") for r in c.done])[:2]
+        if any(x["ref"] == "matched" for x in comparisons):
+            hit = [(x["verdict"], x["diff"]) for x in comparisons if x["label"] == c.label and x["ref"] == "matched"]
+            row["vs matched"] = ("(control)" if c.control_of is not None else "; ".join(
+                v + (f" (Δ {d:+.4f})" if v in FLIP else "") for v, d in hit) or "—")
+        for ref in refs:
+            hit = [(x["verdict"], x["diff"]) for x in comparisons if x["label"] == c.label and x["ref"] == ref]
+            # A comparison made the other way round (none vs beta, read in beta's row as beta vs none).
+            hit += [(FLIP.get(x["verdict"], x["verdict"]), -x["diff"]) for x in comparisons
+                    if x["ref_label"] == c.label and x["lam"] == ref and not x.get("control")]
+            row[f"vs {ref}"] = "(reference)" if c.lam == ref and c.control_of is None else "; ".join(
+                v + (f" (Δ {d:+.4f})" if v in FLIP else "") for v, d in hit) or "no matching reference"
+        table.append(row)
+    sign = -1 if metric in LOWER_IS_BETTER else 1
+    return sorted(table, key=lambda r: -sign * r["mean"] if math.isfinite(r["mean"]) else math.inf)
+
+
+def _pm(mean_std: tuple[float, float]) -> str:
+    m, s = mean_std
+    return _f(m) + ("" if not math.isfinite(s) else f" ± {_f(s)}")
+
+
+# ----------------------------------------------------------------------------- the document
+
+
+def _budget(configs: list[Config]) -> str:
+    """data, train subset, model with its options, epochs; several values joined by commas."""
+    def vals(k: str) -> str:
+        return ",".join(dict.fromkeys("all" if c.flat.get(k) is None else str(c.flat.get(k)) for c in configs))
+    model_opts = dict.fromkeys(k for c in configs for k in c.flat if k.startswith("model.") and k != "model.name")
+    opts = ", ".join(f"{k.split('.', 1)[1]}={vals(k)}" for k in model_opts)
+    return (f"data={vals('data.name')} (train_subset={vals('data.train_subset')}), model={vals('model.name')}"
+            + (f" ({opts})" if opts else "") + f", {vals('trainer.epochs')} epochs")
+
+
+def _evidence(comps: dict[str, list[dict]], n_text: str, budget: str, baseline: str) -> list[tuple]:
+    """One bullet per metric and reference: which policies are detectably better, worse, or neither."""
+    items = []
+    for m, rows in comps.items():
+        name = NAMES.get(m, m)
+        if not rows:
+            items.append(f"{name}: no comparison could be made (no matching lam={baseline} or lam=none runs)")
+        for ref, fam in dict.fromkeys((r["ref_label"], r["family"]) for r in rows):
+            mine = [r for r in rows if r["ref_label"] == ref and r["family"] == fam]
+            parts = []
+            for word in ("better", "worse"):
+                hits = [f"{r['label']} ({r['diff']:+.4f}, 95% CI [{r['lo']:+.4f}, {r['hi']:+.4f}])"
+                        for r in mine if r["verdict"] == word]
+                if hits:
+                    parts.append(f"detectably {word}: " + ", ".join(hits))
+            rest = [r["label"] for r in mine if r["verdict"] not in ("better", "worse")]
+            if rest:
+                parts.append("no detectable difference: " + ", ".join(rest))
+            items.append(f"{name} against {ref} ({fam}) — " + "; ".join(parts))
+    primary = [r for rows in comps.values() for r in rows if r.get("family") == "primary"]
+    refs = [f"lam={baseline}"] * any(r["ref"] != "matched" for r in primary) + \
+        ["its strength-matched Beta control (fixed mixup of the same mean strength)"] * any(
+            r["ref"] == "matched" for r in primary)
+    family = (f"The primary comparison, declared before the runs (study.reference, study.metric, study.matched): "
+              f"each dynamic λ policy against {' and against '.join(refs)} on "
+              f"{NAMES.get(primary[0]['metric'], primary[0]['metric'])}, Holm over its {len(primary)} test(s). "
+              "Everything else is exploratory (Holm within each exploratory set) and supports no claim on its own. "
+              if primary else "No primary comparison could be made: every verdict below is exploratory. ")
+    lead = (f"At {n_text} (budget: {budget}). {family}Δ is the seed-matched mean difference; a policy is called "
+            "better or worse only when the Holm-adjusted paired t-test gives p < 0.05 and the 95% CI of Δ excludes 0. "
+            "Differences smaller than the seed-to-seed noise are not ranked, and a verdict holds for this budget only.")
+    return [("p", lead), ("ul", items)]
+
+
+def _save(fig: plt.Figure, path: Path) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    path.write_bytes(buf.getvalue())
+    return buf.getvalue()
+
+
+def _md(blocks: list[tuple]) -> str:
+    out = []
+    for b in blocks:
+        if b[0] == "table":
+            out += ["| " + " | ".join(b[1]) + " |", "|" + "---|" * len(b[1])]
+            out += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in b[2]]
+            out.append("")
+        elif b[0] == "figure":
+            out += [f"![{b[2]}](figures/{b[1]}.png)", "", f"*{b[2]}*", ""]
+        elif b[0] == "ul":
+            out += [f"- {item}" for item in b[1]] + [""]
+        else:
+            out += [{"h1": "# ", "h2": "## ", "p": ""}[b[0]] + b[1], ""]
+    return "\n".join(out)
+
+
+def _html(blocks: list[tuple], title: str) -> str:
+    e = html.escape
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
+           "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
+           "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
+           "img{max-width:100%}figcaption{font-style:italic}</style></head><body>"]
+    for b in blocks:
+        if b[0] == "table":
+            out.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in b[1]) + "</tr>" + "".join(
+                "<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in row) + "</tr>" for row in b[2]) + "</table>")
+        elif b[0] == "figure":
+            src = "data:image/png;base64," + base64.b64encode(b[3]).decode()
+            out.append(f"<figure id='{b[1]}'><img alt='{e(b[2])}' src='{src}'>"
+                       f"<figcaption>{e(b[2])}</figcaption></figure>")
+        elif b[0] == "ul":
+            out.append("<ul>" + "".join(f"<li>{e(item)}</li>" for item in b[1]) + "</ul>")
+        else:
+            out.append(f"<{b[0]}>{e(b[1])}</{b[0]}>")
+    return "\n".join(out + ["</body></html>"])
+
+
+def _log_wandb(runs: list[Run], out: Path, columns: list[str], rows: list[list], meta: dict) -> None:
+    logger_cfg = next((r.config["logger"] for r in runs if r.config.get("logger", {}).get("name") == "wandb"), None)
+    if logger_cfg is None or importlib.util.find_spec("wandb") is None:
+        return
+    try:
+        from ..run.loggers import LOGGERS
+
+        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        logger = LOGGERS.build("wandb", run_dir=out, config=meta, group="report", mode=mode,
+                               project=logger_cfg.get("project", "mixlab"), entity=logger_cfg.get("entity"))
+        logger.log_table("report", columns, rows)
+        logger.finish()
+    except Exception as e:  # noqa: BLE001 - the report on disk is what matters
+        warnings.warn(f"W&B report logging failed ({type(e).__name__}: {e}); the files are written", stacklevel=2)
+
+
+def _status_line(runs: list[Run]) -> str:
+    """"12 runs: 11 completed, 1 failed" (statuses in lifecycle order)."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    order = sorted(counts, key=lambda s: (STATUS_ORDER.index(s) if s in STATUS_ORDER else 99, s))
+    return f"{len(runs)} run{'s' * (len(runs) != 1)}: " + ", ".join(f"{counts[s]} {s}" for s in order)
+
+
+def _text_blocks(sweep: Path, runs: list[Run], table_block: tuple, comps: dict[str, list[dict]], n_text: str,
+                 budget: str, metric: str, baseline: str) -> list[tuple]:
+    """Header, evidence, the configuration table, one comparison table per metric, the failed runs."""
+    name = NAMES.get(metric, metric)
+    blocks: list[tuple] = [("h1", f"mixlab report: {sweep}"), ("p", f"{_status_line(runs)}. Budget: {budget}."),
+                           ("h2", "What the evidence supports"), *_evidence(comps, n_text, budget, baseline),
+                           ("h2", f"Configurations (sorted by mean {name}; not a ranking, see the verdicts)"),
+                           table_block, ("p", STRENGTH_NOTE), *_tuning(runs)]
+    for m, cr in comps.items():
+        blocks.append(("h2", f"Paired comparisons on {NAMES.get(m, m)} (seed-matched; Holm within each family)"))
+        blocks.append(("table", ["configuration", "vs", "family", "n pairs", "Δ mean", "95% CI",
+                                 "95% CI, simultaneous over the family", "p (paired t)", "p (Holm)", "p (Wilcoxon)",
+                                 "verdict"],
+                       [[c["label"], c["ref_label"], c["family"], c["n"], _f(c["diff"]), f"[{_f(c['lo'])}, {_f(c['hi'])}]",
+                         f"[{_f(c['lo_sim'])}, {_f(c['hi_sim'])}] (m={c['m']})", _f(c["p"], 3), _f(c["p_adj"], 3),
+                         _f(c.get("p_wilcoxon"), 3), c["verdict"]] for c in cr])
+                      if cr else
+                      ("p", f"No comparison possible: no lam={baseline} or lam=none configuration shares the other "
+                            "keys with the rest (missing baseline)."))
+        if cr:
+            blocks.append(("p", _test_agreement(cr)))
+    bad = [r for r in runs if r.status != "completed"]
+    blocks.append(("h2", f"Failed, diverged or unfinished runs ({len(bad)})"))
+    blocks.append(("table", ["run dir", "configuration", "seed", "status", "error"],
+                   [[str(r.path.relative_to(sweep)) or ".", r.label, r.seed, r.status, r.summary.get("error", "")]
+                    for r in bad]) if bad else ("p", f"None: all {len(runs)} runs completed."))
+    return blocks
+
+
+def _space_text(space: dict) -> str:
+    def one(key: str, spec: dict) -> str:
+        if "choices" in spec:
+            return f"{key} ∈ {{{', '.join(map(str, spec['choices']))}}}"
+        return f"{key} ∈ [{spec['low']:g}, {spec['high']:g}]" + (" log-uniform" if spec.get("log") else " uniform")
+    return "; ".join(one(k, v) for k, v in (space or {}).items()) or "nothing to tune"
+
+
+def _tuning(runs: list[Run]) -> list[tuple]:
+    """How the λ hyperparameters were chosen, from the runs' ``tuning`` records (``tuned=``): per policy
+    the budget, the search space, the chosen values and their validation score; or that nothing was tuned."""
+    seen: dict[str, dict] = {}
+    for r in runs:
+        t = r.summary.get("tuning")
+        if isinstance(t, dict) and (r.config.get("study") or {}).get("control_of") is None:
+            seen.setdefault(json.dumps([t.get("file"), t.get("lambda")]), t)
+    if not seen:
+        return [("h2", "How the λ hyperparameters were chosen"),
+                ("p", "No run used tuned=: every policy ran at the values of its config, untuned. A fair comparison "
+                      "tunes each policy with the same budget on the validation split first (python -m mixlab.tune) "
+                      "and runs the comparison with tuned=<its tuned.yaml>.")]
+    ts = list(seen.values())
+    budgets = {t.get("trials") for t in ts}
+    lead = ("The λ policies' hyperparameters were chosen by python -m mixlab.tune (seeded random search, trial 0 = "
+            "the config's defaults), each trial scored by its final validation metric; the test set never entered "
+            "selection. " + (f"Budget: {next(iter(budgets))} trials per policy (a policy with nothing to tune runs "
+                             "once). " if len(budgets) == 1 and None not in budgets else
+                             f"⚠ Budgets differ or are unknown across policies ({sorted(map(str, budgets))} trials): "
+                             "the comparison is not equal-budget. ")
+            + "The controls (strength-matched Beta) are not tuned: their α follows from the strength they match.")
+    rows = [[t.get("lambda"), t.get("file"), f"{t.get('trials_run', '—')} of {t.get('trials', '—')}",
+             t.get("search_seed", "—"), _space_text(t.get("space")),
+             ", ".join(f"{k}={_short(v)}" for k, v in (t.get("chosen") or {}).items()) or "—",
+             f"{t.get('objective_key') or 'objective'} {_f(t.get('best_objective'))}"] for t in ts]
+    return [("h2", "How the λ hyperparameters were chosen"), ("p", lead),
+            ("table", ["λ policy", "tuned.yaml", "trials run (of budget)", "search seed", "search space",
+                       "chosen", "chosen trial's validation score"], rows)]
+
+
+def _figures(configs: list[Config], metric: str, regression: bool,
+             primary: list[dict]) -> list[tuple[str, plt.Figure | None, str]]:
+    # Per-epoch curves from the validation split: the test set is read once, at the end (unless the
+    # runs set trainer.test_every, whose test curves are then shown).
+    has_val = any(row.get("val_acc") is not None or row.get("val_mse") is not None
+                  for c in configs for r in c.done for row in r.rows)
+    split = "val" if has_val else "test"
+    curve = f"{split}_mse" if regression else f"{split}_acc"
+    if not has_val and metric.startswith("test_") and metric != "test_ece":
+        curve = metric
+    calibration = [] if regression else [m for m in ("test_ece", "test_ece_ts") if m != metric and (
+        m == "test_ece" or any(r.value(m) is not None for c in configs for r in c.done))]
+    return [("paired", fig_paired(primary),
+             "The declared primary comparison, seed by seed: Δ per policy against its reference with intervals "
+             "simultaneous over the family (Bonferroni: an interval that excludes 0 implies Holm's verdict, not "
+             "conversely); colour: the Holm verdict"),
+            ("curves", fig_curves(configs, curve), f"{NAMES.get(curve, curve)} per epoch, mean and min–max band"),
+            ("final", fig_final(configs, [metric] + calibration),
+             "Final metrics per configuration, mean with 95% t-interval over seeds"),
+            ("reliability", fig_reliability(configs), "Reliability diagrams, final epoch, seeds pooled"),
+            ("reliability_ts", fig_reliability(configs, "reliability_ts", " after temperature scaling (T fitted on "
+                                               "validation)"),
+             "Reliability diagrams after temperature scaling with T fitted on the validation split, seeds pooled"),
+            ("lam_hist", fig_lam_hist(configs), "λ distribution of the final epoch, seeds pooled"),
+            ("lam_strength", fig_lam_strength(configs),
+             "Mean λ and mixing strength min(λ, 1 − λ) per epoch, mean and min–max band over seeds"),
+            ("lam_distance", fig_lam_distance(configs), "λ against pair distance for distance/sk (beta for contrast)"),
+            ("mixed_examples", fig_mixed(configs), "Mixed training images (epoch 1) of one run per configuration"),
+            ("decision_boundaries", fig_boundaries(configs), "Decision boundaries on moons, one seed per config")]
+
+
+def _test_agreement(comps: list[dict], alpha: float = 0.05) -> str:
+    """Whether the paired t-test and the Wilcoxon signed-rank test agree (each unadjusted, at ``alpha``)."""
+    checked = [c for c in comps if math.isfinite(c.get("p_wilcoxon", math.nan)) and math.isfinite(c["p"])]
+    if not checked:
+        return (f"Wilcoxon signed-rank check: needs at least {WILCOXON_MIN_PAIRS} seed pairs (shown as —); "
+                "with fewer, only the t-test speaks, and it assumes roughly normal differences.")
+    split = [c for c in checked if (c["p"] < alpha) != (c["p_wilcoxon"] < alpha)]
+    if not split:
+        return (f"The paired t-test and the Wilcoxon signed-rank test agree (each at p < {alpha}, unadjusted) "
+                f"on all {len(checked)} comparisons with at least {WILCOXON_MIN_PAIRS} pairs.")
+    return ("The paired t-test and the Wilcoxon signed-rank test DISAGREE (at p < "
+            f"{alpha}, unadjusted) on: " + "; ".join(f"{c['label']} vs {c['ref_label']} (t p={_f(c['p'], 3)}, "
+                                                      f"Wilcoxon p={_f(c['p_wilcoxon'], 3)})" for c in split)
+            + ". Read those verdicts with care: the differences may not be normal.")
+
+
+def _n_cell(c: Config) -> str:
+    """``completed/launched``, flagged where runs of the configuration failed, diverged or did not finish:
+    those count against their policy rather than disappearing from its mean."""
+    lost = len(c.runs) - len(c.done)
+    return f"{len(c.done)}/{len(c.runs)}" + (f" ⚠ {lost} not completed" if lost else "")
+
+
+def write_report(sweep: str | Path, out: str | Path | None = None, baseline: str | None = None,
+                 metric: str | None = None) -> tuple[Path, str]:
+    """Write report.md, report.html and figures/ for ``sweep`` into ``out``; returns (md path, table).
+    ``baseline``/``metric`` (the primary comparison) default to what the runs declared (``study.*``)."""
+    sweep = Path(sweep)
+    out = Path(out) if out is not None else sweep
+    runs = load_runs(sweep)
+    if not runs:
+        raise FileNotFoundError(f"{sweep}: expected run records (summary.json) below it, got none")
+    said = declared(runs) if baseline is None or metric is None else None
+    baseline = baseline if baseline is not None else said[0]
+    metric = metric if metric is not None else said[1]
+    if metric not in NAMES:
+        raise ValueError(f"--metric={metric!r}: expected one of {sorted(NAMES)}")
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    configs = group_runs(runs)
+    done = [r for r in runs if r.status == "completed"]
+    regression = bool(done) and all(r.value("test_acc") is None for r in done)
+    if regression and metric == "test_acc":
+        metric = "test_mse"  # no accuracy exists for a regression: its error is the objective
+    # The median of the last 10 epochs (OpenMixup) needs a test evaluation every epoch for 20 epochs or more:
+    # shown only where a run recorded it.
+    median = any(r.value("median_last10_acc") is not None for r in done)
+    # Calibration after temperature scaling (T fitted on validation) beside the raw figures, where recorded.
+    scaled = any(r.value("test_nll_ts") is not None for r in done)
+    others = ["test_mae"] if regression else [
+        m for m in ("test_acc", "median_last10_acc", "test_nll", "test_nll_ts", "test_ece", "test_ece_ts", "test_brier")
+        if m != metric and (median or m != "median_last10_acc") and (scaled or not m.endswith("_ts"))]
+    comps = {m: compare(configs, m, baseline, primary=(m == metric), matched=matched_family(runs))
+             for m in dict.fromkeys([metric] + ([] if regression else ["test_ece"] + ["test_ece_ts"] * scaled))}
+    refs = tuple(dict.fromkeys([baseline, "none"]))
+    table = build_table(configs, metric, others, comps[metric], refs)
+    configs = [row["config"] for row in table]  # one order (the table's) in every figure
+    ns = sorted({row["n"] for row in table})
+    n_text = f"n={ns[0]}{'–' + str(ns[-1]) if len(ns) > 1 else ''} seeds per configuration"
+    vs = [f"vs {ref}" for ref in refs] + ["vs matched"] * ("vs matched" in table[0])
+    columns = ["configuration", "n (completed/launched)", f"{NAMES[metric]} mean ± std", "95% CI", *[NAMES[m] for m in others],
+               STRENGTH, *[{"vs matched": "vs its strength-matched control"}.get(v, v) for v in vs]]
+    rows = [[row["label"], _n_cell(row["config"]), _pm((row["mean"], row["std"])), f"[{_f(row['lo'])}, {_f(row['hi'])}]",
+             *[_pm(row[m]) for m in others], _pm(row["lam_strength"]), *[row[v] for v in vs]]
+            for row in table]
+    blocks = _text_blocks(sweep, runs, ("table", columns, rows), comps, n_text, _budget(configs), metric, baseline)
+    blocks.append(("h2", "Figures"))
+    for fname, fig, caption in _figures(configs, metric, regression, comps[metric]):
+        if fig is not None:
+            blocks.append(("figure", fname, f"{caption} ({n_text}).", _save(fig, out / "figures" / f"{fname}.png")))
+    md = out / "report.md"
+    md.write_text(_md(blocks))
+    (out / "report.html").write_text(_html(blocks, f"mixlab report: {sweep}"))
+    _log_wandb(runs, out, columns, [[str(v) for v in row] for row in rows],
+               {"sweep": str(sweep), "metric": metric, "baseline": baseline, "runs": _status_line(runs)})
+    return md, _md([("table", columns, rows)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mixlab.report", description=__doc__.split("\n\n")[1])
+    ap.add_argument("sweep", help="a sweep directory (hydra.sweep.dir) or one run directory")
+    ap.add_argument("--out", help="where report.md, report.html and figures/ go (default: the sweep dir)")
+    ap.add_argument("--baseline", default=None, help="lam.name of the primary reference (default: the runs' "
+                                                     "study.reference, else beta)")
+    ap.add_argument("--metric", default=None, help="the primary metric (default: the runs' study.metric, else "
+                                                   "test_acc; test_mse for regression)")
+    args = ap.parse_args(argv)
+    try:
+        md, table = write_report(args.sweep, args.out, args.baseline, args.metric)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"mixlab.report: error: {e}", file=sys.stderr)
+        return 2
+    print(f"report: {md} and {md.with_suffix('.html')}\n\n{table}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

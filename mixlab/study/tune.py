@@ -1,0 +1,186 @@
+"""``python -m mixlab.tune --lambdas beta,distance --trials 8 --out DIR [key=value ...]``: equal-budget
+random search of each λ policy's hyperparameters on the validation split.
+
+Every policy gets the same number of trials (trial 0: the config's defaults; the others drawn from
+its search space in ``conf/search_spaces.yaml`` with a seeded generator), each a full run whose
+records go to ``DIR/<policy>/trial_<k>``; a trial's score is its run's ``objective``, the final
+validation metric (the test set is never read for selection). ``DIR/tuned.yaml`` gets each policy's
+best hyperparameters and ``DIR/tuning.json`` every trial; a comparison then runs with
+``tuned=DIR/tuned.yaml``, so it uses exactly what tuning chose. (hydra-optuna-sweeper pins
+optuna<3; a seeded random search with DomainBed's protocol needs nothing beyond numpy.)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import sys
+import threading
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import yaml
+
+from ..run.config import CONF_DIR, ConfigError, flatten
+from ..run.records import atomic_write, atomic_write_json
+
+
+def search_spaces(path: Path = CONF_DIR / "search_spaces.yaml") -> dict[str, dict[str, dict]]:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def sample(space: dict[str, dict], rng: np.random.Generator) -> dict[str, Any]:
+    """One draw from ``space``: uniform, log-uniform or a choice per key, in the space's key order."""
+    out: dict[str, Any] = {}
+    for key, spec in space.items():
+        if "choices" in spec:
+            out[key] = spec["choices"][int(rng.integers(len(spec["choices"])))]
+        elif spec.get("log"):
+            out[key] = float(math.exp(rng.uniform(math.log(spec["low"]), math.log(spec["high"]))))
+        else:
+            out[key] = float(rng.uniform(spec["low"], spec["high"]))
+    return out
+
+
+def trials_for(policy: str, space: dict, trials: int, seed: int) -> list[dict[str, Any]]:
+    """The hyperparameters of each trial: the defaults first, then seeded draws (per policy, so adding
+    a policy to a study does not change another's trials)."""
+    if not space:
+        return [{}]
+    rng = np.random.default_rng([seed, zlib.crc32(policy.encode())])
+    return [{}] + [sample(space, rng) for _ in range(trials - 1)]
+
+
+def _better(a: float | None, b: float | None, higher: bool) -> bool:
+    if a is None or not math.isfinite(a):
+        return False
+    return b is None or (a > b if higher else a < b)
+
+
+def _trial(overrides: list[str], run_dir: str) -> float | None:
+    """One trial: compose the config from ``overrides`` and train it into ``run_dir``; a failed run is
+    recorded as failed in its summary.json and scores nothing."""
+    from hydra import compose, initialize_config_dir
+
+    from ..run.train import Interrupted, train
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    try:
+        return train(cfg, run_dir)
+    except (ConfigError, Interrupted):
+        raise
+    except Exception as e:  # noqa: BLE001 - the run recorded it; the other trials go on
+        print(f"mixlab.tune: {run_dir} failed ({type(e).__name__}: {e})", file=sys.stderr)
+        return None
+
+
+@contextmanager
+def _workers_stop_with_me(pool: Any) -> Iterator[None]:
+    """SIGTERM or Ctrl-C to the tuner stops its workers too: each gets SIGTERM, so its run records
+    itself as interrupted (re-running the same command resumes it) instead of running on, orphaned,
+    into folders a new tuner would also write."""
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
+    try:
+        yield
+    except BaseException:
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def tune(lambdas: list[str], trials: int, out: str | Path, overrides: list[str], *, seed: int = 0,
+         jobs: int = 1) -> dict:
+    """Run every trial of every policy (skipping completed ones on a re-run; ``jobs`` at a time, each
+    with its share of the CPU threads) and write tuned.yaml."""
+    spaces, out = search_spaces(), Path(out)
+    unknown = [p for p in lambdas if p not in spaces]
+    if unknown:
+        raise ConfigError(f"--lambdas: {unknown} have no search space; expected names from "
+                          f"{sorted(spaces)} (conf/search_spaces.yaml)")
+    if trials < 1:
+        raise ConfigError(f"--trials={trials}: expected an integer >= 1")
+    if jobs < 1:
+        raise ConfigError(f"--jobs={jobs}: expected an integer >= 1")
+    work = [(policy, k, params) for policy in lambdas
+            for k, params in enumerate(trials_for(policy, spaces[policy], trials, seed))]
+    args = [([*overrides, f"lambda={policy}", *(f"{key}={v!r}" for key, v in params.items())],
+             str(out / policy / f"trial_{k}")) for policy, k, params in work]
+    if jobs == 1:
+        objectives = [_trial(*a) for a in args]
+    else:
+        import multiprocessing
+        import os
+        from concurrent.futures import ProcessPoolExecutor
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(threads,)) as pool, _workers_stop_with_me(pool):
+            objectives = list(pool.map(_trial, *zip(*args)))
+    log, tuned = [], {}
+    for policy in lambdas:
+        best, chosen = None, None
+        for (p, k, params), objective in zip(work, objectives, strict=True):
+            if p != policy:
+                continue
+            summary = json.loads((out / policy / f"trial_{k}" / "summary.json").read_text())
+            higher = not str(summary.get("objective_key") or "val_acc").endswith(("mse", "mae"))
+            log.append({"lambda": policy, "trial": k, "params": params, "objective": objective,
+                        "objective_key": summary.get("objective_key"), "status": summary.get("status")})
+            if _better(objective, best, higher):  # the values the run used, defaults included, from its record
+                best, chosen = objective, {key: flatten(summary["config"])[key] for key in spaces[policy]}
+        if chosen is None:
+            raise ConfigError(f"lambda={policy}: no trial completed with a finite objective; see {out / policy}")
+        tuned[policy] = chosen
+    atomic_write_json(out / "tuning.json", {"lambdas": lambdas, "trials": trials, "seed": seed,
+                                           "overrides": overrides, "spaces": {p: spaces[p] for p in lambdas},
+                                           "trials_run": log})
+    atomic_write(out / "tuned.yaml", lambda f: f.write(yaml.safe_dump(tuned, sort_keys=False).encode()))
+    return tuned
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mixlab.tune", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lambdas", required=True, help="comma-separated λ policies, e.g. beta,distance,sk")
+    ap.add_argument("--trials", type=int, default=8, help="trials per policy (the same for every policy)")
+    ap.add_argument("--seed", type=int, default=0, help="seeds the search (not the runs: set seed= for that)")
+    ap.add_argument("--jobs", type=int, default=1, help="trials run at once, each in its own process with its "
+                                                       "share of the CPU threads (the choice does not depend on it)")
+    ap.add_argument("--out", required=True, help="where the trials' records, tuning.json and tuned.yaml go")
+    ap.add_argument("overrides", nargs="*", help="config overrides shared by every trial (data=..., trainer.epochs=...)")
+    args = ap.parse_args(argv)
+    try:
+        tuned = tune([p for p in args.lambdas.split(",") if p], args.trials, args.out, args.overrides, seed=args.seed,
+                     jobs=args.jobs)
+    except ConfigError as e:
+        print(f"mixlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mixlab.tune: interrupted; the same command resumes (completed trials are kept, the rest resume "
+              "from their checkpoints)", file=sys.stderr)
+        return 130
+    print(yaml.safe_dump(tuned, sort_keys=False), end="")
+    print(f"mixlab: wrote {Path(args.out) / 'tuned.yaml'}; compare with tuned={Path(args.out) / 'tuned.yaml'}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
