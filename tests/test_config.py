@@ -66,7 +66,7 @@ def test_stable_keys_exist_with_defaults():
 
 
 TINY = ("data=digits", "data.train_subset=64", "model=mlp", "device=cpu")
-TEXT_OPTIONS = {("model", "textcnn")}  # options that need text data
+TEXT_OPTIONS = {("model", "textcnn"), ("model", "transformer")}  # options that need text data
 
 
 def text_base(folder: Path) -> tuple[str, ...]:
@@ -74,7 +74,7 @@ def text_base(folder: Path) -> tuple[str, ...]:
     from .corpus import write_corpus
 
     root = write_corpus(folder / "austen") if not (folder / "austen").exists() else folder / "austen"
-    return ("data=austen", f"data.root={root}", "data.seq_len=8", "data.val_size=30", "model=textcnn", "device=cpu")
+    return ("data=austen", f"data.root={root}", "data.seq_len=8", "data.val_size=30", "device=cpu")
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in sorted(GROUPS) if g != "data" for o in options_of(g)])

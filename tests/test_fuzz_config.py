@@ -107,6 +107,9 @@ SPEC: dict[str, Spec] = {
     "model.dim": integer(1, 1024),
     "model.filters": integer(1, 65536),
     "model.widths": list_of(integer(1, 32), extra=([],)),
+    "model.layers": integer(1, 1000),
+    "model.heads": integer(1, 1024, extra=(3, 5, 7, 96)),  # transformer's dim (128) must be a multiple
+    "model.ff": integer(1, 65536),
     "data.seq_len": integer(8, 100_000),
     "data.vocab_size": integer(3, 10_000_000),
     "model.dropout": number(0, 1, open="hi"),
@@ -216,12 +219,13 @@ def targets() -> list[tuple[tuple[str, ...], str]]:
     for group in sorted(GROUPS.keys() - {"data"}):
         for option in options_of(group):
             if (group, option) in TEXT_OPTIONS:
-                overrides = TEXT_BASE
+                overrides = (*TEXT_BASE, f"{group}={option}")
             else:
                 overrides = (*(o for o in TINY if not o.startswith(f"{group}=")), f"{group}={option}")
             out += [(overrides, k) for k in keys_of(overrides) if k.startswith(f"{KEY.get(group, group)}.")]
     # the text data set's own keys, on the synthetic corpus
-    out += [(TEXT_BASE, k) for k in keys_of(TEXT_BASE) if k.startswith("data.") and k not in keys_of(TINY)]
+    text = (*TEXT_BASE, "model=textcnn")
+    out += [(text, k) for k in keys_of(text) if k.startswith("data.") and k not in keys_of(TINY)]
     return out
 
 

@@ -18,7 +18,7 @@ TABULAR_SHAPE = (2,)
 TABULAR_MODELS = {"mlp"}
 # Text models read token ids (B, L): 16 tokens of a 50-word vocabulary, padded at the end.
 TEXT_SHAPE, VOCAB = (16,), 50
-TEXT_MODELS = {"textcnn"}
+TEXT_MODELS = {"textcnn", "transformer"}
 
 # Narrow variants keep the file fast; a model missing here is tested at its defaults.
 SMALL_OPTIONS: dict[str, dict[str, object]] = {
@@ -27,6 +27,7 @@ SMALL_OPTIONS: dict[str, dict[str, object]] = {
     "preact_resnet18": {"width": 8},
     "wrn": {"depth": 10, "widen": 2},
     "textcnn": {"dim": 8, "filters": 4},
+    "transformer": {"dim": 8, "heads": 2, "ff": 16, "layers": 2},
 }
 NUM_CLASSES = 5
 BATCH = 4

@@ -137,6 +137,17 @@ def test_the_real_data_set_is_split_by_chapters():
 # ----------------------------------------------------------------------------- TextCNN and mixing
 
 
+def test_padding_never_changes_transformer_logits():
+    torch.manual_seed(0)
+    model = build_model("transformer", in_shape=(16,), num_classes=3, vocab_size=50, dim=8, heads=2, ff=16,
+                        dropout=0.0).eval()
+    ids = torch.randint(2, 50, (2, 7))
+    padded = torch.cat([ids, torch.zeros(2, 9, dtype=torch.int64)], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(padded), model(ids), rtol=0, atol=1e-5)
+        assert torch.isfinite(model(torch.zeros(2, 16, dtype=torch.int64))).all()  # nothing but padding
+
+
 def test_padding_never_changes_textcnn_logits():
     # masked max-over-time: windows that start on padding are left out, so a passage padded to 16 gives
     # the logits of the same passage alone (without the mask, relu(bias) of padded windows can win the max)
@@ -166,9 +177,11 @@ FAST = ("data=austen", "data.seq_len=8", "data.val_size=30", "model=textcnn", "m
 
 @pytest.mark.parametrize("extra", [("lambda=beta",), ("lambda=distance",), ("lambda=distance", "lam.space=feature"),
                                    ("mixer=manifold", "lambda=beta"), ("lambda=loss", "lam.per_sample=true"),
-                                   ("pairing=nearest", "lambda=sk")])
+                                   ("pairing=nearest", "lambda=sk"),
+                                   ("model=transformer", "mixer=manifold", "lambda=distance")])
 def test_text_runs_train_and_record(corpus, extra, tmp_path):
-    acc = train(compose_cfg(*FAST, f"data.root={corpus}", *extra), tmp_path / "run")
+    base = [o for o in FAST if not (o.startswith("model.") and any(x.startswith("model=") for x in extra))]
+    acc = train(compose_cfg(*base, f"data.root={corpus}", *extra), tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert summary["status"] == "completed" and summary["dataset"]["name"] == "austen"

@@ -19,8 +19,8 @@ data), ``num_classes`` and its own options, so ``MODELS.build`` can reject missp
 from . import tabular, text, vision  # noqa: F401 - registers their builders
 from .base import MODELS, MixModel, build_model
 from .tabular import MLP
-from .text import TextCNN, TokenEmbedding
+from .text import TextCNN, TextTransformer, TokenEmbedding
 from .vision import PreActBlock, PreActResNet18, SimpleCNN, WideResNet
 
-__all__ = ["MODELS", "MixModel", "MLP", "SimpleCNN", "PreActBlock", "PreActResNet18", "TextCNN", "TokenEmbedding",
+__all__ = ["MODELS", "MixModel", "MLP", "SimpleCNN", "PreActBlock", "PreActResNet18", "TextCNN", "TextTransformer", "TokenEmbedding",
            "WideResNet", "build_model"]

@@ -6,7 +6,8 @@ output, so ``mixer=input`` blends the embedded sequences (wordMixup, Guo et al. 
 channel with them: a blend of a token and padding has mask λ or 1 − λ, above 0, so the mixed
 sequence keeps every position either sequence had (the masks are OR-ed, neither is truncated);
 a position padded in both stays 0. Later points are the models' hidden states (``mixer=manifold``:
-senMixup mixes the pooled sentence embedding of :class:`TextCNN`).
+senMixup mixes the pooled sentence embedding of :class:`TextCNN`; TMix, Chen et al. 2020, a hidden
+layer of :class:`TextTransformer`), which carry the mask channel along too.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import MAX_HIDDEN, MAX_WIDTH, MODELS, MixModel, _check_dropout, _check_positive_int, _is_int
+from .base import MAX_DEPTH, MAX_HIDDEN, MAX_WIDTH, MODELS, MixModel, _check_dropout, _check_positive_int, _is_int
 
 MAX_VOCAB, MAX_SEQ = 10_000_000, 100_000
 
@@ -95,3 +96,61 @@ def textcnn(*, in_shape: tuple[int, ...], num_classes: int, vocab_size: int | No
     """Kim's TextCNN; see :class:`TextCNN` (``vocab_size`` comes from the data set)."""
     return TextCNN(in_shape=in_shape, num_classes=num_classes, vocab_size=vocab_size, dim=dim, widths=widths,
                    filters=filters, dropout=dropout)
+
+
+class _EncoderLayer(nn.Module):
+    """One pre-norm transformer encoder layer on ``(B, L, D + 1)`` (the mask channel last, passed on as it
+    is); the first layer adds the learned positions. Padding is masked out of attention; a row with no
+    token at all attends to its first position, so it stays finite."""
+
+    def __init__(self, dim: int, heads: int, ff: int, dropout: float, positions: int | None) -> None:
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(dim, heads, ff, dropout, activation="gelu", batch_first=True,
+                                                norm_first=True)
+        self.positions = None if positions is None else nn.Parameter(torch.randn(positions, dim) * dim ** -0.5)
+
+    def forward(self, h: Tensor) -> Tensor:
+        x, mask = h[..., :-1], h[..., -1:]
+        if self.positions is not None:  # the same for both sequences of a blend: mixing before or after is alike
+            x = x + self.positions[: x.shape[1]]
+        pad = ~_mask(h)
+        pad[:, 0] &= pad.any(1) & ~pad.all(1)  # an all-padding row keeps position 0
+        return torch.cat([self.layer(x, src_key_padding_mask=pad), mask], dim=-1)
+
+
+class _MaskedMean(nn.Module):
+    """``(B, L, D + 1) -> (B, D)``: the mean over the positions the mask keeps (0 for a row with none)."""
+
+    def forward(self, h: Tensor) -> Tensor:
+        keep = _mask(h).unsqueeze(-1).to(h.dtype)
+        return (h[..., :-1] * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+
+
+class TextTransformer(MixModel):
+    """A small transformer encoder: token embeddings, learned positions, ``layers`` pre-norm encoder
+    layers (``heads`` heads, feed-forward width ``ff``, GELU), mean over the tokens, linear.
+
+    Blocks: one per layer; mix points: 0 = the embedded sequence, k = the output of layer k (k <
+    ``layers``), as TMix (Chen et al. 2020) mixes hidden layers of an encoder."""
+
+    def __init__(self, *, in_shape: tuple[int, ...], num_classes: int, vocab_size: int, dim: int = 128,
+                 layers: int = 2, heads: int = 4, ff: int = 256, dropout: float = 0.1) -> None:
+        length = _text_shape("transformer", in_shape, vocab_size)
+        dim = _check_positive_int("dim", dim, MAX_WIDTH)
+        layers = _check_positive_int("layers", layers, MAX_DEPTH)
+        heads = _check_positive_int("heads", heads, MAX_WIDTH)
+        if dim % heads:
+            raise ValueError(f"heads={heads!r}: expected a divisor of dim={dim}")
+        ff = _check_positive_int("ff", ff, MAX_HIDDEN)
+        dropout = _check_dropout("dropout", dropout)
+        blocks = [_EncoderLayer(dim, heads, ff, dropout, length if i == 0 else None) for i in range(layers)]
+        super().__init__(in_shape=in_shape, num_classes=num_classes, blocks=blocks, pool=_MaskedMean(),
+                         embed_dim=dim, num_mix_points=layers, stem=TokenEmbedding(vocab_size, dim))
+
+
+@MODELS.register("transformer")
+def transformer(*, in_shape: tuple[int, ...], num_classes: int, vocab_size: int | None = None, dim: int = 128,
+                layers: int = 2, heads: int = 4, ff: int = 256, dropout: float = 0.1) -> MixModel:
+    """A small transformer encoder; see :class:`TextTransformer` (``vocab_size`` comes from the data set)."""
+    return TextTransformer(in_shape=in_shape, num_classes=num_classes, vocab_size=vocab_size, dim=dim, layers=layers,
+                           heads=heads, ff=ff, dropout=dropout)
