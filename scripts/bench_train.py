@@ -63,18 +63,29 @@ def synthetic(n: int, shape: tuple[int, ...], classes: int, device: torch.device
                    y_test=y[:classes], num_classes=classes, mean=(0.0,) * shape[0], std=(1.0,) * shape[0])
 
 
+def synthetic_text(n: int, length: int, vocab: int, classes: int, device: torch.device) -> Dataset:
+    """Token ids (n, length) with the last quarter of each row padding (id 0), as text batches are."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(2, vocab, (n, length), generator=g)
+    x[:, length - length // 4:] = 0
+    y = torch.randint(0, classes, (n,), generator=g)
+    x, y = x.to(device), y.to(device)
+    return Dataset(name="synthetic_text", task="classification", x_train=x, y_train=y, x_test=x[:classes],
+                   y_test=y[:classes], num_classes=classes, mean=(), std=(), vocab_size=vocab)
+
+
 def build_parts(overrides: list[str], ds: Dataset | None = None) -> T.Parts:
-    """``mixlab.run.train.build`` on ``overrides``; with ``ds`` the data loader is swapped for it."""
+    """``mixlab.run.train.build`` on ``overrides``; with ``ds`` the data set is swapped for it."""
     cfg = compose(overrides)
     T.validate(cfg)
     if ds is None:
         return T.build(cfg)
-    original = T.load_dataset
-    T.load_dataset = lambda *a, **k: ds
+    original = T.dataset_from_config
+    T.dataset_from_config = lambda *a, **k: ds
     try:
         return T.build(cfg)
     finally:
-        T.load_dataset = original
+        T.dataset_from_config = original
 
 
 def run_epoch(p: T.Parts) -> float:
@@ -106,7 +117,9 @@ def step_cases(compile: bool = False) -> list[str]:
 
 
 def bench_step(args, device: torch.device) -> dict:
-    ds = synthetic(args.batch * args.steps, tuple(args.shape), 10, device)
+    n = args.batch * args.steps
+    ds = synthetic_text(n, args.shape[0], args.vocab, 10, device) if args.vocab else \
+        synthetic(n, tuple(args.shape), 10, device)
     base = [f"model={args.model}", f"data.batch_size={args.batch}", f"device={device}", "trainer.progress=false",
             "optim=sgd", *args.override]
     parts = {}
@@ -127,18 +140,21 @@ def bench_step(args, device: torch.device) -> dict:
         rel = [t / b - 1.0 for t, b in zip(ts, seconds[STEP_BASELINE])]
         out[case] = {"ms_per_step": quantiles([t * 1e3 for t in ts]), "overhead": quantiles(rel),
                      "feature_space": case in FEATURE_CASES}
-    return {"model": args.model, "batch": args.batch, "shape": args.shape, "steps_per_round": args.steps,
+    return {"model": args.model, "batch": args.batch, "shape": args.shape, "vocab": args.vocab or None,
+            "samples_per_second": {c: args.batch / (r["ms_per_step"]["median"] / 1e3) for c, r in out.items()},
+            "steps_per_round": args.steps,
             "repeats": args.repeats, "amp": parts[STEP_BASELINE].amp,
             "channels_last": parts[STEP_BASELINE].channels_last, "cases": out}
 
 
 def step_table(res: dict) -> str:
-    lines = [f"model {res['model']}, batch {res['batch']} × {res['shape']}, {res['steps_per_round']} steps × "
+    what = f"token ids × {res['shape']} (vocabulary {res['vocab']})" if res.get("vocab") else f"× {res['shape']}"
+    lines = [f"model {res['model']}, batch {res['batch']} {what}, {res['steps_per_round']} steps × "
              f"{res['repeats']} rounds, amp={res['amp']}",
-             "| case | ms / step (median) | overhead vs lambda=none (median [IQR]) |", "|---|---:|---:|"]
+             "| case | ms / step (median) | samples / s | overhead vs lambda=none (median [IQR]) |", "|---|---:|---:|---:|"]
     for case, r in res["cases"].items():
         o = r["overhead"]
-        lines.append(f"| {case} | {r['ms_per_step']['median']:.1f} | "
+        lines.append(f"| {case} | {r['ms_per_step']['median']:.1f} | {res['batch'] / r['ms_per_step']['median'] * 1e3:.0f} | "
                      f"{o['median'] * 100:+.1f}% [{o['q1'] * 100:+.1f}, {o['q3'] * 100:+.1f}] |")
     return "\n".join(lines)
 
@@ -295,7 +311,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
     p.add_argument("--override", nargs="*", default=[], help="extra overrides for every step case")
     g = p.add_argument_group("step")
-    g.add_argument("--shape", type=int, nargs="+", default=[3, 32, 32], help="synthetic input shape")
+    g.add_argument("--shape", type=int, nargs="+", default=[3, 32, 32], help="synthetic input shape (text: [length])")
+    g.add_argument("--vocab", type=int, default=0, help="text: synthetic token ids of this vocabulary (model=textcnn "
+                                                       "or transformer; 0: images)")
     g.add_argument("--steps", type=int, default=20, help="training steps per case per round")
     g.add_argument("--compile", action="store_true", help="add torch.compile'd cases (slow to build on a CPU)")
     g.add_argument("--only", default="", help="a regex: keep the cases it matches (and the baseline)")

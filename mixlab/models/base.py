@@ -133,7 +133,12 @@ class MixModel(nn.Module):
         # Kaiming (He) init keeps activation variance constant through ReLU stacks, which is
         # what lets the deep residual nets train from step one at the usual learning rates.
         # Biases start at zero so that the initial function only depends on the weights.
+        # A block with ``own_init = True`` (the transformer's layers, whose attention and feed-forward
+        # weights PyTorch initialises for attention, not for ReLU stacks) keeps its own.
+        own = {id(m) for block in self.modules() if getattr(block, "own_init", False) for m in block.modules()}
         for module in self.modules():
+            if id(module) in own:
+                continue
             if isinstance(module, (nn.Conv1d, nn.Conv2d)):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 if module.bias is not None:

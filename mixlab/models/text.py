@@ -103,6 +103,8 @@ class _EncoderLayer(nn.Module):
     is); the first layer adds the learned positions. Padding is masked out of attention; a row with no
     token at all attends to its first position, so it stays finite."""
 
+    own_init = True  # PyTorch's initialisation of attention and feed-forward weights, not MixModel's He init
+
     def __init__(self, dim: int, heads: int, ff: int, dropout: float, positions: int | None) -> None:
         super().__init__()
         self.layer = nn.TransformerEncoderLayer(dim, heads, ff, dropout, activation="gelu", batch_first=True,
