@@ -296,13 +296,13 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
             x = x.contiguous(memory_format=torch.channels_last)
         progress = ((epoch - 1) + step / steps) / epochs
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=p.amp):
+            features = None
+            if p.needs_features:  # feature-space pairing or λ: the clean penultimate embedding
+                features = p.bank.read(index) if p.bank is not None and epoch > 1 else _clean_features(p, x)
             if p.manifold:
                 at = p.mix_at if p.mix_at is not None else \
                     int(torch.randint(p.model.num_mix_points, (1,), generator=p.generators["layer"]))
                 held: dict[str, Tensor] = {}
-                features = None
-                if p.needs_features:  # text with mixer=input: the clean penultimate embedding, as for images
-                    features = p.bank.read(index) if p.bank is not None and epoch > 1 else _clean_features(p, x)
 
                 def mix_hidden(h: Tensor) -> Tensor:
                     f = features if features is not None else h.flatten(1)
@@ -313,9 +313,6 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
                 out = p.forward(x, mix_at=at, mix=mix_hidden)
                 y_mix = held["y"]
             else:
-                features = None
-                if p.needs_features:
-                    features = p.bank.read(index) if p.bank is not None and epoch > 1 else _clean_features(p, x)
                 x_mix, y_mix = p.mix(x, y, features=features, index=index, progress=progress)
                 if images is None and epoch == 1:
                     images = x_mix[:32].detach()

@@ -23,11 +23,9 @@ __all__ = ["TASKS", "Classification", "Regression", "Task"]
 
 class Task:
     """Base class. ``has_classes``: targets are class labels (class-aware pairings apply, smoothing
-    applies, the mixed target is a distribution over ``num_classes``); ``objective``: the metric a
-    run's objective is (``acc``: higher is better; ``mse``: lower)."""
+    applies, the mixed target is a distribution over ``num_classes``)."""
 
     has_classes = False
-    objective = "acc"
 
     def loss_per_sample(self, out: Tensor, target: Tensor) -> Tensor:
         """The loss of each sample against its (mixed) target, (B,), in float32."""
@@ -50,7 +48,6 @@ TASKS: Registry[Task] = Registry("task")
 @TASKS.register("classification")
 class Classification(Task):
     has_classes = True
-    objective = "acc"
 
     def loss_per_sample(self, out: Tensor, target: Tensor) -> Tensor:
         return -(target * F.log_softmax(out.float(), dim=1)).sum(1)
@@ -66,8 +63,6 @@ class Classification(Task):
 
 @TASKS.register("regression")
 class Regression(Task):
-    objective = "mse"
-
     def loss_per_sample(self, out: Tensor, target: Tensor) -> Tensor:
         out = out.float()
         return (out.squeeze(1) - target.float()).square() if target.dim() == 1 else (out - target).square().mean(1)
