@@ -65,6 +65,11 @@ def test_tuning_gives_equal_budgets_selects_on_validation_and_the_comparison_use
     train(compose_cfg(*TINY, "lambda=beta", f"tuned={out / 'tuned.yaml'}"), tmp_path / "compare")
     used = json.loads((tmp_path / "compare" / "summary.json").read_text())["config"]
     assert used["lam"]["alpha"] == pytest.approx(tuned["beta"]["lam.alpha"]) and used["tuned"] == str(out / "tuned.yaml")
+    # the run keeps what tuning chose and on what evidence: the chosen trial's validation score, the budget
+    record = json.loads((tmp_path / "compare" / "summary.json").read_text())["tuning"]
+    chosen = next(t for t in per["beta"] if t["trial"] == log["chosen"]["beta"])
+    assert record["best_objective"] == chosen["objective"] == max(t["objective"] for t in per["beta"])
+    assert record["trials"] == 3 and record["trials_run"] == 3 and record["objective_key"] == "val_acc"
     assert math.isfinite(json.loads((tmp_path / "compare" / "summary.json").read_text())["objective"])
 
 

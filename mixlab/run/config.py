@@ -158,21 +158,24 @@ def apply_tuned(cfg: DictConfig) -> dict | None:
     try:
         log = json.loads((Path(path).parent / "tuning.json").read_text(encoding="utf-8"))
         mine = [t for t in log.get("trials_run", []) if t.get("lambda") == name]
-        scores = [t["objective"] for t in mine if isinstance(t.get("objective"), (int, float))]
-        higher = not str((mine or [{}])[0].get("objective_key") or "val_acc").endswith(("mse", "mae"))
+        best = next((t for t in mine if t.get("trial") == (log.get("chosen") or {}).get(name)), {})
         record.update(trials=log.get("trials"), trials_run=len(mine), search_seed=log.get("seed"),
                       space=(log.get("spaces") or {}).get(name, {}), overrides=log.get("overrides"),
-                      objective_key=(mine or [{}])[0].get("objective_key"),
-                      best_objective=(max if higher else min)(scores) if scores else None)
+                      objective_key=best.get("objective_key"), best_objective=best.get("objective"))
     except (OSError, ValueError):
         record["trials"] = None  # a tuned.yaml written by hand: the values are known, the budget is not
     return record
 
 
-def _nothing_to_tune(name: str) -> bool:
+def search_spaces(path: Path = CONF_DIR / "search_spaces.yaml") -> dict[str, dict[str, dict]]:
+    """Each λ policy's search space for ``python -m mixlab.tune`` (``conf/search_spaces.yaml``)."""
     import yaml
 
-    spaces = yaml.safe_load((CONF_DIR / "search_spaces.yaml").read_text(encoding="utf-8")) or {}
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def _nothing_to_tune(name: str) -> bool:
+    spaces = search_spaces()
     return name in spaces and not spaces[name]
 
 

@@ -25,12 +25,8 @@ from typing import Any, Iterator
 import numpy as np
 import yaml
 
-from ..run.config import CONF_DIR, ConfigError, flatten
+from ..run.config import CONF_DIR, ConfigError, flatten, search_spaces
 from ..run.records import atomic_write, atomic_write_json
-
-
-def search_spaces(path: Path = CONF_DIR / "search_spaces.yaml") -> dict[str, dict[str, dict]]:
-    return yaml.safe_load(path.read_text()) or {}
 
 
 def sample(space: dict[str, dict], rng: np.random.Generator) -> dict[str, Any]:
@@ -134,7 +130,7 @@ def tune(lambdas: list[str], trials: int, out: str | Path, overrides: list[str],
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
                                  initargs=(threads,)) as pool, _workers_stop_with_me(pool):
             objectives = list(pool.map(_trial, *zip(*args)))
-    log, tuned = [], {}
+    log, tuned, chosen_trial = [], {}, {}
     for policy in lambdas:
         best, chosen = None, None
         for (p, k, params), objective in zip(work, objectives, strict=True):
@@ -146,12 +142,13 @@ def tune(lambdas: list[str], trials: int, out: str | Path, overrides: list[str],
                         "objective_key": summary.get("objective_key"), "status": summary.get("status")})
             if _better(objective, best, higher):  # the values the run used, defaults included, from its record
                 best, chosen = objective, {key: flatten(summary["config"])[key] for key in spaces[policy]}
+                chosen_trial[policy] = k
         if chosen is None:
             raise ConfigError(f"lambda={policy}: no trial completed with a finite objective; see {out / policy}")
         tuned[policy] = chosen
     atomic_write_json(out / "tuning.json", {"lambdas": lambdas, "trials": trials, "seed": seed,
                                            "overrides": overrides, "spaces": {p: spaces[p] for p in lambdas},
-                                           "trials_run": log})
+                                           "chosen": chosen_trial, "trials_run": log})
     atomic_write(out / "tuned.yaml", lambda f: f.write(yaml.safe_dump(tuned, sort_keys=False).encode()))
     return tuned
 
