@@ -520,6 +520,23 @@ def test_test_every_gives_test_curves_and_val_size_zero_falls_back_to_the_test_o
     assert summary["objective"] == rows[-1]["test_acc"] and summary["objective_key"] == "test_acc"
 
 
+@pytest.mark.parametrize("lam", ["beta", "loss"])  # loss: λ read from the training losses, which must not move
+def test_val_every_reads_validation_less_often_and_leaves_training_as_it_was(lam, tmp_path):
+    _, every, _ = run(tmp_path, f"lambda={lam}", "trainer.epochs=5", name="every")
+    _, sparse, summary = run(tmp_path, f"lambda={lam}", "trainer.epochs=5", "trainer.val_every=2", name="sparse")
+    assert [r["epoch"] for r in sparse if "val_acc" in r] == [2, 4, 5]  # every 2nd epoch and after the last
+    _, last, last_summary = run(tmp_path, f"lambda={lam}", "trainer.epochs=5", "trainer.val_every=0", name="last")
+    assert [r["epoch"] for r in last if "val_acc" in r] == [5]
+    # evaluation draws no random numbers and updates nothing: the same training, row for row
+    train_keys = ("train_loss", "lam_mean", "lam_std", "lam_strength", "pair_distance")
+    for rows in (sparse, last):
+        assert [[r[k] for k in train_keys] for r in rows] == [[r[k] for k in train_keys] for r in every]
+        assert {k: v for k, v in rows[-1].items() if k not in TIMING} == \
+            {k: v for k, v in every[-1].items() if k not in TIMING}
+    assert last_summary["objective"] == every[-1]["val_acc"] and last_summary["objective_key"] == "val_acc"
+    assert summary["final_val"] == last_summary["final_val"]
+
+
 @pytest.mark.parametrize("extra", [(), ("lam.space=feature",), ("mixer=manifold", "model=cnn", "model.width=8")])
 def test_lam_against_distance_is_recorded_as_the_policy_saw_it(extra, tmp_path):
     # Before: 80 pairs of the 16-image leftover batch against the raw input distance, under an axis that

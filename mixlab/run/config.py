@@ -69,6 +69,7 @@ RULES: dict[str, Rule] = {
     "trainer.pairing_scope": _one_of("local", "global"),
     "trainer.features": _one_of("forward", "cache"),
     "trainer.test_every": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "trainer.val_every": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
     "data.batch_size": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
     "data.train_subset": ("null or an integer >= 1", lambda v: v is None or (_is_int(v) and v >= 1)),
     "data.val_size": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),

@@ -556,11 +556,12 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: d
                 batch_bar.close()
             rng = _rng(p)
             if d.main:  # rank 0 evaluates and writes; the others wait for it at the next collective
-                # Validation every epoch (selection reads it); the test set once, after the last epoch,
-                # unless trainer.test_every asks for curves (peeking, if anything is chosen from them).
-                val = evaluate(p, "val") if p.ds.n_val else {}
-                every = cfg.trainer.get("test_every", 0)
-                test = evaluate(p, "test") if epoch == epochs or (every and epoch % every == 0) else {}
+                # Validation after the last epoch (selection reads it) and every trainer.val_every epochs
+                # for curves; the test set once, after the last epoch, unless trainer.test_every asks for
+                # curves (peeking, if anything is chosen from them). Evaluation draws no random numbers,
+                # so how often it runs leaves training unchanged.
+                val = evaluate(p, "val") if p.ds.n_val and _due(epoch, epochs, cfg.trainer.get("val_every", 1)) else {}
+                test = evaluate(p, "test") if _due(epoch, epochs, cfg.trainer.get("test_every", 0)) else {}
                 val_logits, test_logits = val.pop("logits", None), test.pop("logits", None)
                 extras = {"reliability": test.pop("reliability", None), "val_reliability": val.pop("reliability", None),
                           "lam_vs_distance": result["lam_vs_distance"]}
@@ -612,6 +613,11 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: d
             logger.finish({k: v for k, v in summary.items() if k in ("status", "median_last10_acc", "final")})
     # rank 0's result, once summary.json is written: every process returns when the run is recorded
     return d.broadcast(summary.get("objective"))
+
+
+def _due(epoch: int, epochs: int, every: int) -> bool:
+    """Whether an evaluation set every ``every`` epochs (0: none but the last) is read after ``epoch``."""
+    return epoch == epochs or bool(every and epoch % every == 0)
 
 
 def _final(rows: list[dict], ds: Dataset | None, wall: float) -> dict:
