@@ -198,6 +198,21 @@ def test_records_without_strength_still_report(tmp_path):
     assert not (tmp_path / "out" / "figures" / "lam_strength.png").exists()  # nothing to draw, no empty picture
 
 
+def test_runs_validated_only_at_the_end_draw_the_training_loss_per_epoch(tmp_path):
+    # trainer.val_every=0: one validation row per run, no curve of it; before, the figure showed one dot
+    for i, (lam, seed) in enumerate((lam, seed) for lam in ("beta", "none") for seed in range(2)):
+        (tmp_path / "runs" / str(i)).mkdir(parents=True)
+        config = {"seed": seed, "lam": {"name": lam}, "data": {"name": "digits"}, "model": {"name": "mlp"}}
+        rows = [{"epoch": e, "train_loss": 2.0 / e} for e in (1, 2, 3)]
+        rows[-1].update(val_acc=0.8, test_acc=0.8 + seed / 100)
+        (tmp_path / "runs" / str(i) / "summary.json").write_text(json.dumps(
+            {"status": "completed", "config": config, "final": {"test_acc": rows[-1]["test_acc"]}}))
+        (tmp_path / "runs" / str(i) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    md, _ = write_report(tmp_path / "runs", out=tmp_path / "out")
+    assert "training loss (mixed batches) per epoch" in md.read_text()
+    assert "validation accuracy per epoch" not in md.read_text()
+
+
 def test_single_run_dir_and_missing_dir(sweep, tmp_path):
     md, _ = write_report(first_run(sweep), out=tmp_path)
     assert "1 run: 1 completed" in md.read_text()

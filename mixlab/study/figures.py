@@ -54,11 +54,16 @@ def _per_epoch(ax: plt.Axes, configs: list[Config], key: str) -> None:
     ax.grid(alpha=0.3)
 
 
+def curve_name(key: str) -> str:
+    """A per-epoch key's name on a curve's axis (the final metrics' names, and the training loss)."""
+    return NAMES.get(key, "training loss (mixed batches)" if key == "train_loss" else key)
+
+
 def fig_curves(configs: list[Config], metric: str) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     _per_epoch(ax, configs, metric)
-    ax.set(xlabel="epoch", ylabel=NAMES.get(metric, metric),
-           title=f"{NAMES.get(metric, metric)} per epoch (line: mean, band: min–max over seeds)")
+    ax.set(xlabel="epoch", ylabel=curve_name(metric),
+           title=f"{curve_name(metric)} per epoch (line: mean, band: min–max over seeds)")
     return fig
 
 

@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..run.config import fingerprint, flatten  # noqa: E402
 from .figures import (fig_boundaries, fig_curves, fig_final, fig_lam_distance, fig_lam_hist,  # noqa: E402
-                      fig_lam_strength, fig_mixed, fig_paired, fig_reliability)
+                      fig_lam_strength, fig_mixed, fig_paired, fig_reliability, curve_name)
 from .runs import LOWER_IS_BETTER, NAMES, Config, Run  # noqa: E402
 from .runs import fmt as _f  # noqa: E402
 from .stats import WILCOXON_MIN_PAIRS, holm, mean_ci, paired_comparison, verdict  # noqa: E402
@@ -432,20 +432,26 @@ def _tuning(runs: list[Run]) -> list[tuple]:
 def _figures(configs: list[Config], metric: str, regression: bool,
              primary: list[dict]) -> list[tuple[str, plt.Figure | None, str]]:
     # Per-epoch curves from the validation split: the test set is read once, at the end (unless the
-    # runs set trainer.test_every, whose test curves are then shown).
+    # runs set trainer.test_every, whose test curves are then shown). Runs that read validation only at
+    # the end (trainer.val_every=0) have no curve of it: the training loss per epoch stands in.
+    def curve_of(key: str) -> bool:  # some run has the key in at least two epochs
+        return any(sum(isinstance(row.get(key), (int, float)) for row in r.rows) >= 2 for c in configs for r in c.done)
+
     has_val = any(row.get("val_acc") is not None or row.get("val_mse") is not None
                   for c in configs for r in c.done for row in r.rows)
     split = "val" if has_val else "test"
     curve = f"{split}_mse" if regression else f"{split}_acc"
     if not has_val and metric.startswith("test_") and metric != "test_ece":
         curve = metric
+    if not curve_of(curve):
+        curve = "train_loss"
     calibration = [] if regression else [m for m in ("test_ece", "test_ece_ts") if m != metric and (
         m == "test_ece" or any(r.value(m) is not None for c in configs for r in c.done))]
     return [("paired", fig_paired(primary),
              "The declared primary comparison, seed by seed: Δ per policy against its reference with intervals "
              "simultaneous over the family (Bonferroni: an interval that excludes 0 implies Holm's verdict, not "
              "conversely); colour: the Holm verdict"),
-            ("curves", fig_curves(configs, curve), f"{NAMES.get(curve, curve)} per epoch, mean and min–max band"),
+            ("curves", fig_curves(configs, curve), f"{curve_name(curve)} per epoch, mean and min–max band"),
             ("final", fig_final(configs, [metric] + calibration),
              "Final metrics per configuration, mean with 95% t-interval over seeds"),
             ("reliability", fig_reliability(configs), "Reliability diagrams, final epoch, seeds pooled"),
