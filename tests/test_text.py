@@ -194,6 +194,25 @@ def test_text_runs_train_and_record(corpus, extra, tmp_path):
         torch.testing.assert_close(lam, torch.exp(-d), rtol=1e-5, atol=1e-6)
 
 
+def test_text_pair_distance_is_measured_between_the_embedded_sequences(corpus, tmp_path, monkeypatch):
+    # before: between the token ids (a number per vocabulary index, meaningless as a distance)
+    import mixlab.run.train as train_module
+    seen, real = [], train_module.pair_distance
+    def spy(a, b, *metric):
+        if not metric:  # the step's record (λ against distance passes its metric)
+            seen.append((a, b))
+        return real(a, b, *metric)
+
+    monkeypatch.setattr(train_module, "pair_distance", spy)
+    train(compose_cfg(*FAST, f"data.root={corpus}", "lambda=beta", "trainer.epochs=1"), tmp_path / "run")
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    a, b = seen[0]
+    assert a.is_floating_point() and a.dim() == 3 and a.shape[2] == 16 + 1  # (B, tokens, model.dim + the mask)
+    n = sum(x.shape[0] for x, _ in seen)
+    mean = sum(float(torch.linalg.vector_norm((x - y).flatten(1).double(), dim=1).sum()) for x, y in seen) / n
+    assert rows[0]["pair_distance"] == pytest.approx(mean, rel=1e-5)
+
+
 def test_text_runs_learn_on_the_synthetic_corpus(corpus, tmp_path):
     # the novels differ by one word per line ("word<b>"), which the held-out chapters share: easy to learn
     acc = train(compose_cfg(*FAST, f"data.root={corpus}", "lambda=none", "trainer.epochs=6"), tmp_path / "run")

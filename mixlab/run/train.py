@@ -339,7 +339,10 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
                      last.lam.detach())
         n += y.shape[0]
         px, py = last.pool if last.pool is not None else (x, y)  # pairing_scope=global: the gathered batch
-        pair_d = pair_distance(x, px.index_select(0, last.partner))  # input space, (B,)
+        if p.model.mixes_inside:  # token ids have no distance: text's pairs are measured where they are mixed
+            pair_d = pair_distance(held["h"], held["h"].index_select(0, last.partner))
+        else:
+            pair_d = pair_distance(x, px.index_select(0, last.partner))  # input space, (B,)
         zero = pair_d.new_zeros(())
         same = (y == py[last.partner]).sum() if classification else zero
         correct = p.task.correct(out, y_mix)
