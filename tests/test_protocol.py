@@ -43,7 +43,7 @@ def protocol(tmp_path_factory) -> dict:
                        cwd=d, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     before = {p.parent.name for p in (d / "sweep").rglob("summary.json")}
-    assert controls_main([str(d / "sweep")]) == 0
+    assert controls_main([str(d / "sweep"), "--jobs", "2"]) == 0  # two at a time, each in a process of its own
     return {"dir": d, "sweep": d / "sweep", "before": before, "tuned": yaml.safe_load((d / "tuning" / "tuned.yaml").read_text())}
 
 
@@ -171,3 +171,5 @@ def test_lam_strength_out_of_range_is_one_line(tmp_path):
 def test_controls_on_a_missing_folder_is_one_line(tmp_path, capsys):
     assert controls_main([str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.strip().endswith("expected a sweep directory with run records, got no such directory")
+    assert controls_main([str(tmp_path), "--jobs", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "mixlab.controls: error: --jobs=0: expected an integer >= 1"

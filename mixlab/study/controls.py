@@ -1,4 +1,4 @@
-"""``python -m mixlab.controls SWEEP_DIR [--dry-run]``: add a strength-matched fixed-mixup control
+"""``python -m mixlab.controls SWEEP_DIR [--dry-run] [--jobs N]``: add a strength-matched fixed-mixup control
 next to every dynamic λ policy of a comparison.
 
 A dynamic policy can beat Beta(1, 1) just by mixing more or less. For each configuration of the
@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 
 from ..engine.lam import LAMBDAS, STRENGTH_RANGE
 from ..run.config import CONF_DIR, ConfigError, _under, import_plugins, job_dir
+from .pool import run_all
 from .report import group_runs, load_runs
 from .runs import Config, Run
 
@@ -96,8 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mixlab.controls", description=__doc__.split("\n\n")[0])
     ap.add_argument("sweep", help="the comparison's sweep directory (its runs' records are read, controls written there)")
     ap.add_argument("--dry-run", action="store_true", help="list the controls and their folders, run nothing")
+    ap.add_argument("--jobs", type=int, default=1, help="controls run at once, each in its own process with its "
+                                                       "share of the CPU threads (the records do not depend on it)")
     args = ap.parse_args(argv)
     try:
+        if args.jobs < 1:
+            raise ConfigError(f"--jobs={args.jobs}: expected an integer >= 1")
         if not Path(args.sweep).is_dir():
             raise ConfigError(f"{args.sweep}: expected a sweep directory with run records, got no such directory")
         todo, skipped = plan(args.sweep)
@@ -109,25 +114,35 @@ def main(argv: list[str] | None = None) -> int:
     if not todo:
         print("mixlab.controls: nothing to add (no dynamic policy with completed runs)", file=sys.stderr)
         return 0
-    from ..run.train import train
-
-    failed = 0
-    for k, job in enumerate(todo, 1):
-        print(f"mixlab.controls: [{k}/{len(todo)}] {job['policy']} seed {job['seed']}: lambda=beta "
-              f"lam.strength={job['strength']} -> {job['dir']}", file=sys.stderr)
-        if args.dry_run:
-            continue
-        try:
-            train(OmegaConf.create(job["config"]), job["dir"])
-        except ConfigError as e:
-            print(f"mixlab.controls: error: {e}", file=sys.stderr)
-            return 2
-        except Exception as e:  # noqa: BLE001 - recorded as failed in its summary.json; the others still run
-            failed += 1
-            print(f"mixlab.controls: {job['dir']} failed ({type(e).__name__}: {e})", file=sys.stderr)
+    calls = [(f"[{k}/{len(todo)}] {job['policy']} seed {job['seed']}: lambda=beta lam.strength={job['strength']} "
+              f"-> {job['dir']}", job["config"], str(job["dir"])) for k, job in enumerate(todo, 1)]
+    if args.dry_run:
+        for line, _, _ in calls:
+            print(f"mixlab.controls: {line}", file=sys.stderr)
+        return 0
+    try:
+        failed = sum(run_all(_control, calls, args.jobs))
+    except ConfigError as e:
+        print(f"mixlab.controls: error: {e}", file=sys.stderr)
+        return 2
     print(f"mixlab.controls: {len(todo) - failed} of {len(todo)} controls done; compare: python -m mixlab.report "
           f"{args.sweep}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _control(line: str, config: dict, run_dir: str) -> bool:
+    """Run one control; True if it failed (recorded as failed in its summary.json; the others still run)."""
+    from ..run.train import train
+
+    print(f"mixlab.controls: {line}", file=sys.stderr, flush=True)
+    try:
+        train(OmegaConf.create(config), run_dir)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        print(f"mixlab.controls: {run_dir} failed ({type(e).__name__}: {e})", file=sys.stderr)
+        return True
+    return False
 
 
 if __name__ == "__main__":

@@ -14,19 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import signal
 import sys
-import threading
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import yaml
 
 from ..run.config import CONF_DIR, ConfigError, flatten, search_spaces
 from ..run.records import atomic_write, atomic_write_json
+from .pool import run_all
 
 
 def sample(space: dict[str, dict], rng: np.random.Generator) -> dict[str, Any]:
@@ -75,33 +73,6 @@ def _trial(overrides: list[str], run_dir: str) -> float | None:
         return None
 
 
-@contextmanager
-def _workers_stop_with_me(pool: Any) -> Iterator[None]:
-    """SIGTERM or Ctrl-C to the tuner stops its workers too: each gets SIGTERM, so its run records
-    itself as interrupted (re-running the same command resumes it) instead of running on, orphaned,
-    into folders a new tuner would also write."""
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
-    try:
-        yield
-    except BaseException:
-        for process in list(getattr(pool, "_processes", {}).values()):
-            process.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def tune(lambdas: list[str], trials: int, out: str | Path, overrides: list[str], *, seed: int = 0,
          jobs: int = 1) -> dict:
     """Run every trial of every policy (skipping completed ones on a re-run; ``jobs`` at a time, each
@@ -119,17 +90,7 @@ def tune(lambdas: list[str], trials: int, out: str | Path, overrides: list[str],
             for k, params in enumerate(trials_for(policy, spaces[policy], trials, seed))]
     args = [([*overrides, f"lambda={policy}", *(f"{key}={v!r}" for key, v in params.items())],
              str(out / policy / f"trial_{k}")) for policy, k, params in work]
-    if jobs == 1:
-        objectives = [_trial(*a) for a in args]
-    else:
-        import multiprocessing
-        import os
-        from concurrent.futures import ProcessPoolExecutor
-
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                                 initargs=(threads,)) as pool, _workers_stop_with_me(pool):
-            objectives = list(pool.map(_trial, *zip(*args)))
+    objectives = run_all(_trial, args, jobs)
     log, tuned, chosen_trial = [], {}, {}
     for policy in lambdas:
         best, chosen = None, None
