@@ -95,6 +95,14 @@ def test_every_option_of_every_group_builds(group, option, tmp_path):
         assert type(parts.mix.pairing) is PAIRINGS.get(option)
 
 
+@pytest.mark.parametrize("option", options_of("experiment"))
+def test_every_experiment_composes_and_passes_validation(option):
+    # the committed studies' configs (fashion_1k, austen_small, ...) must stay runnable as they are named
+    cfg = compose_cfg(f"experiment={option}")
+    validate(cfg)
+    assert cfg.trainer.epochs >= 1 and cfg.lam.name in LAMBDAS.names()
+
+
 @pytest.mark.parametrize("option", ["digits", "diabetes", "moons"])
 def test_bundled_data_options_build(option):
     overrides = [f"data={option}", "model=mlp", "device=cpu"]
