@@ -77,17 +77,32 @@ def text_base(folder: Path) -> tuple[str, ...]:
     return ("data=austen", f"data.root={root}", "data.seq_len=8", "data.val_size=30", "device=cpu")
 
 
+DETECTION_OPTIONS = {("model", "fcos")}  # options that need boxes
+
+
+def scenes_base(folder: Path) -> tuple[str, ...]:
+    """TINY's counterpart for detection: small scenes of the made-up items of tests/fashion_items.py."""
+    from .fashion_items import write_items
+
+    root = folder / "fashion" if (folder / "fashion").exists() else write_items(folder / "fashion")
+    return ("data=fashion_scenes", f"data.root={root}", "data.canvas=64", "data.train_scenes=16",
+            "data.test_scenes=8", "data.val_size=8", "data.held_out_objects=50", "device=cpu")
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g in sorted(GROUPS) if g != "data" for o in options_of(g)])
 def test_every_option_of_every_group_builds(group, option, tmp_path):
     overrides = [*TINY, f"{group}={option}"]
     if (group, option) in TEXT_OPTIONS:  # a text model needs token ids: the synthetic corpus of tests/corpus.py
         overrides = [*text_base(tmp_path), f"{group}={option}"]
+    if (group, option) in DETECTION_OPTIONS:  # a detector needs boxes
+        overrides = [*scenes_base(tmp_path), f"{group}={option}"]
     if group == "logger" and option == "wandb":
         overrides.append("logger.mode=disabled")
     cfg = compose_cfg(*overrides)
     validate(cfg)
     parts = build(cfg)
-    assert parts.ds.name == ("austen" if (group, option) in TEXT_OPTIONS else "digits")
+    assert parts.ds.name == ("austen" if (group, option) in TEXT_OPTIONS else
+                             "fashion_scenes" if (group, option) in DETECTION_OPTIONS else "digits")
     assert parts.batches.batch_size == cfg.data.batch_size
     if group == "lambda":
         assert type(parts.mix.lam_policy) is LAMBDAS.get(option)

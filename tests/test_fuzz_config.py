@@ -38,7 +38,8 @@ from mixlab.data import DATASETS
 from mixlab.engine.pairing import METRICS, SPACES
 from mixlab.run.train import build
 
-from .test_config import CONF, GROUPS, KEY, TEXT_OPTIONS, TINY, compose_cfg, options_of, run_cli, text_base
+from .test_config import (CONF, DETECTION_OPTIONS, GROUPS, KEY, TEXT_OPTIONS, TINY, compose_cfg, options_of, run_cli,
+                          scenes_base, text_base)
 
 EXAMPLES = 15  # invalid values per target; ~1100 builds in all keeps the file under a minute
 
@@ -112,6 +113,17 @@ SPEC: dict[str, Spec] = {
     "model.heads": integer(1, 1024, extra=(3, 5, 7, 96)),  # transformer's dim (128) must be a multiple
     "model.ff": integer(1, 65536),
     "data.seq_len": integer(8, 100_000),
+    "data.canvas": integer(64, 1024),
+    "data.max_objects": integer(1, 50),
+    "data.train_scenes": integer(1),
+    "data.test_scenes": integer(1),
+    "data.held_out_objects": integer(1, 59_999),
+    "model.backbone": choice("small", "resnet18"),
+    "model.channels": integer(32, 4096, extra=(33, 48, 100, 4064 + 1)),  # multiples of 32
+    "model.head_convs": integer(1, 16),
+    "model.pretrained": Spec(bool, extra=(True,)),  # true needs backbone=resnet18 (small has no weights)
+    "model.score_thresh": number(0, 1),
+    "model.detections_per_img": integer(1, 100_000),
     "data.vocab_size": integer(3, 10_000_000),
     "model.dropout": number(0, 1, open="hi"),
     "model.width": integer(1, 1024),
@@ -221,18 +233,24 @@ def targets() -> list[tuple[tuple[str, ...], str]]:
         for option in options_of(group):
             if (group, option) in TEXT_OPTIONS:
                 overrides = (*TEXT_BASE, f"{group}={option}")
+            elif (group, option) in DETECTION_OPTIONS:
+                overrides = (*SCENES_BASE, f"{group}={option}")
             else:
                 overrides = (*(o for o in TINY if not o.startswith(f"{group}=")), f"{group}={option}")
             out += [(overrides, k) for k in keys_of(overrides) if k.startswith(f"{KEY.get(group, group)}.")]
     # the text data set's own keys, on the synthetic corpus
     text = (*TEXT_BASE, "model=textcnn")
     out += [(text, k) for k in keys_of(text) if k.startswith("data.") and k not in keys_of(TINY)]
+    # the detection scenes' own keys, on made-up items
+    scenes = (*SCENES_BASE, "model=fcos")
+    out += [(scenes, k) for k in keys_of(scenes) if k.startswith("data.") and k not in keys_of(TINY)]
     return out
 
 
 _CORPUS = tempfile.mkdtemp(prefix="mixlab-fuzz-")
 atexit.register(shutil.rmtree, _CORPUS, True)
 TEXT_BASE = text_base(Path(_CORPUS))
+SCENES_BASE = scenes_base(Path(_CORPUS))
 
 
 TARGETS = targets()

@@ -9,6 +9,12 @@ Determinism and leakage: :func:`compose_scenes` draws everything from its ``gene
 gives it disjoint object pools per split (training scenes from the training split's objects,
 validation and test scenes from held-out objects only), and each scene records which objects it
 used (``sources``), so the disjointness is checkable.
+
+``data=fashion_scenes`` (:func:`fashion_scenes`): Fashion-MNIST's training split is cut in two with
+``data.split_seed`` — ``held_out_objects`` items for the validation scenes, the rest for the training
+scenes — and the test scenes use the test split's items; the scenes themselves are drawn from
+``split_seed`` too, so every run seed sees the same scenes (``train_subset`` keeps that many of the
+training scenes, drawn with the run's subset seed).
 """
 from __future__ import annotations
 
@@ -17,6 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .base import DATASETS, Dataset
 
 INK = 0  # a pixel above this is part of an object (Fashion-MNIST's background is exactly 0)
 
@@ -102,3 +110,82 @@ def compose_scenes(objects: Tensor, labels: Tensor, n: int, *, generator: torch.
             boxes[i, placed], out_labels[i, placed], sources[i, placed] = box[0], labels[src], src
             placed += 1
     return Scenes(images, boxes, out_labels, sources)
+
+
+def _check(key: str, value: object, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        allowed = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
+        raise ValueError(f"data.{key}={value!r}: expected {allowed}")
+    return value
+
+
+def scene_splits(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, *, train_scenes: int,
+                 val_scenes: int, test_scenes: int, held_out_objects: int, split_seed: int, canvas: int = 96,
+                 max_objects: int = 5) -> dict[str, Scenes]:
+    """The ``train``/``val``/``test`` scenes from Fashion-MNIST's splits ((N, 28, 28) uint8 items and
+    labels): training scenes from the training items not held out, validation scenes from the
+    ``held_out_objects`` held out (drawn with ``split_seed``), test scenes from the test items.
+    ``sources`` index the split the item came from (Fashion-MNIST's train or test split)."""
+    g = torch.Generator().manual_seed(split_seed)
+    perm = torch.randperm(x_train.shape[0], generator=g)
+    held, pool = perm[:held_out_objects], perm[held_out_objects:]
+    out = {}
+    for k, (name, n, items) in enumerate((("train", train_scenes, pool), ("val", val_scenes, held),
+                                          ("test", test_scenes, torch.arange(x_test.shape[0])))):
+        xs, ys = (x_test, y_test) if name == "test" else (x_train, y_train)
+        scenes = compose_scenes(xs[items], ys[items], n, canvas=canvas, max_objects=max_objects,
+                                generator=torch.Generator().manual_seed(split_seed * 3 + k + 1))
+        scenes.sources = torch.where(scenes.sources >= 0, items[scenes.sources.clamp(min=0)], -1)
+        out[name] = scenes
+    return out
+
+
+@DATASETS.register("fashion_scenes")
+def fashion_scenes(*, root: str | None, download: bool, val_size: int, split_seed: int, train_subset: int | None,
+                   seed: int, device: str | torch.device, canvas: int = 96, max_objects: int = 5,
+                   train_scenes: int = 2000, test_scenes: int = 1000, held_out_objects: int = 10000,
+                   **_: object) -> Dataset:
+    """``data=fashion_scenes``: detection scenes of real Fashion-MNIST items (see the module's docstring);
+    ``val_size`` validation scenes. A synthetic composition, not a benchmark of record."""
+    from .images import fashion_mnist
+
+    canvas, max_objects = _check("canvas", canvas, 64, 1024), _check("max_objects", max_objects, 1, 50)
+    train_scenes, test_scenes = _check("train_scenes", train_scenes, 1), _check("test_scenes", test_scenes, 1)
+    held_out_objects = _check("held_out_objects", held_out_objects, 1, 59999)
+    _check("val_size", val_size, 0)
+    x_train, y_train, x_test, y_test, num_classes, _task = fashion_mnist(root=root, download=download)
+    items = [(x.mul(255).round().to(torch.uint8)[:, 0], y) for x, y in ((x_train, y_train), (x_test, y_test))]
+    if held_out_objects >= items[0][0].shape[0]:
+        raise ValueError(f"data.held_out_objects={held_out_objects}: not smaller than the {items[0][0].shape[0]} "
+                         "training items; expected fewer, so that training scenes have items of their own")
+    splits = scene_splits(*items[0], *items[1], train_scenes=train_scenes, val_scenes=val_size, test_scenes=test_scenes,
+                          held_out_objects=held_out_objects, split_seed=split_seed, canvas=canvas,
+                          max_objects=max_objects)
+    train = splits["train"]
+    keep = torch.arange(train_scenes)
+    if train_subset is not None:
+        if train_subset > train_scenes:
+            raise ValueError(f"data.train_subset={train_subset}: larger than data.train_scenes={train_scenes}; "
+                             f"expected null or an integer in 1..{train_scenes}")
+        keep = torch.randperm(train_scenes, generator=torch.Generator().manual_seed(seed))[:train_subset].sort().values
+    x = train.images[keep].float().div_(255)
+    mean, std = float(x.mean()), float(x.std())
+
+    def inputs(s: Scenes, rows: Tensor | None = None) -> Tensor:
+        images = s.images if rows is None else s.images[rows]
+        return ((images.float().div_(255) - mean) / std).to(device).contiguous()
+
+    def targets(s: Scenes, rows: Tensor | None = None) -> Tensor:
+        y = torch.cat([s.boxes, s.labels[..., None].float()], 2)
+        return (y if rows is None else y[rows]).to(device).contiguous()
+
+    val = splits["val"] if val_size else None
+    return Dataset(name="fashion_scenes", task="detection", x_train=inputs(train, keep), y_train=targets(train, keep),
+                   x_test=inputs(splits["test"]), y_test=targets(splits["test"]), num_classes=num_classes,
+                   mean=(mean,), std=(std,), x_val=None if val is None else inputs(val),
+                   y_val=None if val is None else targets(val),
+                   classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                            "Ankle boot"))
+
+
+fashion_scenes.prepares_dataset = True

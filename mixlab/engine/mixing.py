@@ -148,6 +148,28 @@ class CutMix(Mixer):
         return torch.where(box, x.index_select(0, partner), x), applied.float()
 
 
+def mix_box_targets(y: Tensor, partner: Tensor, lam: Tensor) -> Tensor:
+    """Detection targets of blended images (Zhang et al. 2019, mixup for detection): each blend keeps
+    the boxes of *both* images, every box weighted by its own image's share.
+
+    Args:
+        y: (B, K, 5) float, per image up to K boxes ``(x0, y0, x1, y1, label)``, padded with label -1.
+        partner, lam: as in ``mix_inputs`` (λ_i is image i's own weight).
+    Returns:
+        (B, 2K, 6) float32: image i's boxes with weight λ_i, then its partner's with weight 1 − λ_i,
+        as ``(x0, y0, x1, y1, label, weight)``; padding keeps label -1 and weight 0. A box of weight 0
+        (λ = 1: the partner's) is not a target (the detection loss drops it before matching).
+    """
+    _check_pair_args(y, partner, lam, "y")
+    if y.dim() != 3 or y.shape[2] != 5 or not y.is_floating_point():
+        raise ValueError(f"box targets should be (B, K, 5) float (x0, y0, x1, y1, label), got {y.dtype} {tuple(y.shape)}")
+    lam = lam.to(device=y.device, dtype=torch.float32)
+    own = torch.cat([y.float(), lam[:, None, None].expand(-1, y.shape[1], 1)], 2)
+    other = torch.cat([y.float().index_select(0, partner.to(y.device)), (1.0 - lam)[:, None, None].expand(-1, y.shape[1], 1)], 2)
+    out = torch.cat([own, other], 1)
+    return torch.where(out[..., 4:5] >= 0, out, torch.tensor([-1.0, -1.0, -1.0, -1.0, -1.0, 0.0], device=y.device))
+
+
 @dataclass(frozen=True)
 class Mixed:
     """What the latest ``Mix`` call did: each sample's partner and the λ actually applied."""
@@ -191,11 +213,15 @@ class Mix:
                  num_classes: int | None = None, lam_kwargs: dict | None = None, pairing_kwargs: dict | None = None,
                  mixer_kwargs: dict | None = None, smoothing: float = 0.0,
                  generator: torch.Generator | None = None, gather: Callable[[Tensor], Tensor] | None = None,
-                 rank: int = 0, scope: str = "local", shared_generator: torch.Generator | None = None) -> None:
+                 rank: int = 0, scope: str = "local", shared_generator: torch.Generator | None = None,
+                 boxes: bool = False) -> None:
         self.lam_policy = LAMBDAS.build(lam, **(lam_kwargs or {}))
         self.pairing = PAIRINGS.build(pairing, **(pairing_kwargs or {}))
         self.mixer = MIXERS.build(mixer, **(mixer_kwargs or {}))
         self.num_classes, self.smoothing, self.generator = num_classes, smoothing, generator
+        if boxes and (num_classes is not None or smoothing):
+            raise ValueError("boxes=True: detection targets are boxes, mixed by weight; num_classes and smoothing do not apply")
+        self.boxes = boxes  # targets are (B, K, 5) boxes, mixed by mix_box_targets
         _check_choice("scope", scope, ("local", "global"))
         if scope == "global" and (gather is None or shared_generator is None):
             raise ValueError("scope='global' needs gather= (all processes' rows) and shared_generator=")
@@ -225,7 +251,7 @@ class Mix:
             return self._mix_global(x, y, features=features, index=index, progress=progress)
         partner, lam = self.sample(x, y, features=features, index=index, progress=progress)
         x_mix, lam = (x, lam) if isinstance(self.lam_policy, NoMix) else self.mixer(x, partner, lam, generator=self.generator)
-        y_mix = mix_targets(y, partner, lam, self.num_classes, self.smoothing)
+        y_mix = self._mix_targets(y, partner, lam)
         self.last = Mixed(partner, lam, target=y_mix)
         return x_mix, y_mix
 
@@ -245,9 +271,13 @@ class Mix:
         x_mix, lam2 = self.mixer(torch.cat([x, xs.index_select(0, partner)]), rows,
                                  torch.cat([lam, torch.ones_like(lam)]), generator=self.generator)
         y_pair = torch.cat([y, ys.index_select(0, partner)])
-        y_mix = mix_targets(y_pair, rows, lam2, self.num_classes, self.smoothing)[:b]
+        y_mix = self._mix_targets(y_pair, rows, lam2)[:b]
         self.last = Mixed(partner, lam2[:b], pool=(xs, ys), target=y_mix)
         return x_mix[:b], y_mix
+
+    def _mix_targets(self, y: Tensor, partner: Tensor, lam: Tensor) -> Tensor:
+        return mix_box_targets(y, partner, lam) if self.boxes else mix_targets(y, partner, lam, self.num_classes,
+                                                                                self.smoothing)
 
     def target_entropy(self) -> Tensor | None:
         """H(ỹ_i) (B,) of the latest mixed class targets, in nats (None for regression: ``num_classes``

@@ -16,7 +16,7 @@ Builders are registered in :data:`MODELS` under ``mlp``, ``cnn``, ``preact_resne
 ``wrn``; each takes keyword-only ``in_shape`` (``(C, H, W)`` for images, ``(D,)`` for tabular
 data), ``num_classes`` and its own options, so ``MODELS.build`` can reject misspelled ones.
 """
-from . import tabular, text, vision  # noqa: F401 - registers their builders
+from . import detection, tabular, text, vision  # noqa: F401 - registers their builders
 from .base import MODELS, MixModel, build_model
 from .tabular import MLP
 from .text import TextCNN, TextTransformer, TokenEmbedding

@@ -221,6 +221,29 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
         batches = Batches(ds, batch_size=cfg.data.batch_size, generator=generators["data"],
                           crop_padding=cfg.data.get("crop_padding", 0), hflip=cfg.data.get("hflip", False),
                           rank=d.rank, world_size=d.world)
+    detector = bool(getattr(MODELS.get(cfg.model.name), "detects", False))
+    if detector != (ds.task == "detection"):
+        raise ConfigError(f"model={cfg.model.name}: " + (f"a detector, but data={ds.name} is {ds.task}; expected a "
+                                                         "detection data set (fashion_scenes, coco)" if detector else
+                                                         f"not a detector, but data={ds.name} has boxes; expected "
+                                                         "model=fcos"))
+    if detector:
+        try:
+            import pycocotools  # noqa: F401
+            import torchmetrics.detection  # noqa: F401
+        except ImportError as e:
+            raise ConfigError(f"model={cfg.model.name}: detection's mAP needs torchmetrics and pycocotools ({e}); "
+                              "expected `pip install mixlab[detection]`") from None
+        for key, bad, why in (("mixer.name", cfg.mixer.name not in ("input",), "expected input (blends whole images; "
+                                                                              "cutmix and manifold are not for boxes)"),
+                              ("data.crop_padding", bool(cfg.data.get("crop_padding", 0)), "expected 0 (crops would "
+                                                                                         "move boxes)"),
+                              ("data.hflip", bool(cfg.data.get("hflip", False)), "expected false (flips would move boxes)"),
+                              ("trainer.features", cfg.trainer.features == "cache", "expected forward (a detector has "
+                                                                                   "no classifier to cache from)")):
+            if bad:
+                value = OmegaConf.select(cfg, key)
+                raise ConfigError(f"{key}={value!r}: not supported for detection; {why}")
     if ds.is_text and "vocab_size" not in inspect.signature(MODELS.get(cfg.model.name)).parameters:
         raise ConfigError(f"model={cfg.model.name}: reads numbers, but data={ds.name} gives token ids; expected a text "
                           "model (textcnn)")
@@ -245,7 +268,7 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
               pairing_kwargs=options(cfg.pairing), mixer_kwargs=options(cfg.mixer),
               smoothing=cfg.smoothing if classification else 0.0, generator=generators.get("mix", generators["data"]),
               gather=d.gather if d.world > 1 else None, rank=d.rank, scope=scope if d.world > 1 else "local",
-              shared_generator=generators["data"])
+              shared_generator=generators["data"], boxes=task.mixes_boxes)
     mix.setup(num_samples=ds.n_train)
     with component_errors("optim"):
         optimizer, scheduler = build_optimizer(cfg.optim.name, model.parameters(), steps_per_epoch=len(batches),
@@ -316,7 +339,7 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
                 x_mix, y_mix = p.mix(x, y, features=features, index=index, progress=progress)
                 if images is None and epoch == 1:
                     images = x_mix[:32].detach()
-                out = p.forward(x_mix)
+                out = p.task.forward(p.forward, x_mix, y_mix)
         per_sample = loss_per_sample(out, y_mix, p.task)
         loss = per_sample.mean()
         p.optimizer.zero_grad(set_to_none=True)
@@ -413,8 +436,8 @@ def evaluate(p: Parts, split: str = "test", *, batch_size: int | None = None) ->
         if p.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=p.amp):
-            outs.append(p.eval_forward(x).float())
-    return p.task.metrics(torch.cat(outs), y_all, split)
+            outs.append(p.eval_forward(x))
+    return p.task.metrics(p.task.join(outs), y_all, split)
 
 
 def _rng(p: Parts) -> dict | list[dict]:
@@ -630,8 +653,8 @@ def _final(rows: list[dict], ds: Dataset | None, wall: float) -> dict:
     last = rows[-1]
     final = {k: last[k] for k in last if k.startswith("test_") or k == "temperature"}
     final_val = {k: last[k] for k in last if k.startswith("val_")}
-    classification = (last.get("val_acc") if final_val else last.get("test_acc")) is not None
-    key = ("val_" if final_val else "test_") + ("acc" if classification else "mse")
+    split = "val_" if final_val else "test_"  # accuracy, mAP (detection) or MSE, whichever the task records
+    key = split + next((m for m in ("acc", "map") if last.get(split + m) is not None), "mse")
     tests = [r["test_acc"] for r in rows if r.get("test_acc") is not None]
     vals = [r["val_acc"] for r in rows if r.get("val_acc") is not None]
     ips = [r["images_per_second"] for r in rows]
@@ -664,6 +687,8 @@ def _epoch_line(row: dict, epochs: int) -> str:
     for split in ("val", "test"):
         if row.get(f"{split}_acc") is not None:
             parts.append(f"{split}_acc {row[f'{split}_acc']:.4f}  {split}_ece {row[f'{split}_ece']:.4f}")
+        elif row.get(f"{split}_map") is not None:
+            parts.append(f"{split}_map {row[f'{split}_map']:.4f}  {split}_map50 {row[f'{split}_map50']:.4f}")
         elif row.get(f"{split}_mse") is not None:
             parts.append(f"{split}_mse {row[f'{split}_mse']:.4f}")
     return (f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  {'  '.join(parts)}  "

@@ -8,6 +8,9 @@ instead of branching on the task's name, so a new task (detection, ...) adds a c
   blended; label smoothing applies); loss = soft-target cross-entropy; metrics = accuracy, NLL,
   ECE, Brier and the reliability bins (``metrics.classification_metrics``).
 - ``regression``: targets are values, blended as they are; loss = squared error; metrics = MSE, MAE.
+- ``detection``: targets are boxes (B, K, 5), a blend keeps both images' boxes weighted λ / 1 − λ
+  (``mix_box_targets``); the model computes its own per-image loss from them (``forward`` hands the
+  targets in); metrics = COCO mAP@[.5:.95], mAP@.5, mAP@.75 and per-class AP (torchmetrics).
 """
 from __future__ import annotations
 
@@ -16,9 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..engine.registry import Registry
-from .metrics import classification_metrics, regression_metrics, reliability
+from .metrics import classification_metrics, detection_metrics, regression_metrics, reliability
 
-__all__ = ["TASKS", "Classification", "Regression", "Task"]
+__all__ = ["TASKS", "Classification", "Detection", "Regression", "Task"]
 
 
 class Task:
@@ -26,6 +29,15 @@ class Task:
     applies, the mixed target is a distribution over ``num_classes``)."""
 
     has_classes = False
+    mixes_boxes = False  # targets are boxes, mixed by weight (detection)
+
+    def forward(self, model: torch.nn.Module, x: Tensor, target: Tensor) -> Tensor:
+        """The training forward of a (mixed) batch: the model's output, which ``loss_per_sample`` scores."""
+        return model(x)
+
+    def join(self, outs: list) -> object:
+        """The evaluation outputs of a split's batches as one (``metrics`` reads it)."""
+        return torch.cat([o.float() for o in outs])
 
     def loss_per_sample(self, out: Tensor, target: Tensor) -> Tensor:
         """The loss of each sample against its (mixed) target, (B,), in float32."""
@@ -71,3 +83,24 @@ class Regression(Task):
         m = regression_metrics(out.squeeze(1), y)
         return {f"{split}_acc": None, f"{split}_nll": None, f"{split}_ece": None, f"{split}_brier": None,
                 f"{split}_mse": m["mse"], f"{split}_mae": m["mae"]}
+
+
+@TASKS.register("detection")
+class Detection(Task):
+    """Boxes: the detector scores its own (weighted) per-image loss against the mixed boxes, which
+    ``forward`` hands it; outputs in evaluation are torchvision's detections, one dict per image."""
+
+    mixes_boxes = True
+
+    def forward(self, model: torch.nn.Module, x: Tensor, target: Tensor) -> Tensor:
+        return model(x, target)
+
+    def join(self, outs: list) -> list:
+        return [d for batch in outs for d in batch]
+
+    def loss_per_sample(self, out: Tensor, target: Tensor) -> Tensor:
+        return out.float().sum(1)  # the detector's loss terms of each image (classification, box, centre-ness)
+
+    def metrics(self, out: list, y: Tensor, split: str) -> dict:
+        m = detection_metrics(out, y)
+        return {f"{split}_{k}": v for k, v in m.items()}

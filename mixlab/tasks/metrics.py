@@ -18,6 +18,7 @@ from torch import Tensor
 __all__ = [
     "Accumulator",
     "classification_metrics",
+    "detection_metrics",
     "lam_stats",
     "median_last",
     "regression_metrics",
@@ -374,3 +375,24 @@ def median_last(values: Sequence[float], k: int = 10) -> float:
         # statistics.median sorts, and NaN breaks sorting silently; a NaN result is honest.
         return math.nan
     return float(statistics.median(tail))
+
+
+def detection_metrics(detections: list[dict[str, Tensor]], y: Tensor) -> dict:
+    """COCO-style box AP of ``detections`` (torchvision's per-image dicts) against padded targets
+    ``y`` (N, K, 5) ``(x0, y0, x1, y1, label)`` (label -1: padding), by torchmetrics'
+    ``MeanAveragePrecision`` (pycocotools backend): ``map`` (AP@[.5:.95]), ``map50``, ``map75`` and
+    ``map_per_class`` (AP@[.5:.95] per class id, -1 for a class absent from the targets)."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True)
+    targets = []
+    for rows in y:
+        keep = rows[:, 4] >= 0
+        targets.append({"boxes": rows[keep, :4].float().cpu(), "labels": rows[keep, 4].long().cpu()})
+    metric.update([{k: d[k].detach().float().cpu() if k != "labels" else d[k].cpu() for k in ("boxes", "scores", "labels")}
+                   for d in detections], targets)
+    r = metric.compute()
+    per_class = {int(c): float(v) for c, v in zip(r["classes"].reshape(-1).tolist(), r["map_per_class"].reshape(-1).tolist())}
+    num_classes = int(y[..., 4].max().item()) + 1 if y.numel() else 0
+    return {"map": float(r["map"]), "map50": float(r["map_50"]), "map75": float(r["map_75"]),
+            "map_per_class": [per_class.get(c, -1.0) for c in range(num_classes)]}
