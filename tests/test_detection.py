@@ -16,9 +16,11 @@ from mixlab.models import build_model
 from mixlab.models.detection import LOSSES
 from mixlab.run.config import ConfigError
 from mixlab.run.train import train
+from mixlab.study.report import write_report
 from mixlab.tasks.metrics import detection_metrics
 
 from .test_config import compose_cfg
+from .test_report import md_table, numbers
 from .fashion_items import items, write_items
 
 # ----------------------------------------------------------------------------- box targets
@@ -245,3 +247,20 @@ def test_a_detector_on_class_labels_is_one_line(tmp_path):
     cfg = compose_cfg("data=digits", "model=fcos", "device=cpu", "trainer.epochs=1")
     with pytest.raises(ConfigError, match="model=fcos: a detector, but data=digits is classification"):
         train(cfg, tmp_path / "run")
+
+
+def test_the_report_compares_detection_runs_on_map(fashion_root, tmp_path):
+    maps = {}
+    for lam in ("none", "beta"):
+        for seed in (0, 1):
+            d = tmp_path / "sweep" / f"{lam}-{seed}"
+            train(compose_cfg(*SCENES, f"data.root={fashion_root}", f"lambda={lam}", f"seed={seed}",
+                              "trainer.epochs=1"), d)
+            maps.setdefault(lam, []).append(json.loads((d / "summary.json").read_text())["final"]["test_map"])
+    md, _ = write_report(tmp_path / "sweep", out=tmp_path / "out")
+    text = md.read_text()
+    rows = {r["configuration"]: r for r in md_table(text)}
+    for lam, values in maps.items():
+        assert numbers(rows[f"lam={lam}"]["test mAP@[.5:.95] mean ± std"])[0] == pytest.approx(
+            sum(values) / 2, abs=6e-5)
+    assert "test mAP@.5" in text and "ECE" not in text.split("## Figures")[0]

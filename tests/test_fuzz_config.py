@@ -83,7 +83,7 @@ SPEC: dict[str, Spec] = {
     "tuned": STRING_OR_NULL,
     "study.reference": Spec(str, strings=".+"),
     "study.metric": choice("test_acc", "test_nll", "test_ece", "test_brier", "test_mse", "test_mae", "test_nll_ts",
-                           "test_ece_ts", "median_last10_acc"),
+                           "test_ece_ts", "median_last10_acc", "test_map", "test_map50", "test_map75"),
     "study.matched": choice("primary", "exploratory"),
     "data.val_size": integer(0),
     "data.split_seed": integer(0, 2**63 - 1),

@@ -50,7 +50,7 @@ AUTO_BOOL: Rule = ("auto | true | false", lambda v: v == "auto" or isinstance(v,
 RULES: dict[str, Rule] = {
     "study.reference": ("a lam.name, e.g. beta", lambda v: isinstance(v, str) and v != ""),
     "study.metric": _one_of("test_acc", "test_nll", "test_ece", "test_brier", "test_mse", "test_mae",
-                            "test_nll_ts", "test_ece_ts", "median_last10_acc"),
+                            "test_nll_ts", "test_ece_ts", "median_last10_acc", "test_map", "test_map50", "test_map75"),
     "study.matched": _one_of("primary", "exploratory"),
     "study.control_of": ("null, or the lam config this run is the strength-matched control of (python -m mixlab.controls)",
                          lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("name"), str))),

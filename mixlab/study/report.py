@@ -429,7 +429,7 @@ def _tuning(runs: list[Run]) -> list[tuple]:
                        "chosen", "chosen trial's validation score"], rows)]
 
 
-def _figures(configs: list[Config], metric: str, regression: bool,
+def _figures(configs: list[Config], metric: str, kind: str,
              primary: list[dict]) -> list[tuple[str, plt.Figure | None, str]]:
     # Per-epoch curves from the validation split: the test set is read once, at the end (unless the
     # runs set trainer.test_every, whose test curves are then shown). Runs that read validation only at
@@ -437,15 +437,15 @@ def _figures(configs: list[Config], metric: str, regression: bool,
     def curve_of(key: str) -> bool:  # some run has the key in at least two epochs
         return any(sum(isinstance(row.get(key), (int, float)) for row in r.rows) >= 2 for c in configs for r in c.done)
 
-    has_val = any(row.get("val_acc") is not None or row.get("val_mse") is not None
-                  for c in configs for r in c.done for row in r.rows)
+    score = SCORE[kind]
+    has_val = any(row.get(f"val_{score}") is not None for c in configs for r in c.done for row in r.rows)
     split = "val" if has_val else "test"
-    curve = f"{split}_mse" if regression else f"{split}_acc"
+    curve = f"{split}_{score}"
     if not has_val and metric.startswith("test_") and metric != "test_ece":
         curve = metric
     if not curve_of(curve):
         curve = "train_loss"
-    calibration = [] if regression else [m for m in ("test_ece", "test_ece_ts") if m != metric and (
+    calibration = [] if kind != "classification" else [m for m in ("test_ece", "test_ece_ts") if m != metric and (
         m == "test_ece" or any(r.value(m) is not None for c in configs for r in c.done))]
     return [("paired", fig_paired(primary),
              "The declared primary comparison, seed by seed: Δ per policy against its reference with intervals "
@@ -489,6 +489,16 @@ def _n_cell(c: Config) -> str:
     return f"{len(c.done)}/{len(c.runs)}" + (f" ⚠ {lost} not completed" if lost else "")
 
 
+SCORE = {"classification": "acc", "regression": "mse", "detection": "map"}  # each kind's headline metric
+
+
+def result_kind(done: list[Run]) -> str:
+    """What the completed runs measured: ``detection`` (mAP), ``regression`` (MSE) or ``classification``."""
+    if done and all(r.value("test_map") is not None for r in done):
+        return "detection"
+    return "regression" if done and all(r.value("test_acc") is None for r in done) else "classification"
+
+
 def write_report(sweep: str | Path, out: str | Path | None = None, baseline: str | None = None,
                  metric: str | None = None) -> tuple[Path, str]:
     """Write report.md, report.html and figures/ for ``sweep`` into ``out``; returns (md path, table).
@@ -506,19 +516,20 @@ def write_report(sweep: str | Path, out: str | Path | None = None, baseline: str
     (out / "figures").mkdir(parents=True, exist_ok=True)
     configs = group_runs(runs)
     done = [r for r in runs if r.status == "completed"]
-    regression = bool(done) and all(r.value("test_acc") is None for r in done)
-    if regression and metric == "test_acc":
-        metric = "test_mse"  # no accuracy exists for a regression: its error is the objective
+    kind = result_kind(done)
+    if kind != "classification" and metric == "test_acc":
+        metric = f"test_{SCORE[kind]}"  # no accuracy exists for a regression (its error) or detection (its mAP)
     # The median of the last 10 epochs (OpenMixup) needs a test evaluation every epoch for 20 epochs or more:
     # shown only where a run recorded it.
     median = any(r.value("median_last10_acc") is not None for r in done)
     # Calibration after temperature scaling (T fitted on validation) beside the raw figures, where recorded.
     scaled = any(r.value("test_nll_ts") is not None for r in done)
-    others = ["test_mae"] if regression else [
+    others = {"regression": ["test_mae"], "detection": ["test_map", "test_map50", "test_map75"]}.get(kind, [
         m for m in ("test_acc", "median_last10_acc", "test_nll", "test_nll_ts", "test_ece", "test_ece_ts", "test_brier")
-        if m != metric and (median or m != "median_last10_acc") and (scaled or not m.endswith("_ts"))]
+        if (median or m != "median_last10_acc") and (scaled or not m.endswith("_ts"))])
+    others = [m for m in others if m != metric]
     comps = {m: compare(configs, m, baseline, primary=(m == metric), matched=matched_family(runs))
-             for m in dict.fromkeys([metric] + ([] if regression else ["test_ece"] + ["test_ece_ts"] * scaled))}
+             for m in dict.fromkeys([metric] + (["test_ece"] + ["test_ece_ts"] * scaled) * (kind == "classification"))}
     refs = tuple(dict.fromkeys([baseline, "none"]))
     table = build_table(configs, metric, others, comps[metric], refs)
     configs = [row["config"] for row in table]  # one order (the table's) in every figure
@@ -532,7 +543,7 @@ def write_report(sweep: str | Path, out: str | Path | None = None, baseline: str
             for row in table]
     blocks = _text_blocks(sweep, runs, ("table", columns, rows), comps, n_text, _budget(configs), metric, baseline)
     blocks.append(("h2", "Figures"))
-    for fname, fig, caption in _figures(configs, metric, regression, comps[metric]):
+    for fname, fig, caption in _figures(configs, metric, kind, comps[metric]):
         if fig is not None:
             blocks.append(("figure", fname, f"{caption} ({n_text}).", _save(fig, out / "figures" / f"{fname}.png")))
     md = out / "report.md"

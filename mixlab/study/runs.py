@@ -18,6 +18,8 @@ FIXED_LAM = {"none", "constant", "beta"}  # λ policies that are not dynamic, fo
 # Metric key -> its name in headings, columns and axis labels; also the --metric choices.
 NAMES = {"test_acc": "test accuracy", "test_ece": "ECE", "test_nll": "NLL", "test_brier": "Brier",
          "test_mse": "test MSE", "test_mae": "test MAE", "median_last10_acc": "median last-10 acc",
+         "test_map": "test mAP@[.5:.95]", "test_map50": "test mAP@.5", "test_map75": "test mAP@.75",
+         "val_map": "validation mAP@[.5:.95]", "val_map50": "validation mAP@.5",
          "val_acc": "validation accuracy", "val_ece": "validation ECE", "val_nll": "validation NLL",
          "val_brier": "validation Brier", "val_mse": "validation MSE", "val_mae": "validation MAE",
          # calibration after temperature scaling, T fitted on the validation split (Guo et al. 2017)
