@@ -173,3 +173,25 @@ def test_controls_on_a_missing_folder_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith("expected a sweep directory with run records, got no such directory")
     assert controls_main([str(tmp_path), "--jobs", "0"]) == 2
     assert capsys.readouterr().err.strip() == "mixlab.controls: error: --jobs=0: expected an integer >= 1"
+
+
+def test_only_beating_runs_controls_for_the_dynamic_policies_that_beat_the_reference(tmp_path, capsys):
+    # hand-made records: distance beats beta by +0.015 on average, loss trails it by 0.015
+    accs = {"beta": [0.80, 0.82], "distance": [0.81, 0.84], "loss": [0.79, 0.80]}
+    for lam, values in accs.items():
+        for seed, acc in enumerate(values):
+            d = tmp_path / "sweep" / f"{lam}-{seed}"
+            d.mkdir(parents=True)
+            config = {"seed": seed, "lam": {"name": lam}, "data": {"name": "digits"}, "model": {"name": "mlp"},
+                      "study": {"reference": "beta", "metric": "test_acc"}}
+            (d / "summary.json").write_text(json.dumps({"status": "completed", "config": config,
+                                                        "final": {"test_acc": acc}}))
+            (d / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_acc": acc, "lam_strength": 0.2}) + "\n")
+    everything, _ = plan(tmp_path / "sweep")
+    todo, skipped = plan(tmp_path / "sweep", beating=True)
+    assert sorted(j["policy"] for j in everything) == ["lam=distance"] * 2 + ["lam=loss"] * 2
+    assert [j["policy"] for j in todo] == ["lam=distance"] * 2 and [j["seed"] for j in todo] == [0, 1]
+    assert skipped == ["lam=loss: does not beat beta on test_acc (mean paired difference -0.0150)"]
+    assert controls_main([str(tmp_path / "sweep"), "--only-beating", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "no control for lam=loss: does not beat beta" in err and err.count("lam=distance seed") == 2

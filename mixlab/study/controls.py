@@ -1,4 +1,4 @@
-"""``python -m mixlab.controls SWEEP_DIR [--dry-run] [--jobs N]``: add a strength-matched fixed-mixup control
+"""``python -m mixlab.controls SWEEP_DIR [--dry-run] [--jobs N] [--only-beating]``: add a strength-matched fixed-mixup control
 next to every dynamic λ policy of a comparison.
 
 A dynamic policy can beat Beta(1, 1) just by mixing more or less. For each configuration of the
@@ -9,7 +9,9 @@ control is ``lambda=beta lam.strength=s``: Beta(α*, α*) with E[min(λ, 1 − �
 = s, solved for α* (``lam.beta_alpha_for_strength``). Every other key, and each seed, is the policy's
 own (so the control is paired with it seed by seed); the control's records go beside the policy's,
 with ``study.control_of`` = the policy's lam config, and the report compares each dynamic policy
-with fixed mixup of the same strength. Re-running skips completed controls.
+with fixed mixup of the same strength. Re-running skips completed controls. ``--only-beating``
+restricts the controls to the dynamic policies that beat the declared reference on the declared metric
+(mean over shared seeds): a control explains a gain, and a policy without one has none to explain.
 """
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ from omegaconf import OmegaConf
 from ..engine.lam import LAMBDAS, STRENGTH_RANGE
 from ..run.config import CONF_DIR, ConfigError, _under, import_plugins, job_dir
 from .pool import run_all
-from .report import group_runs, load_runs
-from .runs import Config, Run
+from .report import non_lam, declared, group_runs, load_runs
+from .runs import LOWER_IS_BETTER, Config, Run
 
 ROUND = 4  # decimals of the matched strength: a readable, stable folder name and label
 
@@ -66,13 +68,36 @@ def control_dir(run: Run, strength: float) -> Path:
     return run.path.parent / f"{name},matched_to={run.config['lam']['name']}-{tag}"
 
 
-def plan(sweep: str | Path) -> tuple[list[dict], list[str]]:
+def _gain(c: Config, configs: list[Config], reference: str, metric: str) -> float | None:
+    """Mean over the seeds both ran of ``c``'s ``metric`` minus the reference policy's (same non-λ keys),
+    signed so that > 0 is better for ``c``; None without such a reference or shared seeds."""
+    ref = next((b for b in configs if b.lam == reference and b.control_of is None and non_lam(b) == non_lam(c)), None)
+    if ref is None:
+        return None
+    ours, theirs = c.values(metric), ref.values(metric)
+    seeds = [s for s in ours if s in theirs]
+    if not seeds:
+        return None
+    d = math.fsum(ours[s] - theirs[s] for s in seeds) / len(seeds)
+    return -d if metric in LOWER_IS_BETTER else d
+
+
+def plan(sweep: str | Path, beating: bool = False) -> tuple[list[dict], list[str]]:
     """The controls ``sweep`` needs (``{"policy", "strength", "seed", "dir", "config"}``, one per launched
-    run of each dynamic policy) and a line for each dynamic policy that cannot have one."""
+    run of each dynamic policy; with ``beating``, only of those whose mean over shared seeds of the declared
+    ``study.metric`` beats the declared ``study.reference``) and a line for each dynamic policy that gets none."""
     todo, skipped = [], []
-    configs = group_runs(load_runs(sweep))
+    runs = load_runs(sweep)
+    configs = group_runs(runs)
+    reference, metric = declared(runs)
     for c in configs:
         if c.control_of is not None or not c.lam or not _is_dynamic(c):
+            continue
+        gain = _gain(c, configs, reference, metric) if beating else None
+        if beating and (gain is None or gain <= 0):
+            skipped.append(f"{c.label}: " + (f"no {reference} runs with the same other keys and seeds to compare with"
+                                             if gain is None else f"does not beat {reference} on {metric} "
+                                             f"(mean paired difference {-gain if metric in LOWER_IS_BETTER else gain:+.4f})"))
             continue
         strengths = [r.epoch_mean("lam_strength") for r in c.done]
         if not strengths:
@@ -97,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mixlab.controls", description=__doc__.split("\n\n")[0])
     ap.add_argument("sweep", help="the comparison's sweep directory (its runs' records are read, controls written there)")
     ap.add_argument("--dry-run", action="store_true", help="list the controls and their folders, run nothing")
+    ap.add_argument("--only-beating", action="store_true",
+                    help="controls only for the dynamic policies whose mean (over shared seeds) of the declared "
+                         "study.metric beats the declared study.reference; the others get a line saying so")
     ap.add_argument("--jobs", type=int, default=1, help="controls run at once, each in its own process with its "
                                                        "share of the CPU threads (the records do not depend on it)")
     args = ap.parse_args(argv)
@@ -105,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--jobs={args.jobs}: expected an integer >= 1")
         if not Path(args.sweep).is_dir():
             raise ConfigError(f"{args.sweep}: expected a sweep directory with run records, got no such directory")
-        todo, skipped = plan(args.sweep)
+        todo, skipped = plan(args.sweep, beating=args.only_beating)
     except ConfigError as e:
         print(f"mixlab.controls: error: {e}", file=sys.stderr)
         return 2

@@ -137,13 +137,13 @@ def matched_policy(control: Config, configs: list[Config]) -> Config | None:
     ``study.control_of`` and every non-λ key is the same."""
     want = flatten({"lam": control.control_of or {}})
     return next((c for c in configs if c.control_of is None and c.lam_options() == want
-                 and _non_lam(c) == _non_lam(control)), None)
+                 and non_lam(c) == non_lam(control)), None)
 
 
 # ----------------------------------------------------------------------------- numbers
 
 
-def _non_lam(c: Config) -> dict:
+def non_lam(c: Config) -> dict:
     """The keys that are not the λ policy's: ``lam.*``, and ``tuned`` (where the lam values came from)."""
     return {k: v for k, v in c.flat.items() if not k.startswith("lam.") and k != "tuned"}
 
@@ -164,7 +164,7 @@ def compare(configs: list[Config], metric: str, baseline: str = "beta", primary:
         for c in configs:
             for b in configs:
                 if (c.lam == ref and c.control_of is None) or b.lam != ref or b.control_of is not None \
-                        or _non_lam(b) != _non_lam(c):
+                        or non_lam(b) != non_lam(c):
                     continue
                 if any(r["label"] == b.label and r["ref_label"] == c.label for r in rows):
                     continue  # beta vs none is none vs beta again: one test, counted once by Holm
