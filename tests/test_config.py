@@ -89,6 +89,14 @@ def scenes_base(folder: Path) -> tuple[str, ...]:
             "data.test_scenes=8", "data.val_size=8", "data.held_out_objects=50", "device=cpu")
 
 
+def coco_base(folder: Path) -> tuple[str, ...]:
+    """A small COCO-format data set (tests/coco_files.py) as data=coco."""
+    from .coco_files import write_coco
+
+    root = folder / "coco" if (folder / "coco").exists() else write_coco(folder / "coco")
+    return ("data=coco", f"data.root={root}", "data.canvas=64", "data.val_size=2", "device=cpu")
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g in sorted(GROUPS) if g != "data" for o in options_of(g)])
 def test_every_option_of_every_group_builds(group, option, tmp_path):
     overrides = [*TINY, f"{group}={option}"]

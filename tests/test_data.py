@@ -93,9 +93,9 @@ def shifted(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- registry / API
 
 
-def test_registered_names_are_exactly_the_ten() -> None:
+def test_registered_names_are_exactly_these() -> None:
     assert DATASETS.names() == sorted(["fashion_mnist", "digits", "cifar10", "cifar100", "diabetes", "moons", "austen",
-                                       "ag_news", "sst2", "trec"])
+                                       "ag_news", "sst2", "trec", "fashion_scenes", "coco"])
 
 
 def test_unknown_name_lists_the_known_ones() -> None:

@@ -10,6 +10,7 @@ import torch
 from torchvision.models.detection.fcos import FCOSHead
 
 from mixlab.data import load_dataset
+from mixlab.data.base import DataFileError, DataNotFoundError
 from mixlab.data.scenes import scene_splits
 from mixlab.engine.mixing import Mix, mix_box_targets
 from mixlab.models import build_model
@@ -21,6 +22,7 @@ from mixlab.tasks.metrics import detection_metrics
 
 from .test_config import compose_cfg
 from .test_report import md_table, numbers
+from .coco_files import write_coco
 from .fashion_items import items, write_items
 
 # ----------------------------------------------------------------------------- box targets
@@ -264,3 +266,56 @@ def test_the_report_compares_detection_runs_on_map(fashion_root, tmp_path):
         assert numbers(rows[f"lam={lam}"]["test mAP@[.5:.95] mean ± std"])[0] == pytest.approx(
             sum(values) / 2, abs=6e-5)
     assert "test mAP@.5" in text and "ECE" not in text.split("## Figures")[0]
+
+
+# ----------------------------------------------------------------------------- COCO format
+
+
+@pytest.fixture(scope="module")
+def coco_root(tmp_path_factory) -> Path:
+    return write_coco(tmp_path_factory.mktemp("coco"))
+
+
+def test_coco_images_go_on_one_canvas_with_their_boxes_scaled_and_categories_in_id_order(coco_root):
+    ds = load_dataset("coco", root=str(coco_root), val_size=0, canvas=64)
+    ann = json.loads((coco_root / "annotations" / "instances_train.json").read_text())
+    assert ds.classes == ("three", "seven") and ds.num_classes == 2 and ds.input_shape == (3, 64, 64)
+    sizes = {im["id"]: (im["height"], im["width"]) for im in ann["images"]}
+    for i, im in enumerate(ann["images"]):
+        scale = 64 / max(sizes[im["id"]])
+        want = sorted([a["bbox"][0] * scale, a["bbox"][1] * scale, (a["bbox"][0] + a["bbox"][2]) * scale,
+                       (a["bbox"][1] + a["bbox"][3]) * scale, {3: 0, 7: 1}[a["category_id"]]]
+                      for a in ann["annotations"] if a["image_id"] == im["id"] and not a["iscrowd"])
+        got = sorted(r for r in ds.y_train[i].tolist() if r[4] >= 0)
+        assert len(got) == len(want) and all(g == pytest.approx(w, abs=1e-4) for g, w in zip(got, want))
+        pixels = ds.x_train[i] * torch.tensor(ds.std).view(-1, 1, 1) + torch.tensor(ds.mean).view(-1, 1, 1)
+        for x0, y0, x1, y1, _ in got:  # the rectangle (200/255) is inside its box, scaled with the image
+            inner = pixels[:, round(y0) + 2:round(y1) - 2, round(x0) + 2:round(x1) - 2]
+            assert float(inner.mean()) == pytest.approx(200 / 255, abs=0.03)
+        h, w = (round(s * 64 / max(sizes[im["id"]])) for s in sizes[im["id"]])
+        padding = torch.cat([pixels[:, h:, :].flatten(), pixels[:, :, w:].flatten(), torch.zeros(1)])
+        assert float(padding.abs().max()) < 1e-5  # the rest of the canvas is black
+
+
+@pytest.mark.parametrize("damage,error,message", [
+    (lambda d: (d / "annotations" / "instances_test.json").unlink(), DataNotFoundError, "instances_test.json: no such file"),
+    (lambda d: (d / "annotations" / "instances_train.json").write_text("{"), DataFileError, "instances_train.json: not valid JSON"),
+    (lambda d: (d / "train" / "im3.png").unlink(), DataNotFoundError, "im3.png: no such file"),
+    (lambda d: (d / "train" / "im3.png").write_bytes(b"not a png"), DataFileError, "im3.png: not an image torchvision can decode"),
+])
+def test_damaged_coco_files_are_one_line_naming_them(tmp_path, damage, error, message):
+    root = write_coco(tmp_path / "coco")
+    damage(root)
+    with pytest.raises(error) as e:
+        load_dataset("coco", root=str(root), canvas=64)
+    assert message in str(e.value) and "\n" not in str(e.value) and str(e.value).startswith(str(root))
+
+
+def test_a_detector_trains_on_coco_files(coco_root, tmp_path):
+    cfg = compose_cfg("data=coco", f"data.root={coco_root}", "data.canvas=64", "data.val_size=2", "data.batch_size=4",
+                      "model=fcos", "model.width=8", "model.channels=32", "model.head_convs=1", "lambda=beta",
+                      "trainer.epochs=1", "trainer.progress=false", "device=cpu")
+    out = train(cfg, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["dataset"]["name"] == "coco" and 0 <= out <= 1
+    assert summary["dataset"]["n_train"] == 10 and len(summary["final"]["test_map_per_class"]) == 2

@@ -39,7 +39,7 @@ from mixlab.engine.pairing import METRICS, SPACES
 from mixlab.run.train import build
 
 from .test_config import (CONF, DETECTION_OPTIONS, GROUPS, KEY, TEXT_OPTIONS, TINY, compose_cfg, options_of, run_cli,
-                          scenes_base, text_base)
+                          coco_base, scenes_base, text_base)
 
 EXAMPLES = 15  # invalid values per target; ~1100 builds in all keeps the file under a minute
 
@@ -118,6 +118,11 @@ SPEC: dict[str, Spec] = {
     "data.train_scenes": integer(1),
     "data.test_scenes": integer(1),
     "data.held_out_objects": integer(1, 59_999),
+    "data.channels": integer(1, 3, extra=(2,)),
+    "data.train_annotations": Spec(str, strings=".+"),
+    "data.train_images": Spec(str, strings=".+"),
+    "data.test_annotations": Spec(str, strings=".+"),
+    "data.test_images": Spec(str, strings=".+"),
     "model.backbone": choice("small", "resnet18"),
     "model.channels": integer(32, 4096, extra=(33, 48, 100, 4064 + 1)),  # multiples of 32
     "model.head_convs": integer(1, 16),
@@ -244,6 +249,8 @@ def targets() -> list[tuple[tuple[str, ...], str]]:
     # the detection scenes' own keys, on made-up items
     scenes = (*SCENES_BASE, "model=fcos")
     out += [(scenes, k) for k in keys_of(scenes) if k.startswith("data.") and k not in keys_of(TINY)]
+    coco = (*COCO_BASE, "model=fcos")  # data=coco's own keys (its canvas is the scenes' key, fuzzed there)
+    out += [(coco, k) for k in keys_of(coco) if k.startswith("data.") and k not in keys_of(TINY) + keys_of(scenes)]
     return out
 
 
@@ -251,6 +258,7 @@ _CORPUS = tempfile.mkdtemp(prefix="mixlab-fuzz-")
 atexit.register(shutil.rmtree, _CORPUS, True)
 TEXT_BASE = text_base(Path(_CORPUS))
 SCENES_BASE = scenes_base(Path(_CORPUS))
+COCO_BASE = coco_base(Path(_CORPUS))
 
 
 TARGETS = targets()

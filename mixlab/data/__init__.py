@@ -11,7 +11,7 @@ x_test, y_test, num_classes, task)`` returning raw (un-normalised) CPU tensors, 
 :func:`load_dataset` (``base``) does the common part (validation split, subset, normalisation,
 device placement).
 """
-from . import images, scenes, tabular, text  # noqa: F401 - registers their loaders
+from . import coco, images, scenes, tabular, text  # noqa: F401 - registers their loaders
 from .base import (DATASETS, DEFAULT_ROOT, Batches, DataFileError, DataNotFoundError, Dataset, RawData,
                    balanced_subset, crop_and_flip, dataset_from_config, eval_batches, load_dataset,
                    stratified_split)

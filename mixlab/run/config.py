@@ -84,6 +84,9 @@ RULES: dict[str, Rule] = {
     "data.train_scenes": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
     "data.test_scenes": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
     "data.held_out_objects": ("an integer in 1..59999", lambda v: _is_int(v) and 1 <= v <= 59_999),
+    "data.channels": ("1 or 3 (grey or RGB)", lambda v: _is_int(v) and v in (1, 3)),
+    **{f"data.{k}": ("a non-empty path relative to data.root", lambda v: isinstance(v, str) and bool(v))
+       for k in ("train_annotations", "train_images", "test_annotations", "test_images")},
     "data.hflip": BOOL,
     "data.download": BOOL,
     "data.root": ("null or a path", lambda v: v is None or isinstance(v, str)),
