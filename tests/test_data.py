@@ -95,7 +95,7 @@ def shifted(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 def test_registered_names_are_exactly_these() -> None:
     assert DATASETS.names() == sorted(["fashion_mnist", "digits", "cifar10", "cifar100", "diabetes", "moons", "austen",
-                                       "ag_news", "sst2", "trec", "fashion_scenes", "coco"])
+                                       "ag_news", "sst2", "trec", "fashion_scenes", "coco", "rcf_mnist"])
 
 
 def test_unknown_name_lists_the_known_ones() -> None:

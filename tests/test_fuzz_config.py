@@ -138,6 +138,7 @@ SPEC: dict[str, Spec] = {
     "pairing.space": choice(*SPACES),
     "pairing.solver": choice("auto", "exact", "sinkhorn"),
     "pairing.per_sample": BOOL,
+    "pairing.sigma": number(0, open="lo"),
     "lam.alpha": number(0.01, 1000),
     "lam.alpha_start": number(0.01, 1000),
     "lam.alpha_end": number(0.01, 1000),

@@ -513,3 +513,32 @@ def test_optimal_config_file_matches_the_constructor():
     params = inspect.signature(PAIRINGS.get("optimal")).parameters
     assert conf.pop("name") == "optimal"
     assert conf == {k: p.default for k, p in params.items()}
+
+
+# --------------------------------------------------------------------------- C-Mixup's label kernel
+
+
+@pytest.mark.parametrize("y,sigma", [(torch.tensor([0.0, 0.3, 1.0, 2.5, 2.6]), 0.7),  # regression values
+                                     (torch.tensor([[0.0, 1.0], [0.2, 0.9], [1.5, -1.0], [0.0, 0.0]]), 1.2),  # (B, k)
+                                     (torch.tensor([0, 0, 1, 2, 1, 0]), 0.8)])  # class indices, one-hot
+def test_label_kernel_draws_partners_with_cmixups_probabilities(y, sigma):
+    from scipy.stats import chisquare
+
+    t = y.double().reshape(len(y), -1) if y.is_floating_point() else torch.eye(3, dtype=torch.float64)[y]
+    p = torch.softmax(-torch.cdist(t, t).square() / (2 * sigma**2), 1).numpy()  # C-Mixup's P(j | i), float64
+    pair = PAIRINGS.build("label_kernel", sigma=sigma)
+    g, n = torch.Generator().manual_seed(0), 4000
+    draws = torch.stack([pair(torch.zeros(len(y), 2), y, generator=g) for _ in range(n)])  # (n, B)
+    for i in range(len(y)):
+        counts = np.bincount(draws[:, i].numpy(), minlength=len(y))
+        assert chisquare(counts, p[i] * n).pvalue > 1e-3, (i, counts, p[i] * n)
+
+
+def test_label_kernel_rejects_boxes_missing_targets_and_a_bad_sigma():
+    with pytest.raises(ValueError, match=r"sigma=0: expected a number > 0"):
+        PAIRINGS.build("label_kernel", sigma=0)
+    pair = PAIRINGS.build("label_kernel")
+    with pytest.raises(ValueError, match="needs targets"):
+        pair(torch.zeros(3, 2), None)
+    with pytest.raises(ValueError, match="boxes have no kernel"):
+        pair(torch.zeros(3, 2), torch.zeros(3, 4, 5))

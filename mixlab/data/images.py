@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from . import base
-from .base import (DATASETS, DataFileError, DataNotFoundError, RawData, _one_line, _root_text, _try_download,
+from .base import (DATASETS, SPLIT_SEED, DataFileError, DataNotFoundError, RawData, _one_line, _root_text, _try_download,
                    read_nonempty)
 
 # Debian's `dataset-fashion-mnist` package installs the four gzipped idx files here.
@@ -206,6 +206,33 @@ def fashion_mnist(*, root: str | None = None, download: bool = True) -> RawData:
     x_train, y_train = _read_fashion_split(files["train_images"], files["train_labels"])
     x_test, y_test = _read_fashion_split(files["test_images"], files["test_labels"])
     return x_train, y_train, x_test, y_test, 10, "classification"
+
+
+RCF_ANGLES = 60  # RCF-MNIST's rotations: 0°, 6°, ..., 354°
+
+
+@DATASETS.register("rcf_mnist")
+def rcf_mnist(*, root: str | None = None, download: bool = True) -> RawData:
+    """Regression on Fashion-MNIST in the spirit of RCF-MNIST (Yao et al. 2022, C-Mixup): every image
+    rotated (about its centre, bilinear, corners cut, background black) by one of 60 angles 0°, 6°, ...,
+    354°, drawn per image from a fixed seed (the same for every run); the target is the angle over 360,
+    in [0, 1). Unlike the original, no colour: RCF-MNIST also tints each item red-to-blue by its angle
+    (a spurious correlation that 10% of the training images, and its test split, break), which tests
+    robustness to a shortcut rather than regression as such. A symmetric item (a bag half a turn round)
+    is ambiguous, as in the original."""
+    from torchvision.transforms.v2 import functional as TF
+
+    x_train, _, x_test, _, _, _ = fashion_mnist(root=root, download=download)
+    out = []
+    for k, x in enumerate((x_train, x_test)):
+        angle = torch.randint(RCF_ANGLES, (x.shape[0],), generator=torch.Generator().manual_seed(SPLIT_SEED + k))
+        rotated = torch.empty_like(x)
+        for a in range(RCF_ANGLES):
+            rows = (angle == a).nonzero().squeeze(1)
+            if rows.numel():
+                rotated[rows] = TF.rotate(x[rows], 360.0 * a / RCF_ANGLES, interpolation=TF.InterpolationMode.BILINEAR)
+        out += [rotated, angle.float() / RCF_ANGLES]
+    return out[0], out[1], out[2], out[3], 1, "regression"
 
 
 # --------------------------------------------------------------------------- CIFAR

@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from .registry import Registry
+from .registry import Registry, is_number
 
 PAIRINGS: Registry = Registry("pairing")
 METRICS = ("euclidean", "sqeuclidean", "cosine")
@@ -408,6 +408,36 @@ def sinkhorn_assignment(cost: Tensor, *, iters: int = 20, tau_end: float = 1e-2,
         swap = (j[j] == rows) & (g_best > 0)
         partner = torch.where(swap, partner[j], partner)
     return partner
+
+
+@PAIRINGS.register("label_kernel")
+class LabelKernelPairing(Pairing):
+    """C-Mixup's pairing (Yao et al. 2022): sample i's partner is drawn from the batch with probability
+    ∝ exp(−‖y_i − y_j‖² / (2σ²)), so samples with close targets are mixed more often. Targets: regression
+    values (B,) or (B, k), soft targets (B, C), or class indices (B,), taken as one-hot (‖y_i − y_j‖² is 0
+    within a class and 2 across, so this is a soft same-class pairing). As in C-Mixup the sample itself is
+    a candidate (its weight is the largest, 1). Drawn by the Gumbel-max trick, without a host sync."""
+
+    def __init__(self, *, sigma: float = 1.0) -> None:
+        if not (is_number(sigma) and 0 < sigma < float("inf")):
+            raise ValueError(f"sigma={sigma!r}: expected a number > 0 (the kernel's bandwidth, in target units)")
+        self.sigma = float(sigma)
+
+    def __call__(self, x: Tensor, y: Tensor | None = None, *, features: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        if y is None or y.dim() > 2:
+            raise ValueError(f"pairing label_kernel needs targets (B,) or (B, k), got "
+                             f"{None if y is None else tuple(y.shape)} (boxes have no kernel between them)")
+        with float32_region(x.device):
+            t = y.to(x.device)
+            if not t.is_floating_point():  # class indices as one-hot: ‖e_a − e_b‖² = 2 across classes, 0 within
+                sq = 2.0 * (t[:, None] != t[None, :]).float()
+            else:
+                t = t.float().reshape(t.shape[0], -1)
+                sq = torch.cdist(t, t).square()
+            logits = -sq / (2.0 * self.sigma ** 2)
+            u = _rand(tuple(logits.shape), generator, x.device).clamp_(min=1e-12, max=1 - 1e-7)
+            return (logits - torch.log(-torch.log(u))).argmax(1)
 
 
 @PAIRINGS.register("optimal")

@@ -1,0 +1,47 @@
+"""Regression at scale (issue 16): data=rcf_mnist and C-Mixup's label-kernel pairing in whole runs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mixlab.data import load_dataset
+from mixlab.data.images import RCF_ANGLES, rcf_mnist
+from mixlab.run.train import train
+
+from .fashion_items import write_items
+from .test_config import compose_cfg
+
+
+@pytest.fixture(scope="module")
+def fashion_root(tmp_path_factory):
+    return write_items(tmp_path_factory.mktemp("fashion"), n_train=240, n_test=60)
+
+
+def test_rcf_mnist_rotates_each_image_by_the_angle_its_target_says(fashion_root):
+    from mixlab.data.images import fashion_mnist
+
+    x, _, xt, _, _, _ = fashion_mnist(root=str(fashion_root), download=False)
+    xr, y, xtr, yt, num_classes, task = rcf_mnist(root=str(fashion_root), download=False)
+    assert task == "regression" and num_classes == 1 and y.shape == (240,) and yt.shape == (60,)
+    steps = y * RCF_ANGLES
+    assert torch.equal(steps, steps.round()) and 0 <= float(y.min()) and float(y.max()) < 1
+    assert len(set(steps.tolist())) > 30  # drawn per image, not one angle for all
+    for k in range(4):  # a quarter turn (counter-clockwise) is exact: the same pixels, moved
+        rows = (steps == k * RCF_ANGLES // 4).nonzero().squeeze(1)
+        for i in rows.tolist():
+            torch.testing.assert_close(xr[i], torch.rot90(x[i], k, dims=(1, 2)), atol=1e-5, rtol=0)
+    # other angles keep the ink's total roughly (bilinear, corners cut where the item reaches them)
+    ink = x.flatten(1).sum(1)
+    assert float(((xr.flatten(1).sum(1) - ink).abs() / ink).median()) < 0.05
+
+
+def test_rcf_mnist_trains_with_the_label_kernel_and_a_dynamic_lambda(fashion_root, tmp_path):
+    cfg = compose_cfg("data=rcf_mnist", f"data.root={fashion_root}", "data.val_size=40", "data.batch_size=32",
+                      "model=cnn", "model.width=8", "pairing=label_kernel", "pairing.sigma=0.5", "lambda=distance",
+                      "trainer.epochs=2", "trainer.progress=false", "device=cpu")
+    out = train(cfg, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["objective_key"] == "val_mse" and out > 0
+    assert {"test_mse", "test_mae"} <= set(summary["final"]) and summary["dataset"]["task"] == "regression"
