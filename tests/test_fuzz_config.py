@@ -89,6 +89,7 @@ SPEC: dict[str, Spec] = {
     "data.split_seed": integer(0, 2**63 - 1),
     "data.subset_per_seed": BOOL,
     "trainer.val_every": integer(0),
+    "eval.ood": Spec(str, strings="digits", null=True),
     "trainer.test_every": integer(0),  # names that do not import fail too, one line (tests/test_readme.py)
     "smoothing": number(0, 1, open="hi"),
     "trainer.epochs": integer(1),

@@ -47,6 +47,19 @@ def ref_ece(logits: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
     return ece
 
 
+def ref_adaptive_ece(logits: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """Nixon et al. (2019)'s adaptive ECE: equal-mass bins of the samples sorted by confidence (numpy's
+    array_split of a stable argsort), Σ_b |B_b|/N · |acc(B_b) − conf(B_b)|."""
+    p = _softmax64(logits)
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == labels).astype(np.float64)
+    ece = 0.0
+    for members in np.array_split(np.argsort(conf, kind="stable"), n_bins):
+        if len(members):
+            ece += len(members) / len(labels) * abs(correct[members].mean() - conf[members].mean())
+    return ece
+
+
 def ref_brier(logits: np.ndarray, labels: np.ndarray) -> float:
     p = _softmax64(logits)
     onehot = np.eye(p.shape[1])[labels]
@@ -71,9 +84,10 @@ def test_classification_metrics_match_numpy_reference(seed: int, n_bins: int) ->
     logits, labels = _random_case(seed)
     m = classification_metrics(logits, labels, n_bins=n_bins)
     ln, yn = logits.double().numpy(), labels.numpy()
-    assert set(m) == {"acc", "nll", "ece", "brier"}
+    assert set(m) == {"acc", "nll", "ece", "brier", "aece"}
     assert all(isinstance(v, float) for v in m.values())
     assert m["ece"] == pytest.approx(ref_ece(ln, yn, n_bins), abs=1e-5)
+    assert m["aece"] == pytest.approx(ref_adaptive_ece(ln, yn, n_bins), abs=1e-5)
     assert m["brier"] == pytest.approx(ref_brier(ln, yn), abs=1e-5)
     assert m["acc"] == pytest.approx(float((ln.argmax(1) == yn).mean()), abs=1e-7)
     assert m["nll"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
@@ -411,3 +425,35 @@ def test_temperature_scaled_metrics_are_the_metrics_of_the_scaled_test_logits():
     raw = classification_metrics(logits, labels)
     assert out["temperature"] > 1 and out["nll"] < raw["nll"]  # overconfident: a T fitted on like data helps
     assert sum(out["reliability"]["count"]) == len(labels)
+
+
+@pytest.mark.parametrize("n", [7, 15, 16, 44, 1000])  # fewer samples than bins, exact multiples, remainders
+def test_adaptive_ece_bins_as_array_split_does(n: int) -> None:
+    logits, labels = _random_case(n, n=n, scale=2.0)
+    m = classification_metrics(logits, labels, n_bins=15)
+    assert m["aece"] == pytest.approx(ref_adaptive_ece(logits.double().numpy(), labels.numpy(), 15), abs=1e-6)
+    # and it differs from the equal-width ECE where confidences crowd one end (most samples here)
+    if n == 1000:
+        assert abs(m["aece"] - m["ece"]) > 1e-4
+
+
+# ----------------------------------------------------------------------------- out-of-distribution detection
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ood_auroc_and_fpr95_match_sklearns_roc(seed: int) -> None:
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from mixlab.tasks.metrics import ood_metrics
+
+    g = torch.Generator().manual_seed(seed)
+    logits_in = torch.randn(400, 10, generator=g) * 3
+    logits_out = torch.randn(300, 10, generator=g) * 1.5  # flatter: lower max-probability on the whole
+    logits_out[:20] = logits_in[:20]  # ties between the two sets
+    m = ood_metrics(logits_in, logits_out)
+    msp = np.concatenate([_softmax64(logits_in.numpy()).max(1), _softmax64(logits_out.numpy()).max(1)])
+    y = np.r_[np.ones(400), np.zeros(300)]
+    assert m["auroc"] == pytest.approx(roc_auc_score(y, msp), abs=1e-4)
+    fpr, tpr, _ = roc_curve(y, msp, drop_intermediate=False)
+    assert m["fpr95"] == pytest.approx(fpr[np.searchsorted(tpr, 0.95)], abs=2e-3)
+    assert 0.5 < m["auroc"] < 1 and 0 < m["fpr95"] < 1

@@ -1,4 +1,4 @@
-"""Regression at scale (issue 16): data=rcf_mnist and C-Mixup's label-kernel pairing in whole runs."""
+"""Issue 16 in whole runs: data=rcf_mnist and C-Mixup's label-kernel pairing; eval.ood."""
 from __future__ import annotations
 
 import json
@@ -45,3 +45,30 @@ def test_rcf_mnist_trains_with_the_label_kernel_and_a_dynamic_lambda(fashion_roo
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["objective_key"] == "val_mse" and out > 0
     assert {"test_mse", "test_mae"} <= set(summary["final"]) and summary["dataset"]["task"] == "regression"
+
+
+def test_eval_ood_records_auroc_against_digits_and_refuses_text(fashion_root, tmp_path):
+    from mixlab.data.ood import ood_inputs
+    from mixlab.run.config import ConfigError
+    from mixlab.tasks.metrics import ood_metrics
+
+    cfg = compose_cfg("data=fashion_mnist", f"data.root={fashion_root}", "data.val_size=40", "data.download=false",
+                      "model=cnn", "model.width=8", "eval.ood=digits", "trainer.epochs=1", "trainer.progress=false",
+                      "device=cpu")
+    train(cfg, tmp_path / "run")
+    final = json.loads((tmp_path / "run" / "summary.json").read_text())["final"]
+    # recomputed from the checkpoint: the test set's and the digits' logits through the saved model
+    from mixlab.models import build_model
+    from mixlab.run.records import load_checkpoint
+
+    ds = load_dataset("fashion_mnist", root=str(fashion_root), val_size=40, download=False)
+    model = build_model("cnn", in_shape=ds.input_shape, num_classes=10, width=8)
+    model.load_state_dict(load_checkpoint(tmp_path / "run" / "last.pt")["model"])
+    model.eval()
+    with torch.no_grad():
+        want = ood_metrics(model(ds.x_test), model(ood_inputs("digits", ds)))
+    assert final["test_ood_auroc"] == pytest.approx(want["auroc"], abs=1e-5)
+    assert final["test_ood_fpr95"] == pytest.approx(want["fpr95"], abs=1e-5)
+    with pytest.raises(ConfigError, match=r"eval.ood='digits': needs an image classifier's data, but data=austen is text"):
+        from .test_config import text_base
+        train(compose_cfg(*text_base(tmp_path), "model=textcnn", "eval.ood=digits"), tmp_path / "text")

@@ -213,6 +213,23 @@ def test_runs_validated_only_at_the_end_draw_the_training_loss_per_epoch(tmp_pat
     assert "validation accuracy per epoch" not in md.read_text()
 
 
+def test_adaptive_ece_and_ood_columns_appear_where_the_runs_recorded_them(tmp_path):
+    finals = {("beta", 0): (0.90, 0.03, 0.95, 0.20), ("beta", 1): (0.91, 0.05, 0.93, 0.30),
+              ("none", 0): (0.88, 0.07, 0.90, 0.40), ("none", 1): (0.89, 0.09, 0.86, 0.50)}
+    for i, ((lam, seed), (acc, aece, auroc, fpr)) in enumerate(finals.items()):
+        (tmp_path / "runs" / str(i)).mkdir(parents=True)
+        config = {"seed": seed, "lam": {"name": lam}, "data": {"name": "digits"}, "model": {"name": "mlp"}}
+        final = {"test_acc": acc, "test_aece": aece, "test_ood_auroc": auroc, "test_ood_fpr95": fpr}
+        (tmp_path / "runs" / str(i) / "summary.json").write_text(json.dumps({"status": "completed", "config": config,
+                                                                            "final": final}))
+        (tmp_path / "runs" / str(i) / "metrics.jsonl").write_text(json.dumps({"epoch": 1, **final}) + "\n")
+    md, _ = write_report(tmp_path / "runs", out=tmp_path / "out")
+    rows = {r["configuration"]: r for r in md_table(md.read_text())}
+    assert numbers(rows["lam=beta"]["adaptive ECE"])[0] == pytest.approx(0.04)
+    assert numbers(rows["lam=none"]["OOD AUROC"])[0] == pytest.approx(0.88)
+    assert numbers(rows["lam=none"]["OOD FPR@95"])[0] == pytest.approx(0.45)
+
+
 def test_single_run_dir_and_missing_dir(sweep, tmp_path):
     md, _ = write_report(first_run(sweep), out=tmp_path)
     assert "1 run: 1 completed" in md.read_text()

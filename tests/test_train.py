@@ -346,6 +346,23 @@ def test_an_interrupted_run_folder_resumes_only_the_same_configuration(tmp_path,
     assert summary["status"] == "completed" and len(rows) == 3
 
 
+def test_a_record_older_than_a_key_matches_that_keys_old_behaviour_only(tmp_path, monkeypatch):
+    # trainer.val_every and eval.ood came after the first committed records: a sweep made before them is
+    # extended (its completed runs skipped) by the same config, but not by one that sets them otherwise
+    run(tmp_path, "lambda=beta")
+    summary_file = tmp_path / "run" / "summary.json"
+    old = json.loads(summary_file.read_text())
+    old["config"]["trainer"].pop("val_every")
+    old["config"].pop("eval")
+    summary_file.write_text(json.dumps(old))
+    monkeypatch.setattr(train_module, "train_epoch", lambda *a, **k: pytest.fail("trained again"))
+    _, _, summary = run(tmp_path, "lambda=beta")
+    assert summary["status"] == "completed"
+    summary_file.write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match=r"trainer.val_every: 1 -> 0"):  # absent reads as the old behaviour, 1
+        run(tmp_path, "lambda=beta", "trainer.val_every=0")
+
+
 def test_a_checkpoint_without_its_configuration_is_not_resumed(tmp_path):
     run(tmp_path, "trainer.epochs=3")
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")

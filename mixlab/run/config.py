@@ -70,6 +70,8 @@ RULES: dict[str, Rule] = {
     "trainer.features": _one_of("forward", "cache"),
     "trainer.test_every": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
     "trainer.val_every": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "eval.ood": ("null or digits (sklearn's handwritten digits, resized: far out-of-distribution for images)",
+                 lambda v: v is None or v == "digits"),
     "data.batch_size": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
     "data.train_subset": ("null or an integer >= 1", lambda v: v is None or (_is_int(v) and v >= 1)),
     "data.val_size": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
@@ -109,7 +111,7 @@ RULES: dict[str, Rule] = {
 }
 
 
-CLOSED = ("data", "trainer", "study")  # nodes read key by key: an unknown key in them would be ignored silently
+CLOSED = ("data", "trainer", "study", "eval")  # nodes read key by key: an unknown key in them would be ignored silently
 
 
 def validate(cfg: DictConfig) -> None:
@@ -258,9 +260,15 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
+# Keys added after records were first written, with the value that behaves as their absence did: a record
+# without one is the same run as a config that sets it so (and only so), e.g. when a sweep is extended.
+ADDED = {"trainer.val_every": 1, "eval.ood": None}
+
+
 def fingerprint(resolved: dict) -> dict[str, Any]:
-    """What identifies a run: the resolved config, flattened, without the ``VOLATILE`` keys."""
-    return {k: v for k, v in flatten(resolved).items() if not _under(k, VOLATILE)}
+    """What identifies a run: the resolved config, flattened, without the ``VOLATILE`` keys (``ADDED``
+    keys a record predates count as their old behaviour)."""
+    return {k: v for k, v in {**ADDED, **flatten(resolved)}.items() if not _under(k, VOLATILE)}
 
 
 def config_difference(old: dict, new: dict) -> list[str]:

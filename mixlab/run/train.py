@@ -25,12 +25,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torchvision.utils import make_grid, save_image
 
 from ..data import Batches, Dataset, dataset_from_config, eval_batches
+from ..data.ood import ood_inputs
 from ..engine.lam import LAMBDAS
 from ..engine.mixing import MIXERS, Mix
 from ..engine.pairing import PAIRINGS, _lowest_top_bidder, batch_distance_scale, pair_distance
 from ..models import MODELS, MixModel, build_model
 from ..tasks import TASKS, Classification, Task
-from ..tasks.metrics import lam_stats, median_last, temperature_scaled
+from ..tasks.metrics import lam_stats, median_last, ood_metrics, temperature_scaled
 from .config import (ConfigError, apply_strength, apply_tuned, component_errors, config_difference, fingerprint,
                      import_plugins, options, validate)
 from .distributed import Dist, setup as setup_distributed
@@ -132,6 +133,7 @@ class Parts:
     bank: FeatureBank | None = None  # trainer.features=cache
     task: Task = field(default_factory=Classification)  # what targets, the loss and the metrics are
     mix_at: int | None = None  # a fixed mix point (text with mixer=input: 0, the embeddings); None: drawn per step
+    ood: Tensor | None = None  # eval.ood: the out-of-distribution inputs scored after the last epoch
 
 
 class FeatureBank:
@@ -289,9 +291,13 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
         forward = torch.compile(ddp) if cfg.trainer.compile else ddp
     needs_features = uses_features and not manifold
     bank = FeatureBank(model, ds.n_train, device, d) if needs_features and cfg.trainer.features == "cache" else None
+    ood = None
+    if (cfg.get("eval") or {}).get("ood") is not None:
+        with component_errors("eval"):
+            ood = ood_inputs(cfg.eval.ood, ds)
     return Parts(ds, model, forward, eval_forward, mix, batches, optimizer, scheduler, generators, device,
                  _auto(cfg.trainer.amp, device), channels_last, manifold or inside, needs_features, d, bank, task,
-                 0 if inside and not manifold else None)
+                 0 if inside and not manifold else None, ood)
 
 
 def loss_per_sample(out: Tensor, target: Tensor, task: Task) -> Tensor:
@@ -428,16 +434,22 @@ def evaluate(p: Parts, split: str = "test", *, batch_size: int | None = None) ->
     """Metrics of the model on the ``test`` or ``val`` split, keys prefixed by the split's name.
     Batches of 1000 on an accelerator; of 128 on a CPU, where a batch that fits the caches is faster
     (the small cnn on 5 000 Fashion-MNIST images, one thread: 3.0 s at 128 against 5.6 s at 1000)."""
-    batch_size = batch_size or (128 if p.device.type == "cpu" else 1000)
     x_all, y_all = (p.ds.x_test, p.ds.y_test) if split == "test" else (p.ds.x_val, p.ds.y_val)
+    return p.task.metrics(p.task.join(_outputs(p, x_all, batch_size)), y_all, split)
+
+
+@torch.no_grad()
+def _outputs(p: Parts, x_all: Tensor, batch_size: int | None = None) -> list:
+    """The model's evaluation outputs for ``x_all``, batch by batch (see :func:`evaluate` for the size)."""
+    batch_size = batch_size or (128 if p.device.type == "cpu" else 1000)
     p.model.eval()
     outs = []
-    for x, _ in eval_batches(x_all, y_all, batch_size):
+    for x, _ in eval_batches(x_all, x_all, batch_size):
         if p.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=p.amp):
             outs.append(p.eval_forward(x))
-    return p.task.metrics(p.task.join(outs), y_all, split)
+    return outs
 
 
 def _rng(p: Parts) -> dict | list[dict]:
@@ -596,6 +608,9 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: d
                     extras["reliability_ts"] = ts.pop("reliability")
                     test.update({"temperature": ts["temperature"],
                                  **{f"test_{k}_ts": ts[k] for k in ("nll", "ece", "brier")}})
+                if p.ood is not None and test_logits is not None:  # eval.ood: the test set against the OOD set
+                    ood = ood_metrics(test_logits, p.task.join(_outputs(p, p.ood)))
+                    test.update({"test_ood_auroc": ood["auroc"], "test_ood_fpr95": ood["fpr95"]})
                 row = {"epoch": epoch, **result["row"], **val, **test, "lr": p.optimizer.param_groups[0]["lr"],
                        "seconds": time.perf_counter() - t0}
                 # Record first, checkpoint second: a kill between the two resumes from epoch - 1, drops this

@@ -524,9 +524,12 @@ def write_report(sweep: str | Path, out: str | Path | None = None, baseline: str
     median = any(r.value("median_last10_acc") is not None for r in done)
     # Calibration after temperature scaling (T fitted on validation) beside the raw figures, where recorded.
     scaled = any(r.value("test_nll_ts") is not None for r in done)
+    recorded = {m for m in ("test_aece", "test_ood_auroc", "test_ood_fpr95") if any(r.value(m) is not None for r in done)}
     others = {"regression": ["test_mae"], "detection": ["test_map", "test_map50", "test_map75"]}.get(kind, [
-        m for m in ("test_acc", "median_last10_acc", "test_nll", "test_nll_ts", "test_ece", "test_ece_ts", "test_brier")
-        if (median or m != "median_last10_acc") and (scaled or not m.endswith("_ts"))])
+        m for m in ("test_acc", "median_last10_acc", "test_nll", "test_nll_ts", "test_ece", "test_ece_ts", "test_aece",
+                    "test_brier", "test_ood_auroc", "test_ood_fpr95")
+        if (median or m != "median_last10_acc") and (scaled or not m.endswith("_ts"))
+        and (m not in ("test_aece", "test_ood_auroc", "test_ood_fpr95") or m in recorded)])
     others = [m for m in others if m != metric]
     comps = {m: compare(configs, m, baseline, primary=(m == metric), matched=matched_family(runs))
              for m in dict.fromkeys([metric] + (["test_ece"] + ["test_ece_ts"] * scaled) * (kind == "classification"))}

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Metrics where a smaller value is the better one (the rest: higher is better).
-LOWER_IS_BETTER = ({f"{split}_{m}" for split in ("test", "val") for m in ("nll", "ece", "brier", "mse", "mae")}
-                   | {"test_nll_ts", "test_ece_ts", "test_brier_ts"})
+LOWER_IS_BETTER = ({f"{split}_{m}" for split in ("test", "val") for m in ("nll", "ece", "aece", "brier", "mse", "mae")}
+                   | {"test_nll_ts", "test_ece_ts", "test_brier_ts", "test_ood_fpr95"})
 FIXED_LAM = {"none", "constant", "beta"}  # λ policies that are not dynamic, for records without lam_dynamic
 # Metric key -> its name in headings, columns and axis labels; also the --metric choices.
 NAMES = {"test_acc": "test accuracy", "test_ece": "ECE", "test_nll": "NLL", "test_brier": "Brier",
          "test_mse": "test MSE", "test_mae": "test MAE", "median_last10_acc": "median last-10 acc",
+         "test_aece": "adaptive ECE", "test_ood_auroc": "OOD AUROC", "test_ood_fpr95": "OOD FPR@95",
          "test_map": "test mAP@[.5:.95]", "test_map50": "test mAP@.5", "test_map75": "test mAP@.75",
          "val_map": "validation mAP@[.5:.95]", "val_map50": "validation mAP@.5",
          "val_acc": "validation accuracy", "val_ece": "validation ECE", "val_nll": "validation NLL",

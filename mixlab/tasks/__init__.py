@@ -70,7 +70,8 @@ class Classification(Task):
     def metrics(self, out: Tensor, y: Tensor, split: str) -> dict:
         m = classification_metrics(out, y)
         return {f"{split}_acc": m["acc"], f"{split}_nll": m["nll"], f"{split}_ece": m["ece"],
-                f"{split}_brier": m["brier"], "reliability": reliability(out, y), "logits": out}
+                f"{split}_aece": m["aece"], f"{split}_brier": m["brier"], "reliability": reliability(out, y),
+                "logits": out}
 
 
 @TASKS.register("regression")

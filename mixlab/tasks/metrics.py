@@ -19,6 +19,7 @@ __all__ = [
     "Accumulator",
     "classification_metrics",
     "detection_metrics",
+    "ood_metrics",
     "lam_stats",
     "median_last",
     "regression_metrics",
@@ -97,6 +98,9 @@ def classification_metrics(logits: Tensor, labels: Tensor, *, n_bins: int = 15) 
     - ``ece``   = Σ_b |B_b|/N · |acc(B_b) − conf(B_b)|, conf_i = max_c p_ic, ``n_bins``
       equal-width bins (0, 1/n_bins], …, ((n_bins−1)/n_bins, 1]; conf 0 goes to the first bin
     - ``brier`` = 1/N Σ_i Σ_c (p_ic − [c = y_i])²                         in [0, 2]
+    - ``aece``  = the same sum over ``n_bins`` *equal-mass* bins instead (adaptive ECE, Nixon et al.
+      2019): the samples sorted by conf (stably) and cut as ``numpy.array_split`` cuts, the first
+      N mod n_bins bins one sample larger; robust to the pile-up of confidences near 1
 
     One device-to-host transfer at the end.
     """
@@ -106,10 +110,23 @@ def classification_metrics(logits: Tensor, labels: Tensor, *, n_bins: int = 15) 
     acc = correct.mean()
     nll = F.cross_entropy(logits.float(), labels.long())
     ece = _ece_from_sums(_bin_sums(conf, correct, n_bins), n)
+    aece = _ece_from_sums(_equal_mass_sums(conf, correct, n_bins), n)
     onehot = F.one_hot(labels.long(), probs.shape[1]).to(probs.dtype)
     brier = (probs - onehot).pow(2).sum(dim=1).mean()
-    acc_, nll_, ece_, brier_ = torch.stack([acc, nll, ece, brier]).tolist()
-    return {"acc": acc_, "nll": nll_, "ece": ece_, "brier": brier_}
+    acc_, nll_, ece_, brier_, aece_ = torch.stack([v.double() for v in (acc, nll, ece, brier, aece)]).tolist()
+    return {"acc": acc_, "nll": nll_, "ece": ece_, "brier": brier_, "aece": aece_}
+
+
+def _equal_mass_sums(conf: Tensor, correct: Tensor, n_bins: int) -> Tensor:
+    """Per equal-mass bin (``numpy.array_split`` of the samples sorted by conf): (count, Σ conf, Σ correct)."""
+    n = conf.shape[0]
+    order = torch.sort(conf, stable=True).indices
+    q, r = divmod(n, n_bins)
+    rank = torch.arange(n, device=conf.device)
+    big = r * (q + 1)  # the first r bins hold q + 1 samples, the rest q
+    bins = torch.where(rank < big, rank // (q + 1), r + (rank - big) // max(q, 1))
+    stacked = torch.stack([torch.ones_like(conf), conf, correct], 1).double()[order]
+    return F.one_hot(bins, n_bins).double().T @ stacked  # deterministic on every device, as _bin_sums
 
 
 def reliability(logits: Tensor, labels: Tensor, *, n_bins: int = 15) -> dict[str, list[float]]:
@@ -396,3 +413,17 @@ def detection_metrics(detections: list[dict[str, Tensor]], y: Tensor) -> dict:
     num_classes = int(y[..., 4].max().item()) + 1 if y.numel() else 0
     return {"map": float(r["map"]), "map50": float(r["map_50"]), "map75": float(r["map_75"]),
             "map_per_class": [per_class.get(c, -1.0) for c in range(num_classes)]}
+
+
+def ood_metrics(logits_in: Tensor, logits_out: Tensor) -> dict[str, float]:
+    """Out-of-distribution detection by the maximum softmax probability (Hendrycks & Gimpel 2017), the
+    in-distribution inputs the positives: ``auroc`` (torchmetrics' binary AUROC; ties count ½) and
+    ``fpr95``, the share of OOD inputs scored at or above the highest threshold that keeps 95% of the
+    in-distribution ones (the false-positive rate at 95% true-positive rate, read off the ROC curve)."""
+    from torchmetrics.functional.classification import binary_auroc, binary_roc
+
+    msp = torch.cat([logits_in.float().softmax(1).amax(1), logits_out.float().softmax(1).amax(1)]).cpu()
+    target = torch.cat([torch.ones(logits_in.shape[0]), torch.zeros(logits_out.shape[0])]).long()
+    fpr, tpr, _ = binary_roc(msp, target)
+    at = int(torch.searchsorted(tpr.contiguous(), torch.tensor(0.95)))
+    return {"auroc": float(binary_auroc(msp, target)), "fpr95": float(fpr[min(at, fpr.numel() - 1)])}
