@@ -90,6 +90,8 @@ SPEC: dict[str, Spec] = {
     "data.subset_per_seed": BOOL,
     "trainer.val_every": integer(0),
     "eval.ood": Spec(str, strings="digits", null=True),
+    "eval.corruptions": BOOL,
+    "eval.corruption_samples": integer(1, null=True),
     "trainer.test_every": integer(0),  # names that do not import fail too, one line (tests/test_readme.py)
     "smoothing": number(0, 1, open="hi"),
     "trainer.epochs": integer(1),

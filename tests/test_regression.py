@@ -72,3 +72,32 @@ def test_eval_ood_records_auroc_against_digits_and_refuses_text(fashion_root, tm
     with pytest.raises(ConfigError, match=r"eval.ood='digits': needs an image classifier's data, but data=austen is text"):
         from .test_config import text_base
         train(compose_cfg(*text_base(tmp_path), "model=textcnn", "eval.ood=digits"), tmp_path / "text")
+
+
+def test_eval_corruptions_records_every_corruption_and_severity(fashion_root, tmp_path):
+    from mixlab.data.corruptions import CORRUPTIONS, corrupt
+    from mixlab.models import build_model
+    from mixlab.run.records import load_checkpoint
+    from mixlab.tasks.metrics import classification_metrics
+
+    cfg = compose_cfg("data=fashion_mnist", f"data.root={fashion_root}", "data.val_size=40", "data.download=false",
+                      "model=cnn", "model.width=8", "eval.corruptions=true", "eval.corruption_samples=24",
+                      "trainer.epochs=1", "trainer.progress=false", "device=cpu")
+    train(cfg, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    table = summary["corruptions"]
+    assert list(table) == list(CORRUPTIONS) and all([r["severity"] for r in v] == [1, 2, 3, 4, 5] for v in table.values())
+    accs = [r["acc"] for v in table.values() for r in v]
+    assert summary["final"]["test_corruption_acc"] == pytest.approx(sum(accs) / 60)
+    assert list((fashion_root / "corruptions" / "fashion_mnist").glob("*.pt"))  # cached under data.root
+    # recomputed: the saved model on the corruption made anew from the clean test images
+    ds = load_dataset("fashion_mnist", root=str(fashion_root), val_size=40, download=False)
+    model = build_model("cnn", in_shape=ds.input_shape, num_classes=10, width=8)
+    model.load_state_dict(load_checkpoint(tmp_path / "run" / "last.pt")["model"])
+    model.eval()
+    clean = (ds.x_test[:24] * ds.std[0] + ds.mean[0]).clamp(0, 1)
+    x = ((corrupt(clean, "motion_blur", 4) * 255).round() / 255 - ds.mean[0]) / ds.std[0]
+    with torch.no_grad():
+        m = classification_metrics(model(x), ds.y_test[:24])
+    assert table["motion_blur"][3]["acc"] == pytest.approx(m["acc"]) and table["motion_blur"][3]["nll"] == pytest.approx(
+        m["nll"], rel=1e-4)

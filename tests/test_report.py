@@ -12,6 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 from scipy import stats as sps
 
@@ -228,6 +229,33 @@ def test_adaptive_ece_and_ood_columns_appear_where_the_runs_recorded_them(tmp_pa
     assert numbers(rows["lam=beta"]["adaptive ECE"])[0] == pytest.approx(0.04)
     assert numbers(rows["lam=none"]["OOD AUROC"])[0] == pytest.approx(0.88)
     assert numbers(rows["lam=none"]["OOD FPR@95"])[0] == pytest.approx(0.45)
+
+
+def test_robustness_table_gives_hendrycks_mce_against_plain_training(tmp_path):
+    g = np.random.default_rng(0)
+    acc = {(lam, seed): {c: list(g.uniform(0.4, 0.9, 5)) for c in ("gaussian_noise", "fog", "jpeg")}
+           for lam in ("none", "beta") for seed in (0, 1)}
+    for i, ((lam, seed), table) in enumerate(acc.items()):
+        (tmp_path / "runs" / str(i)).mkdir(parents=True)
+        config = {"seed": seed, "lam": {"name": lam}, "data": {"name": "digits"}, "model": {"name": "mlp"}}
+        mean_acc = float(np.mean([v for per in table.values() for v in per]))
+        final = {"test_acc": 0.9, "test_corruption_acc": mean_acc, "test_corruption_ece": 0.1}
+        corruptions = {c: [{"severity": k + 1, "acc": a, "nll": 1.0, "ece": 0.1} for k, a in enumerate(per)]
+                       for c, per in table.items()}
+        (tmp_path / "runs" / str(i) / "summary.json").write_text(json.dumps(
+            {"status": "completed", "config": config, "final": final, "corruptions": corruptions}))
+        (tmp_path / "runs" / str(i) / "metrics.jsonl").write_text(json.dumps({"epoch": 1, **final}) + "\n")
+    md, _ = write_report(tmp_path / "runs", out=tmp_path / "out")
+    text = md.read_text()
+    rows = {r["configuration"]: r for r in md_table(text.split("## Robustness")[1], "configuration")}
+
+    def err(lam, c):  # seed-averaged error per severity
+        return np.mean([1 - np.array(acc[(lam, s)][c]) for s in (0, 1)], axis=0)
+
+    want = np.mean([err("beta", c).sum() / err("none", c).sum() for c in ("gaussian_noise", "fog", "jpeg")])
+    assert float(rows["lam=beta"]["mCE vs none"]) == pytest.approx(want, abs=6e-4)
+    assert float(rows["lam=none"]["mCE vs none"]) == pytest.approx(1.0)
+    assert (tmp_path / "out" / "figures" / "corruptions.png").stat().st_size > 5000
 
 
 def test_single_run_dir_and_missing_dir(sweep, tmp_path):

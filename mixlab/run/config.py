@@ -70,6 +70,8 @@ RULES: dict[str, Rule] = {
     "trainer.features": _one_of("forward", "cache"),
     "trainer.test_every": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
     "trainer.val_every": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "eval.corruptions": BOOL,
+    "eval.corruption_samples": ("null or an integer >= 1", lambda v: v is None or (_is_int(v) and v >= 1)),
     "eval.ood": ("null or digits (sklearn's handwritten digits, resized: far out-of-distribution for images)",
                  lambda v: v is None or v == "digits"),
     "data.batch_size": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
@@ -262,7 +264,7 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
 
 # Keys added after records were first written, with the value that behaves as their absence did: a record
 # without one is the same run as a config that sets it so (and only so), e.g. when a sweep is extended.
-ADDED = {"trainer.val_every": 1, "eval.ood": None}
+ADDED = {"trainer.val_every": 1, "eval.ood": None, "eval.corruptions": False, "eval.corruption_samples": None}
 
 
 def fingerprint(resolved: dict) -> dict[str, Any]:

@@ -25,13 +25,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torchvision.utils import make_grid, save_image
 
 from ..data import Batches, Dataset, dataset_from_config, eval_batches
+from ..data.base import DEFAULT_ROOT
+from ..data.corruptions import corrupted_sets
 from ..data.ood import ood_inputs
 from ..engine.lam import LAMBDAS
 from ..engine.mixing import MIXERS, Mix
 from ..engine.pairing import PAIRINGS, _lowest_top_bidder, batch_distance_scale, pair_distance
 from ..models import MODELS, MixModel, build_model
 from ..tasks import TASKS, Classification, Task
-from ..tasks.metrics import lam_stats, median_last, ood_metrics, temperature_scaled
+from ..tasks.metrics import classification_metrics, lam_stats, median_last, ood_metrics, temperature_scaled
 from .config import (ConfigError, apply_strength, apply_tuned, component_errors, config_difference, fingerprint,
                      import_plugins, options, validate)
 from .distributed import Dist, setup as setup_distributed
@@ -134,6 +136,7 @@ class Parts:
     task: Task = field(default_factory=Classification)  # what targets, the loss and the metrics are
     mix_at: int | None = None  # a fixed mix point (text with mixer=input: 0, the embeddings); None: drawn per step
     ood: Tensor | None = None  # eval.ood: the out-of-distribution inputs scored after the last epoch
+    corrupted: dict | None = None  # eval.corruptions: (corruption, severity) -> uint8 test images in [0, 255]
 
 
 class FeatureBank:
@@ -295,9 +298,32 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
     if (cfg.get("eval") or {}).get("ood") is not None:
         with component_errors("eval"):
             ood = ood_inputs(cfg.eval.ood, ds)
+    corrupted = None
+    if (cfg.get("eval") or {}).get("corruptions"):
+        if not ds.is_image or ds.task != "classification":
+            raise ConfigError(f"eval.corruptions=True: needs an image classifier's data, but data={ds.name} is "
+                              f"{'text' if ds.is_text else ds.task}; expected false")
+        n = cfg.eval.get("corruption_samples") or ds.n_test
+        mean, std = (torch.tensor(v, device=ds.x_test.device).view(1, -1, 1, 1) for v in (ds.mean, ds.std))
+        root = Path(cfg.data.root).expanduser() if cfg.data.get("root") else DEFAULT_ROOT
+        corrupted = corrupted_sets((ds.x_test[:n] * std + mean).clamp(0, 1), root / "corruptions" / ds.name)
     return Parts(ds, model, forward, eval_forward, mix, batches, optimizer, scheduler, generators, device,
                  _auto(cfg.trainer.amp, device), channels_last, manifold or inside, needs_features, d, bank, task,
-                 0 if inside and not manifold else None, ood)
+                 0 if inside and not manifold else None, ood, corrupted)
+
+
+@torch.no_grad()
+def _corruption_table(p: Parts) -> tuple[dict, dict]:
+    """Accuracy, NLL and ECE on each corrupted test set ({corruption: [per severity]}), and their means
+    over all of them (``test_corruption_acc``, ``_nll``, ``_ece``)."""
+    mean, std = (torch.tensor(v, device=p.device).view(1, -1, 1, 1) for v in (p.ds.mean, p.ds.std))
+    table: dict[str, list[dict]] = {}
+    for (name, severity), images in p.corrupted.items():
+        x = (images.to(p.device).float() / 255 - mean) / std
+        m = classification_metrics(torch.cat(_outputs(p, x)).float(), p.ds.y_test[:images.shape[0]])
+        table.setdefault(name, []).append({"severity": severity, "acc": m["acc"], "nll": m["nll"], "ece": m["ece"]})
+    rows = [r for per in table.values() for r in per]
+    return table, {f"test_corruption_{k}": sum(r[k] for r in rows) / len(rows) for k in ("acc", "nll", "ece")}
 
 
 def loss_per_sample(out: Tensor, target: Tensor, task: Task) -> Tensor:
@@ -608,6 +634,9 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: d
                     extras["reliability_ts"] = ts.pop("reliability")
                     test.update({"temperature": ts["temperature"],
                                  **{f"test_{k}_ts": ts[k] for k in ("nll", "ece", "brier")}})
+                if p.corrupted is not None and test_logits is not None:  # eval.corruptions: the corrupted test sets
+                    extras["corruptions"], means = _corruption_table(p)
+                    test.update(means)
                 if p.ood is not None and test_logits is not None:  # eval.ood: the test set against the OOD set
                     ood = ood_metrics(test_logits, p.task.join(_outputs(p, p.ood)))
                     test.update({"test_ood_auroc": ood["auroc"], "test_ood_fpr95": ood["fpr95"]})

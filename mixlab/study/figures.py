@@ -265,3 +265,24 @@ def fig_boundaries(configs: list[Config]) -> plt.Figure | None:
     return fig
 
 
+
+
+def fig_corruptions(configs: list[Config]) -> plt.Figure | None:
+    """Accuracy on the corrupted test sets against severity (mean over corruptions; line: mean over seeds,
+    band: min–max over seeds); None where no run recorded ``eval.corruptions``."""
+    shown = [c for c in configs if any(isinstance(r.summary.get("corruptions"), dict) for r in c.done)]
+    if not shown:
+        return None
+    colors = _colors(configs)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for c in shown:
+        per_seed = np.array([[np.mean([per[k]["acc"] for per in r.summary["corruptions"].values()]) for k in range(5)]
+                             for r in c.done if isinstance(r.summary.get("corruptions"), dict)])
+        sev = np.arange(1, 6)
+        ax.plot(sev, per_seed.mean(0), marker="o", color=colors[c.label], label=f"{c.label} (n={len(per_seed)})")
+        ax.fill_between(sev, per_seed.min(0), per_seed.max(0), color=colors[c.label], alpha=0.12)
+    ax.set(xlabel="severity", ylabel="accuracy (mean over the 12 corruptions)", xticks=range(1, 6),
+           title="Accuracy on the corrupted test sets")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.grid(alpha=0.3)
+    return fig

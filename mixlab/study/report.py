@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -28,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..run.config import fingerprint, flatten  # noqa: E402
 from .figures import (fig_boundaries, fig_curves, fig_final, fig_lam_distance, fig_lam_hist,  # noqa: E402
-                      fig_lam_strength, fig_mixed, fig_paired, fig_reliability, curve_name)
+                      fig_lam_strength, fig_mixed, fig_paired, fig_reliability, curve_name, fig_corruptions)
 from .runs import LOWER_IS_BETTER, NAMES, Config, Run  # noqa: E402
 from .runs import fmt as _f  # noqa: E402
 from .stats import WILCOXON_MIN_PAIRS, holm, mean_ci, paired_comparison, verdict  # noqa: E402
@@ -458,12 +459,54 @@ def _figures(configs: list[Config], metric: str, kind: str,
             ("reliability_ts", fig_reliability(configs, "reliability_ts", " after temperature scaling (T fitted on "
                                                "validation)"),
              "Reliability diagrams after temperature scaling with T fitted on the validation split, seeds pooled"),
+            ("corruptions", fig_corruptions(configs), "Accuracy on the corrupted test sets against severity"),
             ("lam_hist", fig_lam_hist(configs), "λ distribution of the final epoch, seeds pooled"),
             ("lam_strength", fig_lam_strength(configs),
              "Mean λ and mixing strength min(λ, 1 − λ) per epoch, mean and min–max band over seeds"),
             ("lam_distance", fig_lam_distance(configs), "λ against pair distance for distance/sk (beta for contrast)"),
             ("mixed_examples", fig_mixed(configs), "Mixed training images (epoch 1) of one run per configuration"),
             ("decision_boundaries", fig_boundaries(configs), "Decision boundaries on moons, one seed per config")]
+
+
+def _severity_errors(c: Config) -> dict[str, list[float]] | None:
+    """Per corruption, the mean over ``c``'s completed seeds of the test error at each severity (None where
+    no run recorded ``eval.corruptions``)."""
+    tables = [r.summary["corruptions"] for r in c.done if isinstance(r.summary.get("corruptions"), dict)]
+    if not tables:
+        return None
+    return {name: [statistics.fmean(1 - t[name][k]["acc"] for t in tables) for k in range(len(per))]
+            for name, per in tables[0].items()}
+
+
+def mce(errors: dict[str, list[float]], baseline: dict[str, list[float]]) -> float:
+    """Hendrycks & Dietterich's mean corruption error: per corruption c, CE_c = Σ_s E_{s,c} / Σ_s E^base_{s,c},
+    then the mean over corruptions (the baseline here: ``none``, plain training, instead of AlexNet)."""
+    return statistics.fmean(sum(errors[c]) / sum(baseline[c]) for c in errors)
+
+
+def _robustness(configs: list[Config]) -> list[tuple]:
+    """The robustness table (eval.corruptions): mean accuracy and ECE over the corrupted sets, and mCE
+    against plain training (``none``) with the same other keys."""
+    errs = {c.label: _severity_errors(c) for c in configs}
+    if not any(errs.values()):
+        return []
+    rows = []
+    for c in configs:
+        if errs[c.label] is None:
+            continue
+        base = next((b for b in configs if b.lam == "none" and b.control_of is None and non_lam(b) == non_lam(c)
+                     and errs[b.label] is not None), None)
+        acc = [r.value("test_corruption_acc") for r in c.done if r.value("test_corruption_acc") is not None]
+        ece = [r.value("test_corruption_ece") for r in c.done if r.value("test_corruption_ece") is not None]
+        rows.append([c.label, _n_cell(c), _pm(mean_ci(acc)[:2]), _pm(mean_ci(ece)[:2]),
+                     _f(mce(errs[c.label], errs[base.label]), 3) if base is not None else "—"])
+    return [("h2", "Robustness: the corrupted test sets (eval.corruptions)"),
+            ("p", "Accuracy and ECE averaged over every corruption and severity (mean ± std over seeds); mCE as "
+                  "Hendrycks & Dietterich (2019) define it, with plain training (lam=none, same other keys) as the "
+                  "baseline in place of AlexNet: below 1 is more robust than plain training. mCE is computed from "
+                  "the seed-averaged errors, so it has no interval here."),
+            ("table", ["configuration", "n (completed/launched)", "corruption accuracy", "corruption ECE", "mCE vs none"],
+             rows)]
 
 
 def _test_agreement(comps: list[dict], alpha: float = 0.05) -> str:
@@ -545,6 +588,7 @@ def write_report(sweep: str | Path, out: str | Path | None = None, baseline: str
              *[_pm(row[m]) for m in others], _pm(row["lam_strength"]), *[row[v] for v in vs]]
             for row in table]
     blocks = _text_blocks(sweep, runs, ("table", columns, rows), comps, n_text, _budget(configs), metric, baseline)
+    blocks += _robustness(configs)
     blocks.append(("h2", "Figures"))
     for fname, fig, caption in _figures(configs, metric, kind, comps[metric]):
         if fig is not None:
