@@ -37,14 +37,17 @@ def test_rcf_mnist_rotates_each_image_by_the_angle_its_target_says(fashion_root)
     assert float(((xr.flatten(1).sum(1) - ink).abs() / ink).median()) < 0.05
 
 
-def test_rcf_mnist_trains_with_the_label_kernel_and_a_dynamic_lambda(fashion_root, tmp_path):
+@pytest.mark.parametrize("lam", [("lambda=distance",), ("lambda=loss", "lam.per_sample=true")])
+def test_rcf_mnist_trains_with_the_label_kernel_and_a_dynamic_lambda(fashion_root, lam, tmp_path):
     cfg = compose_cfg("data=rcf_mnist", f"data.root={fashion_root}", "data.val_size=40", "data.batch_size=32",
-                      "model=cnn", "model.width=8", "pairing=label_kernel", "pairing.sigma=0.5", "lambda=distance",
+                      "model=cnn", "model.width=8", "pairing=label_kernel", "pairing.sigma=0.5", *lam,
                       "trainer.epochs=2", "trainer.progress=false", "device=cpu")
     out = train(cfg, tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["objective_key"] == "val_mse" and out > 0
     assert {"test_mse", "test_mae"} <= set(summary["final"]) and summary["dataset"]["task"] == "regression"
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert 0 < rows[-1]["lam_strength"] <= 0.5  # the dynamic λ mixed (loss: from the MSE itself, no entropy)
 
 
 def test_eval_ood_records_auroc_against_digits_and_refuses_text(fashion_root, tmp_path):
