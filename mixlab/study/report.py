@@ -113,7 +113,8 @@ def group_runs(runs: list[Run]) -> list[Config]:
     # ``tuned`` (the file the λ values came from) names a configuration only where its values do not
     for keys in ([k for k in vary if k != "tuned"], vary):
         for c in configs:
-            parts = [f"{k.removesuffix('.name')}={_short(c.flat[k])}" for k in keys if k in c.flat]
+            # a key this configuration leaves unset (null: lam.strength of a tuned beta) says nothing about it
+            parts = [f"{k.removesuffix('.name')}={_short(c.flat[k])}" for k in keys if c.flat.get(k) is not None]
             c.label = " ".join(parts) or (f"lam={c.lam}" if c.lam else "all runs")
         if len({c.label for c in configs}) == len(configs):
             break
