@@ -227,6 +227,14 @@ def dataset_from_config(data: Mapping[str, Any], *, seed: int, device: str | tor
 
 
 # The data config keys every data set has (the loop's and load_dataset's); any other is the data set's own.
+def check_int(key: str, value: object, low: int, high: int | None = None) -> int:
+    """``value`` if it is an integer in ``low``.. (``high``), else ValueError naming ``key``, the value and the range."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        allowed = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
+        raise ValueError(f"{key}={value!r}: expected {allowed}")
+    return value
+
+
 COMMON_KEYS = ("name", "root", "download", "batch_size", "train_subset", "val_size", "split_seed", "subset_per_seed",
                "crop_padding", "hflip")
 

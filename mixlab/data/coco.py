@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import DATASETS, DataFileError, DataNotFoundError, Dataset
+from .base import DATASETS, DataFileError, DataNotFoundError, Dataset, check_int
 
 
 def _read_annotations(path: Path, key: str) -> dict:
@@ -136,8 +136,7 @@ def coco(*, root: str | None, download: bool, val_size: int, split_seed: int, tr
     for key, value in (("train_annotations", train_annotations), ("train_images", train_images),
                        ("test_annotations", test_annotations), ("test_images", test_images)):
         _check(key, value)
-    if isinstance(canvas, bool) or not isinstance(canvas, int) or not 64 <= canvas <= 1024:
-        raise ValueError(f"data.canvas={canvas!r}: expected an integer in 64..1024")
+    check_int("data.canvas", canvas, 64, 1024)
     base = Path(root).expanduser()
     x_train, b_train, categories, names = _split(base / train_annotations, base / train_images, "data.train_annotations",
                                                  None, channels, canvas)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import DATASETS, Dataset
+from .base import DATASETS, Dataset, check_int
 
 INK = 0  # a pixel above this is part of an object (Fashion-MNIST's background is exactly 0)
 
@@ -112,13 +112,6 @@ def compose_scenes(objects: Tensor, labels: Tensor, n: int, *, generator: torch.
     return Scenes(images, boxes, out_labels, sources)
 
 
-def _check(key: str, value: object, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        allowed = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
-        raise ValueError(f"data.{key}={value!r}: expected {allowed}")
-    return value
-
-
 def scene_splits(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, *, train_scenes: int,
                  val_scenes: int, test_scenes: int, held_out_objects: int, split_seed: int, canvas: int = 96,
                  max_objects: int = 5) -> dict[str, Scenes]:
@@ -149,10 +142,11 @@ def fashion_scenes(*, root: str | None, download: bool, val_size: int, split_see
     ``val_size`` validation scenes. A synthetic composition, not a benchmark of record."""
     from .images import fashion_mnist
 
-    canvas, max_objects = _check("canvas", canvas, 64, 1024), _check("max_objects", max_objects, 1, 50)
-    train_scenes, test_scenes = _check("train_scenes", train_scenes, 1), _check("test_scenes", test_scenes, 1)
-    held_out_objects = _check("held_out_objects", held_out_objects, 1, 59999)
-    _check("val_size", val_size, 0)
+    canvas, max_objects = check_int("data.canvas", canvas, 64, 1024), check_int("data.max_objects", max_objects, 1, 50)
+    train_scenes = check_int("data.train_scenes", train_scenes, 1)
+    test_scenes = check_int("data.test_scenes", test_scenes, 1)
+    held_out_objects = check_int("data.held_out_objects", held_out_objects, 1, 59999)
+    check_int("data.val_size", val_size, 0)
     x_train, y_train, x_test, y_test, num_classes, _task = fashion_mnist(root=root, download=download)
     items = [(x.mul(255).round().to(torch.uint8)[:, 0], y) for x, y in ((x_train, y_train), (x_test, y_test))]
     if held_out_objects >= items[0][0].shape[0]:

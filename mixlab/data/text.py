@@ -41,7 +41,7 @@ from typing import Any, Callable
 import torch
 
 from . import base
-from .base import (DATASETS, DataFileError, DataNotFoundError, Dataset, balanced_subset, read_nonempty,
+from .base import (DATASETS, DataFileError, DataNotFoundError, Dataset, balanced_subset, check_int, read_nonempty,
                    stratified_split)
 
 # R object name in Rdata.rdx -> the novel's title, in publication order (janeaustenr's order).
@@ -255,12 +255,6 @@ def _fitted(toks: list[int], seq_len: int) -> list[list[int]]:
     return [toks[:seq_len] + [PAD] * max(0, seq_len - len(toks))]
 
 
-def _check_int(key: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{key}={value!r}: expected an integer >= {low}")
-    return value
-
-
 def _encoded(name: str, split: dict[str, list[tuple[int, list[str]]]], *, cut: bool, seq_len: int, vocab_size: int,
              val_size: int, train_subset: int | None, seed: int, device: str | torch.device,
              classes: tuple[str, ...]) -> Dataset:
@@ -301,8 +295,8 @@ def austen(*, root: str | None, val_size: int, split_seed: int, train_subset: in
     """``data=austen``: passages of ``seq_len`` tokens labelled by novel (6 classes), split by whole
     chapters (see the module's docstring); ``train_subset`` keeps that many training passages,
     class-balanced, drawn with ``seed``."""
-    seq_len, vocab_size = _check_int("data.seq_len", seq_len, 8), _check_int("data.vocab_size", vocab_size, 3)
-    _check_int("data.val_size", val_size, 0)
+    seq_len, vocab_size = check_int("data.seq_len", seq_len, 8), check_int("data.vocab_size", vocab_size, 3)
+    check_int("data.val_size", val_size, 0)
     folder = find_austen(root)
     if folder is None:
         raise DataNotFoundError(f"data=austen: janeaustenr's Rdata.rdb/Rdata.rdx not found in "
@@ -339,7 +333,7 @@ def hf_text(name: str) -> Callable[..., Dataset]:
              **_: object) -> Dataset:
         from .hf import load_hf_text
 
-        seq_len, vocab_size = _check_int("data.seq_len", seq_len, 8), _check_int("data.vocab_size", vocab_size, 3)
+        seq_len, vocab_size = check_int("data.seq_len", seq_len, 8), check_int("data.vocab_size", vocab_size, 3)
         data = load_hf_text(name, root=root if root is not None else base.DEFAULT_ROOT / "huggingface",
                             download=download)
         texts, labels = data.train
