@@ -160,10 +160,13 @@ def test_html_is_self_contained_with_every_figure(report):
 
 
 def write_fake_runs(d: Path, runs: list[tuple[str, int, float, list[float] | None]]) -> None:
-    """Hand-made records: (lam, seed, final test_acc, lam_strength per epoch, or None for an older record)."""
+    """Hand-made records: (lam, seed, final test_acc, lam_strength per epoch, or None for an older record);
+    ``lam`` may name a pairing too (``beta+label_kernel``)."""
     for i, (lam, seed, acc, strength) in enumerate(runs):
         (d / str(i)).mkdir(parents=True)
-        config = {"seed": seed, "lam": {"name": lam}, "data": {"name": "digits"}, "model": {"name": "mlp"}}
+        lam, _, pairing = lam.partition("+")
+        config = {"seed": seed, "lam": {"name": lam}, "data": {"name": "digits"}, "model": {"name": "mlp"},
+                  **({"pairing": {"name": pairing}} if pairing else {})}
         summary = {"status": "completed", "config": config, "final": {"test_acc": acc}}
         (d / str(i) / "summary.json").write_text(json.dumps(summary))
         rows = [{"epoch": e + 1, "test_acc": acc, **({} if strength is None else {"lam_strength": s})}
@@ -453,6 +456,29 @@ def test_holm_runs_within_the_declared_primary_family_only(tmp_path):
         r.summary.setdefault("config", {})["study"] = {"reference": ["beta", "none"][i], "metric": "test_acc"}
     with pytest.raises(ValueError, match="declare different primary comparisons"):
         declared(runs)
+
+
+def test_a_reference_policy_under_its_own_pairing_is_compared_with_it_under_random_pairing(tmp_path):
+    # C-Mixup is beta under label_kernel pairing: it is compared, seed by seed, with beta under random pairing
+    # (and with none), while distance under random pairing keeps beta+random as its only reference.
+    accs = {"beta+random": [0.90, 0.91, 0.92, 0.93], "beta+label_kernel": [0.92, 0.94, 0.93, 0.96],
+            "none+random": [0.85, 0.86, 0.88, 0.87], "distance+random": [0.90, 0.92, 0.91, 0.94]}
+    write_fake_runs(tmp_path / "runs", [(arm, s, a, None) for arm, v in accs.items() for s, a in enumerate(v)])
+    configs = group_runs(load_runs(tmp_path / "runs"))
+    rows = compare(configs, "test_acc", "beta", primary=True)
+    cmix = [r for r in rows if r["label"] == "lam=beta pairing=label_kernel"]
+    assert {r["ref_label"] for r in cmix} == {"lam=beta pairing=random", "lam=none pairing=random"}
+    vs_beta = next(r for r in cmix if r["ref"] == "beta")
+    d = np.subtract(accs["beta+label_kernel"], accs["beta+random"])
+    assert vs_beta["diff"] == pytest.approx(d.mean())
+    assert vs_beta["p"] == pytest.approx(sps.ttest_rel(accs["beta+label_kernel"], accs["beta+random"]).pvalue)
+    assert vs_beta["family"] == "exploratory"  # a pairing, not a dynamic λ: outside the declared primary family
+    dist = [r for r in rows if r["label"] == "lam=distance pairing=random" and r["ref"] == "beta"]
+    assert [r["ref_label"] for r in dist] == ["lam=beta pairing=random"] and dist[0]["family"] == "primary"
+    md, _ = write_report(tmp_path / "runs", out=tmp_path / "out")
+    table = {r["configuration"]: r for r in md_table(md.read_text())}
+    assert table["lam=beta pairing=random"]["vs beta"] == "(reference)"
+    assert table["lam=beta pairing=label_kernel"]["vs beta"].startswith(vs_beta["verdict"])
 
 
 def test_every_committed_result_regenerates_from_its_records_or_is_marked_superseded(tmp_path, monkeypatch):

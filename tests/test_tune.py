@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,9 @@ import pytest
 import yaml
 from scipy import stats
 
+from mixlab.run.config import ConfigError
 from mixlab.study.tune import main as tune_main
-from mixlab.study.tune import sample, search_spaces, trials_for
+from mixlab.study.tune import sample, search_spaces, trials_for, tune
 
 from .test_config import compose_cfg
 
@@ -32,6 +34,12 @@ def test_every_registered_policy_has_a_search_space_whose_keys_exist():
             assert key.startswith("lam.") and key[4:] in cfg.lam, (policy, key)
             assert spec["low"] < spec["high"]
     assert spaces["none"] == {} and spaces["beta"]  # none has nothing to tune; the fixed baseline is tuned too
+    from mixlab.run.config import pairing_spaces
+
+    assert pairing_spaces()  # C-Mixup's σ at least
+    for pairing, space in pairing_spaces().items():
+        cfg = compose_cfg(f"pairing={pairing}")
+        assert all(key.startswith("pairing.") and key[8:] in cfg.pairing for key in space), (pairing, space)
 
 
 def test_sampling_is_seeded_per_policy_and_log_uniform_where_asked():
@@ -81,7 +89,34 @@ def test_a_tuned_file_without_the_policy_is_one_line(tmp_path):
     assert "has no entry for lambda=sk; expected one of ['beta']" in r.stderr
     bad = subprocess.run([sys.executable, "-m", "mixlab.tune", "--lambdas", "beta,nonsense", "--out",
                           str(tmp_path / "t"), *TINY], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "['nonsense'] have no search space" in bad.stderr
+    assert bad.returncode == 2 and "'nonsense' has no search space" in bad.stderr
+
+
+def test_an_arm_with_a_pairing_tunes_its_knobs_and_the_comparison_under_that_pairing_uses_them(tmp_path):
+    # C-Mixup: beta under label_kernel pairing, α and σ searched together with the same budget as beta alone
+    out = tmp_path / "tuning"
+    assert tune_main(["--lambdas", "beta,beta+label_kernel", "--trials", "2", "--out", str(out), *TINY]) == 0
+    log = json.loads((out / "tuning.json").read_text())
+    arms = [(t["lambda"], t["trial"], sorted(t["params"])) for t in log["trials_run"]]
+    assert arms == [("beta", 0, []), ("beta", 1, ["lam.alpha"]),
+                    ("beta+label_kernel", 0, []), ("beta+label_kernel", 1, ["lam.alpha", "pairing.sigma"])]
+    trial = json.loads((out / "beta+label_kernel" / "trial_1" / "summary.json").read_text())["config"]
+    assert trial["pairing"]["name"] == "label_kernel"
+    assert trial["pairing"]["sigma"] == pytest.approx(log["trials_run"][3]["params"]["pairing.sigma"])
+    tuned = yaml.safe_load((out / "tuned.yaml").read_text())
+    assert set(tuned["beta+label_kernel"]) == {"lam.alpha", "pairing.sigma"} and set(tuned["beta"]) == {"lam.alpha"}
+    from mixlab.run.config import apply_tuned
+
+    for pairing, entry in (("label_kernel", "beta+label_kernel"), ("random", "beta")):
+        cfg = compose_cfg(*TINY, "lambda=beta", f"pairing={pairing}", f"tuned={out / 'tuned.yaml'}")
+        record = apply_tuned(cfg)
+        assert record["lambda"] == entry and record["trials_run"] == 2
+        assert cfg.lam.alpha == pytest.approx(tuned[entry]["lam.alpha"])
+    assert cfg.pairing.name == "random" and "sigma" not in cfg.pairing
+    for arm, said in (("beta+nonsense", "names pairing 'nonsense'; expected one of"),
+                      ("none+label_kernel", "lambda=none has nothing to tune")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            tune([arm], 2, tmp_path / "bad", TINY)
 
 
 def test_parallel_trials_run_the_same_trials_and_choose_the_same(tmp_path):

@@ -157,15 +157,21 @@ def apply_tuned(cfg: DictConfig) -> dict | None:
     except OSError as e:
         raise ConfigError(f"tuned={path!r}: cannot be read ({e.strerror or e}); expected a tuned.yaml "
                           "written by python -m mixlab.tune") from None
-    name = cfg.lam.name
+    # the entry tuned for this λ policy under this pairing (``beta+label_kernel``) where there is one, else the
+    # policy's own (tuned under the pairing the tuning ran with, and so transferred to this one)
+    name, arm = cfg.lam.name, f"{cfg.lam.name}+{cfg.pairing.name}"
+    if isinstance(chosen, dict) and arm in chosen:
+        name = arm
     if isinstance(chosen, dict) and name not in chosen and _nothing_to_tune(name):
         return None  # none, automix: no search space, so nothing tuning could have chosen
     if not isinstance(chosen, dict) or name not in chosen:
         have = sorted(chosen) if isinstance(chosen, dict) else []
-        raise ConfigError(f"tuned={path!r}: has no entry for lambda={name}; expected one of {have}")
+        under = f" (nor {arm})" if cfg.pairing.name != "random" else ""
+        raise ConfigError(f"tuned={path!r}: has no entry for lambda={name}{under}; expected one of {have}")
     for key, value in (chosen[name] or {}).items():
         if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
-            raise ConfigError(f"tuned={path!r}: {key} is not a key of lambda={name}'s config")
+            raise ConfigError(f"tuned={path!r}: {key} is not a key of the config of lambda={cfg.lam.name} "
+                              f"pairing={cfg.pairing.name}")
         OmegaConf.update(cfg, key, value, merge=False)
     record: dict[str, Any] = {"file": str(path), "lambda": name, "chosen": chosen[name] or {}}
     try:
@@ -180,11 +186,20 @@ def apply_tuned(cfg: DictConfig) -> dict | None:
     return record
 
 
-def search_spaces(path: Path = CONF_DIR / "search_spaces.yaml") -> dict[str, dict[str, dict]]:
-    """Each λ policy's search space for ``python -m mixlab.tune`` (``conf/search_spaces.yaml``)."""
+def _spaces_file(path: Path) -> dict:
     import yaml
 
     return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def search_spaces(path: Path = CONF_DIR / "search_spaces.yaml") -> dict[str, dict[str, dict]]:
+    """Each λ policy's search space for ``python -m mixlab.tune`` (``conf/search_spaces.yaml``)."""
+    return {k: v for k, v in _spaces_file(path).items() if k != "pairing"}
+
+
+def pairing_spaces(path: Path = CONF_DIR / "search_spaces.yaml") -> dict[str, dict[str, dict]]:
+    """The search spaces of the pairings with knobs of their own (``pairing:`` in ``conf/search_spaces.yaml``)."""
+    return _spaces_file(path).get("pairing") or {}
 
 
 def _nothing_to_tune(name: str) -> bool:

@@ -150,6 +150,23 @@ def non_lam(c: Config) -> dict:
     return {k: v for k, v in c.flat.items() if not k.startswith("lam.") and k != "tuned"}
 
 
+def references(c: Config, ref: str, configs: list[Config]) -> list[Config]:
+    """The configurations of policy ``ref`` that ``c`` is compared with: those with the same non-λ keys; where
+    ``c`` runs under a pairing of its own and none does (C-Mixup: beta under ``label_kernel``), ``ref`` under
+    random pairing with the same other keys. A reference is not compared with its own policy's configurations
+    under the same keys."""
+    refs = [b for b in configs if b.lam == ref and b.control_of is None]
+    same = [] if c.lam == ref and c.control_of is None else [b for b in refs if non_lam(b) == non_lam(c)]
+    if same or c.flat.get("pairing.name", "random") == "random":
+        return same
+    return [b for b in refs if b.flat.get("pairing.name", "random") == "random"
+            and without_pairing(b) == without_pairing(c)]
+
+
+def without_pairing(c: Config) -> dict:
+    return {k: v for k, v in non_lam(c).items() if not k.startswith("pairing.")}
+
+
 def compare(configs: list[Config], metric: str, baseline: str = "beta", primary: bool = False,
             matched: str = "primary", alpha: float = 0.05) -> list[dict]:
     """Seed-matched comparisons of each configuration against ``baseline`` and ``none`` with the same
@@ -164,10 +181,7 @@ def compare(configs: list[Config], metric: str, baseline: str = "beta", primary:
     rows: list[dict] = []
     for ref in dict.fromkeys([baseline, "none"]):
         for c in configs:
-            for b in configs:
-                if (c.lam == ref and c.control_of is None) or b.lam != ref or b.control_of is not None \
-                        or non_lam(b) != non_lam(c):
-                    continue
+            for b in references(c, ref, configs):
                 if any(r["label"] == b.label and r["ref_label"] == c.label for r in rows):
                     continue  # beta vs none is none vs beta again: one test, counted once by Holm
                 pc = paired_comparison(c.values(metric), b.values(metric), higher_is_better=hib)
@@ -231,10 +245,12 @@ def build_table(configs: list[Config], metric: str, others: list[str], compariso
                 v + (f" (Δ {d:+.4f})" if v in FLIP else "") for v, d in hit) or "—")
         for ref in refs:
             hit = [(x["verdict"], x["diff"]) for x in comparisons if x["label"] == c.label and x["ref"] == ref]
+            # the reference itself; a reference policy under a pairing of its own (C-Mixup) is compared with it
+            reference = c.lam == ref and c.control_of is None and not hit
             # A comparison made the other way round (none vs beta, read in beta's row as beta vs none).
             hit += [(FLIP.get(x["verdict"], x["verdict"]), -x["diff"]) for x in comparisons
                     if x["ref_label"] == c.label and x["lam"] == ref and not x.get("control")]
-            row[f"vs {ref}"] = "(reference)" if c.lam == ref and c.control_of is None else "; ".join(
+            row[f"vs {ref}"] = "(reference)" if reference else "; ".join(
                 v + (f" (Δ {d:+.4f})" if v in FLIP else "") for v, d in hit) or "no matching reference"
         table.append(row)
     sign = -1 if metric in LOWER_IS_BETTER else 1

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ..run.config import CONF_DIR, ConfigError, flatten, search_spaces
+from ..run.config import CONF_DIR, ConfigError, flatten, pairing_spaces, search_spaces
 from ..run.records import atomic_write, atomic_write_json
 from .pool import run_all
 
@@ -38,6 +38,30 @@ def sample(space: dict[str, dict], rng: np.random.Generator) -> dict[str, Any]:
         else:
             out[key] = float(rng.uniform(spec["low"], spec["high"]))
     return out
+
+
+def arm_overrides(arm: str) -> list[str]:
+    """``beta`` -> ``[lambda=beta]``; ``beta+label_kernel`` -> ``[lambda=beta, pairing=label_kernel]``."""
+    policy, _, pairing = arm.partition("+")
+    return [f"lambda={policy}"] + [f"pairing={pairing}"] * bool(pairing)
+
+
+def arm_space(arm: str) -> dict[str, dict]:
+    """The search space of a tuning arm: its λ policy's, and its pairing's where the arm names one
+    (``beta+label_kernel``: Beta's α and the kernel's σ together)."""
+    from ..engine.pairing import PAIRINGS
+
+    policy, plus, pairing = arm.partition("+")
+    spaces = search_spaces()
+    if policy not in spaces:
+        raise ConfigError(f"--lambdas: {policy!r} has no search space; expected names from {sorted(spaces)} "
+                          "(conf/search_spaces.yaml), optionally +pairing (beta+label_kernel)")
+    if plus and pairing not in PAIRINGS.names():
+        raise ConfigError(f"--lambdas: {arm!r} names pairing {pairing!r}; expected one of {sorted(PAIRINGS.names())}")
+    if plus and not spaces[policy]:
+        raise ConfigError(f"--lambdas: {arm!r}: lambda={policy} has nothing to tune and no pairing changes that; "
+                          f"expected {policy} alone")
+    return {**spaces[policy], **pairing_spaces().get(pairing, {})}
 
 
 def trials_for(policy: str, space: dict, trials: int, seed: int) -> list[dict[str, Any]]:
@@ -77,18 +101,15 @@ def tune(lambdas: list[str], trials: int, out: str | Path, overrides: list[str],
          jobs: int = 1) -> dict:
     """Run every trial of every policy (skipping completed ones on a re-run; ``jobs`` at a time, each
     with its share of the CPU threads) and write tuned.yaml."""
-    spaces, out = search_spaces(), Path(out)
-    unknown = [p for p in lambdas if p not in spaces]
-    if unknown:
-        raise ConfigError(f"--lambdas: {unknown} have no search space; expected names from "
-                          f"{sorted(spaces)} (conf/search_spaces.yaml)")
+    out = Path(out)
+    spaces = {arm: arm_space(arm) for arm in lambdas}
     if trials < 1:
         raise ConfigError(f"--trials={trials}: expected an integer >= 1")
     if jobs < 1:
         raise ConfigError(f"--jobs={jobs}: expected an integer >= 1")
     work = [(policy, k, params) for policy in lambdas
             for k, params in enumerate(trials_for(policy, spaces[policy], trials, seed))]
-    args = [([*overrides, f"lambda={policy}", *(f"{key}={v!r}" for key, v in params.items())],
+    args = [([*overrides, *arm_overrides(policy), *(f"{key}={v!r}" for key, v in params.items())],
              str(out / policy / f"trial_{k}")) for policy, k, params in work]
     objectives = run_all(_trial, args, jobs)
     log, tuned, chosen_trial = [], {}, {}
@@ -116,7 +137,8 @@ def tune(lambdas: list[str], trials: int, out: str | Path, overrides: list[str],
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mixlab.tune", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--lambdas", required=True, help="comma-separated λ policies, e.g. beta,distance,sk")
+    ap.add_argument("--lambdas", required=True, help="comma-separated λ policies, e.g. beta,distance,sk; "
+                    "policy+pairing tunes under that pairing, with its knobs too (beta+label_kernel: C-Mixup)")
     ap.add_argument("--trials", type=int, default=8, help="trials per policy (the same for every policy)")
     ap.add_argument("--seed", type=int, default=0, help="seeds the search (not the runs: set seed= for that)")
     ap.add_argument("--jobs", type=int, default=1, help="trials run at once, each in its own process with its "
