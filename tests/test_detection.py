@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torchvision.models.detection.fcos import FCOSHead
@@ -230,6 +231,15 @@ def test_detection_runs_train_evaluate_and_record_map(fashion_root, extra, tmp_p
     assert out == rows[-1]["val_map"] and 0 <= out <= 1
     assert {"test_map", "test_map50", "test_map75", "test_map_per_class"} <= set(summary["final"])
     assert rows[1]["train_loss"] < rows[0]["train_loss"] and 0 < rows[0]["lam_strength"] <= 0.5
+    # the blends are drawn with their boxes: each image's own (red) and its partner's (blue); the scenes are grey
+    from PIL import Image
+
+    from mixlab.run.train import BOX_COLOURS
+
+    rgb = np.asarray(Image.open(tmp_path / "run" / "mixed_examples.png").convert("RGB")).reshape(-1, 3)
+    for colour in BOX_COLOURS:
+        want = [int(colour[i:i + 2], 16) for i in (1, 3, 5)]
+        assert (rgb == want).all(1).sum() > 20, colour
 
 
 @pytest.mark.parametrize("overrides,message", [

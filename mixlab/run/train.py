@@ -344,6 +344,7 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
     n = 0  # samples seen: known on the host, so never copied to the device
     lams: list[Tensor] = []
     images: Tensor | None = None
+    boxes: Tensor | None = None  # detection: the blends' boxes, drawn on them
     probe: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # the first batch's pairs, for λ against distance
     t0 = time.perf_counter()
     for step, (x, y, index) in enumerate(p.batches):
@@ -371,6 +372,7 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
                 x_mix, y_mix = p.mix(x, y, features=features, index=index, progress=progress)
                 if images is None and epoch == 1:
                     images = x_mix[:32].detach()
+                    boxes = y_mix[:32].detach() if p.task.mixes_boxes else None
                 out = p.task.forward(p.forward, x_mix, y_mix)
         per_sample = loss_per_sample(out, y_mix, p.task)
         loss = per_sample.mean()
@@ -428,7 +430,7 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
     if topped_up is not None:  # trainer.features=cache: the share of rows the end-of-epoch pass refreshed
         row["feature_cache_topped_up"] = topped_up / p.ds.n_train
     row.update(lam_stats(d.gather(torch.cat(lams))))
-    return {"row": row, "images": images, "lam_vs_distance": _lam_vs_distance(p.mix.lam_policy, *probe)}
+    return {"row": row, "images": images, "boxes": boxes, "lam_vs_distance": _lam_vs_distance(p.mix.lam_policy, *probe)}
 
 
 def _lam_vs_distance(policy: object, z: Tensor, pool: Tensor, partner: Tensor, lam: Tensor, most: int = 256) -> dict:
@@ -646,7 +648,8 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: d
                 # row (MetricsLog.truncate) and replays the epoch to the same row. The other order would lose it.
                 log.append(row)
                 atomic_write_json(run_dir / "last_epoch.json", extras)
-                grid = _grid(result["images"], p.ds) if result["images"] is not None and p.ds.is_image else None
+                grid = _grid(result["images"], p.ds, result["boxes"]) \
+                    if result["images"] is not None and p.ds.is_image else None
                 if grid is not None:  # a record too: atomic, and before the checkpoint (a kill replays the epoch)
                     atomic_write(run_dir / "mixed_examples.png", lambda f: save_image(grid, f, format="png"))
                 save_checkpoint(run_dir / "last.pt", _state(p, epoch, rng, resolved))
@@ -739,8 +742,24 @@ def _epoch_line(row: dict, epochs: int) -> str:
             f"lam {row['lam_mean']:.3f}±{row['lam_std']:.3f}  {row['seconds']:.1f}s")
 
 
-def _grid(x: Tensor, ds: Dataset) -> Tensor:
-    """Un-normalised (C, H, W) grid of images in [0, 1]."""
+BOX_COLOURS = ("#ff3b30", "#34aadc")  # a blend's own boxes (weight λ), its partner's (1 − λ)
+
+
+def _grid(x: Tensor, ds: Dataset, boxes: Tensor | None = None) -> Tensor:
+    """Un-normalised (C, H, W) grid of images in [0, 1]; with ``boxes`` (detection's mixed targets,
+    (B, 2K, 6)), each blend's boxes of non-zero weight drawn on it: its own, then its partner's."""
     mean = torch.tensor(ds.mean, device=x.device).view(1, -1, 1, 1)
     std = torch.tensor(ds.std, device=x.device).view(1, -1, 1, 1)
-    return make_grid((x.float() * std + mean).clamp(0, 1), nrow=8)
+    x = (x.float() * std + mean).clamp(0, 1)
+    if boxes is not None:
+        from torchvision.utils import draw_bounding_boxes
+
+        half = boxes.shape[1] // 2
+        drawn = []
+        for img, b in zip(x.cpu(), boxes.cpu(), strict=True):
+            keep = b[:, 5] > 0
+            colours = [BOX_COLOURS[int(k >= half)] for k in torch.nonzero(keep).flatten().tolist()]
+            rgb = (img.expand(3, -1, -1) * 255).round().to(torch.uint8)
+            drawn.append(draw_bounding_boxes(rgb, b[keep, :4], colors=colours, width=1).float() / 255)
+        x = torch.stack(drawn)
+    return make_grid(x, nrow=8)
