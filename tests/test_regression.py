@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -75,6 +76,12 @@ def test_eval_ood_records_auroc_against_digits_and_refuses_text(fashion_root, tm
     with pytest.raises(ConfigError, match=r"eval.ood='digits': needs an image classifier's data, but data=austen is text"):
         from .test_config import text_base
         train(compose_cfg(*text_base(tmp_path), "model=textcnn", "eval.ood=digits"), tmp_path / "text")
+    # one check for both image-only evaluations; a tabular classifier is named as what it is not
+    for data, what in (("moons", "not images"), ("diabetes", "regression")):
+        for setting, expected in (("eval.corruptions=true", "eval.corruptions=True"), ("eval.ood=digits", "eval.ood='digits'")):
+            with pytest.raises(ConfigError, match=re.escape(f"{expected}: needs an image classifier's data, but "
+                                                            f"data={data} is {what}; expected ")):
+                train(compose_cfg(f"data={data}", "model=mlp", "trainer.epochs=1", setting), tmp_path / data / setting)
 
 
 def test_eval_corruptions_records_every_corruption_and_severity(fashion_root, tmp_path):

@@ -333,6 +333,15 @@ def test_a_completed_run_folder_is_never_relabelled(tmp_path, monkeypatch):
     assert _files(tmp_path / "run") == before  # nothing written
 
 
+def test_a_run_refused_before_training_does_not_block_its_corrected_command(tmp_path):
+    # Before: the refused run's summary.json (status failed, no epoch) kept the folder for its configuration.
+    with pytest.raises(ConfigError, match="eval.corruptions=True: needs an image classifier's data"):
+        run(tmp_path, "data=moons", "eval.corruptions=true")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+    _, rows, summary = run(tmp_path, "data=moons")
+    assert summary["status"] == "completed" and summary["config"]["eval"]["corruptions"] is False and rows
+
+
 def test_an_interrupted_run_folder_resumes_only_the_same_configuration(tmp_path, monkeypatch):
     run(tmp_path, "lambda=beta", "trainer.epochs=3")
     (tmp_path / "run" / "summary.json").unlink()  # as after a SIGKILL before the first summary was written

@@ -93,6 +93,24 @@ class Dataset:
     def is_text(self) -> bool:
         return self.vocab_size is not None
 
+    def normalise(self, x: Tensor) -> Tensor:
+        """Images in [0, 1], (N, C, H, W), as this data set's inputs: (x − mean) / std per channel."""
+        mean, std = (torch.tensor(v, dtype=torch.float32, device=x.device).view(1, -1, 1, 1) for v in (self.mean, self.std))
+        return (x.float() - mean) / std
+
+    def unnormalise(self, x: Tensor) -> Tensor:
+        """This data set's image inputs back in [0, 1] (clamped), (N, C, H, W)."""
+        mean, std = (torch.tensor(v, dtype=torch.float32, device=x.device).view(1, -1, 1, 1) for v in (self.mean, self.std))
+        return (x.float() * std + mean).clamp(0, 1)
+
+    def require_image_classifier(self, setting: str, expected: str) -> None:
+        """ValueError naming ``setting`` unless this is image classification (what an evaluation on
+        corrupted images or an image OOD set needs)."""
+        if not self.is_image or self.task != "classification":
+            what = "text" if self.is_text else self.task if self.task != "classification" else "not images"
+            raise ValueError(f"{setting}: needs an image classifier's data, but data={self.name} is {what}; "
+                             f"expected {expected}")
+
     def summary(self) -> dict:
         return {
             "name": self.name,

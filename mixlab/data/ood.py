@@ -22,15 +22,10 @@ def ood_inputs(name: str, ds: Dataset) -> Tensor:
     """The OOD set ``name`` as inputs of ``ds`` (N, C, H, W) on its device; ValueError where it cannot be."""
     if name not in OOD_SETS:
         raise ValueError(f"eval.ood={name!r}: expected null or one of {list(OOD_SETS)}")
-    if not ds.is_image or ds.task != "classification":
-        raise ValueError(f"eval.ood={name!r}: needs an image classifier's data, but data={ds.name} is "
-                         f"{'text' if ds.is_text else ds.task if ds.task != 'classification' else 'not images'}; "
-                         "expected data=fashion_mnist, cifar10, ... or eval.ood=null")
+    ds.require_image_classifier(f"eval.ood={name!r}", "data=fashion_mnist, cifar10, ... or eval.ood=null")
     from sklearn.datasets import load_digits
 
     x = torch.as_tensor(load_digits().images, dtype=torch.float32)[:, None] / 16.0
     c, h, w = ds.input_shape
     x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1).repeat(1, c, 1, 1)
-    mean = torch.tensor(ds.mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(ds.std, dtype=torch.float32).view(1, -1, 1, 1)
-    return ((x - mean) / std).to(ds.x_test.device).contiguous()
+    return ds.normalise(x.to(ds.x_test.device)).contiguous()

@@ -300,13 +300,11 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
             ood = ood_inputs(cfg.eval.ood, ds)
     corrupted = None
     if (cfg.get("eval") or {}).get("corruptions"):
-        if not ds.is_image or ds.task != "classification":
-            raise ConfigError(f"eval.corruptions=True: needs an image classifier's data, but data={ds.name} is "
-                              f"{'text' if ds.is_text else ds.task}; expected false")
+        with component_errors("eval"):
+            ds.require_image_classifier("eval.corruptions=True", "false")
         n = cfg.eval.get("corruption_samples") or ds.n_test
-        mean, std = (torch.tensor(v, device=ds.x_test.device).view(1, -1, 1, 1) for v in (ds.mean, ds.std))
         root = Path(cfg.data.root).expanduser() if cfg.data.get("root") else DEFAULT_ROOT
-        corrupted = corrupted_sets((ds.x_test[:n] * std + mean).clamp(0, 1), root / "corruptions" / ds.name)
+        corrupted = corrupted_sets(ds.unnormalise(ds.x_test[:n]), root / "corruptions" / ds.name)
     return Parts(ds, model, forward, eval_forward, mix, batches, optimizer, scheduler, generators, device,
                  _auto(cfg.trainer.amp, device), channels_last, manifold or inside, needs_features, d, bank, task,
                  0 if inside and not manifold else None, ood, corrupted)
@@ -316,10 +314,9 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
 def _corruption_table(p: Parts) -> tuple[dict, dict]:
     """Accuracy, NLL and ECE on each corrupted test set ({corruption: [per severity]}), and their means
     over all of them (``test_corruption_acc``, ``_nll``, ``_ece``)."""
-    mean, std = (torch.tensor(v, device=p.device).view(1, -1, 1, 1) for v in (p.ds.mean, p.ds.std))
     table: dict[str, list[dict]] = {}
     for (name, severity), images in p.corrupted.items():
-        x = (images.to(p.device).float() / 255 - mean) / std
+        x = p.ds.normalise(images.to(p.device).float() / 255)
         m = classification_metrics(torch.cat(_outputs(p, x)).float(), p.ds.y_test[:images.shape[0]])
         table.setdefault(name, []).append({"severity": severity, "acc": m["acc"], "nll": m["nll"], "ece": m["ece"]})
     rows = [r for per in table.values() for r in per]
@@ -472,7 +469,7 @@ def _outputs(p: Parts, x_all: Tensor, batch_size: int | None = None) -> list:
     batch_size = batch_size or (128 if p.device.type == "cpu" else 1000)
     p.model.eval()
     outs = []
-    for x, _ in eval_batches(x_all, x_all, batch_size):
+    for x in x_all.split(batch_size):  # sequential slices, the last may be short
         if p.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=p.amp):
@@ -561,10 +558,15 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
 def _check_same_run(run_dir: Path, resolved: dict, previous: dict) -> None:
     """Refuse a run directory that holds another configuration's records (``summary.json`` or
     ``last.pt``): resuming from them, or skipping as completed, would put that run's results under
-    this run's labels. Keys in ``config.VOLATILE`` (device, progress, logger, ...) may differ.
-    Raised before anything is written, so the other run's records stay as they are."""
+    this run's labels. Keys in ``config.VOLATILE`` (device, progress, logger, ...) may differ. A run
+    that failed before its first epoch was recorded (a refused setting) leaves nothing to protect: its
+    folder takes the corrected configuration. Raised before anything is written, so the other run's records stay as they are."""
     stored = previous.get("config")
     where = "summary.json"
+    log = run_dir / "metrics.jsonl"
+    if previous.get("status") == "failed" and not (run_dir / "last.pt").exists() \
+            and not (log.exists() and log.stat().st_size):
+        return  # it failed before training anything (a setting refused): nothing to resume or mislabel
     if stored is None and (run_dir / "last.pt").exists():
         stored, where = (load_checkpoint(run_dir / "last.pt") or {}).get("config"), "last.pt"
         if stored is None:
@@ -748,9 +750,7 @@ BOX_COLOURS = ("#ff3b30", "#34aadc")  # a blend's own boxes (weight λ), its par
 def _grid(x: Tensor, ds: Dataset, boxes: Tensor | None = None) -> Tensor:
     """Un-normalised (C, H, W) grid of images in [0, 1]; with ``boxes`` (detection's mixed targets,
     (B, 2K, 6)), each blend's boxes of non-zero weight drawn on it: its own, then its partner's."""
-    mean = torch.tensor(ds.mean, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(ds.std, device=x.device).view(1, -1, 1, 1)
-    x = (x.float() * std + mean).clamp(0, 1)
+    x = ds.unnormalise(x)
     if boxes is not None:
         from torchvision.utils import draw_bounding_boxes
 
