@@ -593,7 +593,8 @@ def write_report(sweep: str | Path, out: str | Path | None = None, baseline: str
     others = [m for m in others if m != metric]
     comps = {m: compare(configs, m, baseline, primary=(m == metric), matched=matched_family(runs))
              for m in dict.fromkeys([metric] + (["test_ece"] + ["test_ece_ts"] * scaled) * (kind == "classification"))}
-    refs = tuple(dict.fromkeys([baseline, "none"]))
+    # a column per reference the runs hold (the baseline's always: its absence is said in every row)
+    refs = tuple(dict.fromkeys([baseline] + ["none"] * any(c.lam == "none" for c in configs)))
     table = build_table(configs, metric, others, comps[metric], refs)
     configs = [row["config"] for row in table]  # one order (the table's) in every figure
     ns = sorted({row["n"] for row in table})
