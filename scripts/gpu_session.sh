@@ -16,7 +16,7 @@ log "device: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>
 python -m pip install -q --no-deps --no-index .whl/*.whl 2>&1 | tail -1
 python -c "import torch, torchvision, mixlab; print(torch.__version__, torchvision.__version__, torch.cuda.get_device_name())" \
     | tee -a "$OUT/session.log"
-export MIXLAB_DATA=$PWD/data/fashion-mnist
+DATA=$PWD/data/fashion-mnist  # passed as data.root below
 
 log "1. tests on CUDA"
 timeout 90 python -m pytest -q -x -p no:cacheprovider tests/test_mixing.py tests/test_pairing.py tests/test_lam.py \
@@ -29,7 +29,7 @@ timeout 60 python scripts/bench_optimal.py --step --repeats 3 --out "$OUT/bench_
 log "benchmarks done"
 
 log "3. the full-size comparison, $EPOCHS epochs, $JOBS at a time, for at most $STUDY_SECONDS s"
-L="hydra/launcher=joblib hydra.launcher.n_jobs=$JOBS hydra.sweep.dir=$OUT/compare data.root=$MIXLAB_DATA"
+L="hydra/launcher=joblib hydra.launcher.n_jobs=$JOBS hydra.sweep.dir=$OUT/compare data.root=$DATA"
 timeout "$STUDY_SECONDS" python -m mixlab -m experiment=fashion_full trainer.epochs=$EPOCHS trainer.val_every=0 \
     tuned=docs/results/fashion_1k/tuning/tuned.yaml 'seed=0,1,2,3,4' $L > "$OUT/compare.log" 2>&1
 log "comparison rc=$? ($(grep -l completed "$OUT"/compare/*/summary.json 2>/dev/null | wc -l) runs completed)"
