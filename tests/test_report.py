@@ -458,6 +458,27 @@ def test_holm_runs_within_the_declared_primary_family_only(tmp_path):
         declared(runs)
 
 
+def test_a_run_still_running_declares_no_primary_comparison(tmp_path):
+    # Before: a run folder without summary.json (running, or killed early) counted as declaring the defaults
+    # (beta, test_acc), so a regression sweep in progress "declared different primary comparisons".
+    from mixlab.study.report import declared
+
+    write_fake_runs(tmp_path / "runs", [(lam, s, 0.3, None) for lam in ("beta", "distance") for s in range(2)])
+    for f in (tmp_path / "runs").rglob("summary.json"):
+        summary = json.loads(f.read_text())
+        summary["config"]["study"] = {"reference": "beta", "metric": "test_mse"}
+        f.write_text(json.dumps(summary))
+    (tmp_path / "runs" / "running" / ".hydra").mkdir(parents=True)
+    runs = load_runs(tmp_path / "runs")
+    assert any(r.summary.get("status") == "unknown" for r in runs)
+    assert declared(runs) == ("beta", "test_mse")
+    from mixlab.study.controls import main as controls_main
+
+    (tmp_path / "runs" / "0" / "summary.json").write_text(json.dumps({"status": "completed", "config": {
+        "seed": 0, "lam": {"name": "beta"}, "study": {"metric": "test_acc"}}, "final": {"test_acc": 0.3}}))
+    assert controls_main([str(tmp_path / "runs"), "--dry-run"]) == 2  # one line, no traceback
+
+
 def test_a_reference_policy_under_its_own_pairing_is_compared_with_it_under_random_pairing(tmp_path):
     # C-Mixup is beta under label_kernel pairing: it is compared, seed by seed, with beta under random pairing
     # (and with none), while distance under random pairing keeps beta+random as its only reference.

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(args.sweep).is_dir():
             raise ConfigError(f"{args.sweep}: expected a sweep directory with run records, got no such directory")
         todo, skipped = plan(args.sweep, beating=args.only_beating)
-    except ConfigError as e:
+    except (ConfigError, ValueError) as e:  # ValueError: the runs declare different primary comparisons
         print(f"mixlab.controls: error: {e}", file=sys.stderr)
         return 2
     for line in skipped:

@@ -218,9 +218,10 @@ def matched_family(runs: list[Run]) -> str:
 def declared(runs: list[Run]) -> tuple[str, str]:
     """The primary comparison the runs' config declared before they ran (``study.reference``,
     ``study.metric``): one (reference policy, metric) shared by every run; beta and test_acc where no
-    run declares one (older records)."""
-    pairs = {((r.summary.get("config") or {}).get("study") or {}).get("reference", "beta") for r in runs}, \
-        {((r.summary.get("config") or {}).get("study") or {}).get("metric", "test_acc") for r in runs}
+    run declares one (older records). A run without a recorded config (still running, or killed before its
+    first summary) declares nothing."""
+    said = [r.summary["config"].get("study") or {} for r in runs if r.summary.get("config")]
+    pairs = {s.get("reference", "beta") for s in said}, {s.get("metric", "test_acc") for s in said}
     if len(pairs[0]) > 1 or len(pairs[1]) > 1:
         raise ValueError(f"the runs declare different primary comparisons (study.reference {sorted(pairs[0])}, "
                          f"study.metric {sorted(pairs[1])}); expected one per sweep, or --baseline/--metric")
