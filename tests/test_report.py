@@ -500,6 +500,12 @@ def test_a_reference_policy_under_its_own_pairing_is_compared_with_it_under_rand
     table = {r["configuration"]: r for r in md_table(md.read_text())}
     assert table["lam=beta pairing=random"]["vs beta"] == "(reference)"
     assert table["lam=beta pairing=label_kernel"]["vs beta"].startswith(vs_beta["verdict"])
+    # none's "vs beta" is none against beta under random pairing alone, not C-Mixup's comparison read backwards
+    from mixlab.study.report import FLIP
+
+    direct = next(r for r in rows if (r["label"], r["ref_label"]) == ("lam=none pairing=random", "lam=beta pairing=random"))
+    said = direct["verdict"] + (f" (Δ {direct['diff']:+.4f})" if direct["verdict"] in FLIP else "")
+    assert table["lam=none pairing=random"]["vs beta"] == said
 
 
 def test_every_committed_result_regenerates_from_its_records_or_is_marked_superseded(tmp_path, monkeypatch):

@@ -249,8 +249,10 @@ def build_table(configs: list[Config], metric: str, others: list[str], compariso
             # the reference itself; a reference policy under a pairing of its own (C-Mixup) is compared with it
             reference = c.lam == ref and c.control_of is None and not hit
             # A comparison made the other way round (none vs beta, read in beta's row as beta vs none).
+            # Only from c's own references: C-Mixup (beta under label_kernel) vs none is not none vs beta.
+            mine = {b.label for b in references(c, ref, configs)}
             hit += [(FLIP.get(x["verdict"], x["verdict"]), -x["diff"]) for x in comparisons
-                    if x["ref_label"] == c.label and x["lam"] == ref and not x.get("control")]
+                    if x["ref_label"] == c.label and x["label"] in mine and not x.get("control")]
             row[f"vs {ref}"] = "(reference)" if reference else "; ".join(
                 v + (f" (Δ {d:+.4f})" if v in FLIP else "") for v, d in hit) or "no matching reference"
         table.append(row)
