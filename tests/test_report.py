@@ -508,6 +508,34 @@ def test_a_reference_policy_under_its_own_pairing_is_compared_with_it_under_rand
     assert table["lam=none pairing=random"]["vs beta"] == said
 
 
+def test_a_pairing_of_its_own_gets_a_random_pairing_control_of_its_strength(tmp_path):
+    # C-Mixup can beat mixup by mixing less; its control is fixed Beta of its strength under random pairing.
+    from mixlab.study.controls import plan
+
+    accs = {"beta+random": [0.90, 0.91, 0.92], "beta+label_kernel": [0.93, 0.95, 0.94], "none+random": [0.88, 0.9, 0.89]}
+    strength = {"beta+random": 0.14, "beta+label_kernel": 0.04, "none+random": 0.0}
+    write_fake_runs(tmp_path / "runs", [(arm, s, a, [strength[arm]] * 2) for arm, v in accs.items() for s, a in enumerate(v)])
+    for f in (tmp_path / "runs").rglob("summary.json"):  # C-Mixup's pairing has a knob; the records say it
+        summary = json.loads(f.read_text())
+        if summary["config"]["pairing"]["name"] == "label_kernel":
+            summary["config"]["pairing"]["sigma"] = 0.7
+            f.write_text(json.dumps(summary))
+    todo, _ = plan(tmp_path / "runs", beating=True)
+    assert [(j["seed"], j["strength"]) for j in todo] == [(0, 0.04), (1, 0.04), (2, 0.04)]
+    for j, acc in zip(todo, (0.92, 0.935, 0.93), strict=True):
+        assert j["config"]["pairing"] == {"name": "random"}
+        assert j["config"]["study"]["control_of_pairing"] == {"name": "label_kernel", "sigma": 0.7}
+        j["dir"].mkdir()
+        (j["dir"] / "summary.json").write_text(json.dumps({"status": "completed", "config": j["config"],
+                                                            "final": {"test_acc": acc}}))
+        (j["dir"] / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_acc": acc, "lam_strength": 0.04}) + "\n")
+    rows = compare(group_runs(load_runs(tmp_path / "runs")), "test_acc", "beta", primary=True)
+    matched = [r for r in rows if r["ref"] == "matched"]
+    assert [r["label"] for r in matched] == ["lam=beta pairing=label_kernel"]
+    assert matched[0]["diff"] == pytest.approx(np.mean(np.subtract([0.93, 0.95, 0.94], [0.92, 0.935, 0.93])))
+    assert matched[0]["family"] == "exploratory"  # a pairing, not a dynamic λ: not in the declared primary family
+
+
 def test_every_committed_result_regenerates_from_its_records_or_is_marked_superseded(tmp_path, monkeypatch):
     # docs/results/<name>/report.md comes with records/ (summary.json + metrics.jsonl per run) from which
     # `python3 -m mixlab.report docs/results/<name>/records --out docs/results/<name>` wrote it, run from the

@@ -54,6 +54,9 @@ RULES: dict[str, Rule] = {
     "study.matched": _one_of("primary", "exploratory"),
     "study.control_of": ("null, or the lam config this run is the strength-matched control of (python -m mixlab.controls)",
                          lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("name"), str))),
+    "study.control_of_pairing": ("null, or the pairing config of the method a random-pairing control matches "
+                                 "(python -m mixlab.controls)",
+                                 lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("name"), str))),
     "tuned": ("null or the path of a tuned.yaml (python -m mixlab.tune)", lambda v: v is None or isinstance(v, str)),
     "plugins": ("a list of importable module names", lambda v: _is_list(v) and all(isinstance(m, str) and m for m in v)),
     # torch seeds take 0..2**64-1, and the loop seeds a second generator with seed + 1

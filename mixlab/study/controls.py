@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 from ..engine.lam import LAMBDAS, STRENGTH_RANGE
 from ..run.config import CONF_DIR, ConfigError, _under, import_plugins, job_dir
 from .pool import run_all
-from .report import non_lam, declared, group_runs, load_runs
+from .report import declared, group_runs, load_runs, references
 from .runs import LOWER_IS_BETTER, Config, Run
 
 ROUND = 4  # decimals of the matched strength: a readable, stable folder name and label
@@ -43,14 +43,23 @@ def _is_dynamic(c: Config) -> bool:
     return bool(getattr(LAMBDAS.get(c.lam), "dynamic", True))
 
 
+def _random_pairing(resolved: dict) -> bool:
+    return (resolved.get("pairing") or {}).get("name", "random") == "random"
+
+
 def control_config(resolved: dict, strength: float) -> dict:
     """The control of one run: its resolved config with lam = Beta at ``strength`` (beta's defaults
-    otherwise), no tuned file, and ``study.control_of`` = the run's lam config."""
+    otherwise), no tuned file, and ``study.control_of`` = the run's lam config. A run under a pairing of
+    its own (C-Mixup) is controlled under random pairing, with ``study.control_of_pairing`` = its pairing:
+    the control separates what the pairing does from mixing less or more."""
     cfg = copy.deepcopy(resolved)
     beta = yaml.safe_load((CONF_DIR / "lambda" / "beta.yaml").read_text(encoding="utf-8"))
     cfg["lam"] = {**beta, "strength": strength}
     cfg["tuned"] = None
     cfg.setdefault("study", {})["control_of"] = copy.deepcopy(resolved["lam"])
+    if not _random_pairing(resolved):
+        cfg["pairing"] = yaml.safe_load((CONF_DIR / "pairing" / "random.yaml").read_text(encoding="utf-8"))
+        cfg["study"]["control_of_pairing"] = copy.deepcopy(resolved["pairing"])
     return cfg
 
 
@@ -60,10 +69,12 @@ def control_dir(run: Run, strength: float) -> Path:
     overrides_file = run.path / ".hydra" / "overrides.yaml"
     if overrides_file.exists():
         kept = [o for o in yaml.safe_load(overrides_file.read_text(encoding="utf-8")) or []
-                if not _under(o.lstrip("+~").split("=", 1)[0], ("lambda", "lam", "tuned"))]
+                if not _under(o.lstrip("+~").split("=", 1)[0], ("lambda", "lam", "tuned", "pairing"))]
     else:
         kept = [f"seed={run.seed}"]
-    tag = hashlib.sha1(json.dumps(run.config["lam"], sort_keys=True).encode()).hexdigest()[:6]
+    # the policy's lam config names it; under a pairing of its own, its pairing config too
+    said = run.config["lam"] if _random_pairing(run.config) else {"lam": run.config["lam"], "pairing": run.config["pairing"]}
+    tag = hashlib.sha1(json.dumps(said, sort_keys=True).encode()).hexdigest()[:6]
     name = job_dir(["lambda=beta", f"lam.strength={strength}", *kept])
     return run.path.parent / f"{name},matched_to={run.config['lam']['name']}-{tag}"
 
@@ -71,7 +82,7 @@ def control_dir(run: Run, strength: float) -> Path:
 def _gain(c: Config, configs: list[Config], reference: str, metric: str) -> float | None:
     """Mean over the seeds both ran of ``c``'s ``metric`` minus the reference policy's (same non-λ keys),
     signed so that > 0 is better for ``c``; None without such a reference or shared seeds."""
-    ref = next((b for b in configs if b.lam == reference and b.control_of is None and non_lam(b) == non_lam(c)), None)
+    ref = next(iter(references(c, reference, configs)), None)
     if ref is None:
         return None
     ours, theirs = c.values(metric), ref.values(metric)
@@ -91,7 +102,10 @@ def plan(sweep: str | Path, beating: bool = False) -> tuple[list[dict], list[str
     configs = group_runs(runs)
     reference, metric = declared(runs)
     for c in configs:
-        if c.control_of is not None or not c.lam or not _is_dynamic(c):
+        # dynamic λ policies, and the reference policy under a pairing of its own (C-Mixup): either can win by
+        # mixing more or less than the reference
+        own_pairing = c.lam == reference and c.flat.get("pairing.name", "random") != "random"
+        if c.control_of is not None or not c.lam or not (own_pairing or _is_dynamic(c)):
             continue
         gain = _gain(c, configs, reference, metric) if beating else None
         if beating and (gain is None or gain <= 0):

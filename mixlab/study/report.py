@@ -138,8 +138,15 @@ def matched_policy(control: Config, configs: list[Config]) -> Config | None:
     """The configuration whose strength ``control`` matches: its lam config is the control's
     ``study.control_of`` and every non-λ key is the same."""
     want = flatten({"lam": control.control_of or {}})
-    return next((c for c in configs if c.control_of is None and c.lam_options() == want
-                 and non_lam(c) == non_lam(control)), None)
+    pairing = next((p for r in control.runs if isinstance(p := (r.config.get("study") or {}).get("control_of_pairing"),
+                                                          dict)), None)
+
+    def same_rest(c: Config) -> bool:  # under random pairing, a control of a method with its own pairing
+        if pairing is None:
+            return non_lam(c) == non_lam(control)
+        return without_pairing(c) == without_pairing(control) and \
+            {k: v for k, v in c.flat.items() if k.startswith("pairing.")} == flatten({"pairing": pairing})
+    return next((c for c in configs if c.control_of is None and c.lam_options() == want and same_rest(c)), None)
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -193,7 +200,7 @@ def compare(configs: list[Config], metric: str, baseline: str = "beta", primary:
         if c is not None:
             pc = paired_comparison(c.values(metric), b.values(metric), higher_is_better=hib)
             rows.append({"label": c.label, "lam": c.lam, "ref": "matched", "ref_label": b.label, "metric": metric,
-                         "control": False, "claim": matched == "primary", **pc})
+                         "control": False, "claim": matched == "primary" and c.dynamic, **pc})
     for row in rows:
         claim = row.pop("claim")
         row["family"] = "primary" if primary and claim else "exploratory"
