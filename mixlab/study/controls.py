@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     for line in skipped:
         print(f"mixlab.controls: no control for {line}", file=sys.stderr)
     if not todo:
-        print("mixlab.controls: nothing to add (no dynamic policy with completed runs)", file=sys.stderr)
+        print("mixlab.controls: nothing to add " + ("(every candidate is listed above)" if skipped else
+                                                   "(no dynamic policy with completed runs)"), file=sys.stderr)
         return 0
     calls = [(f"[{k}/{len(todo)}] {job['policy']} seed {job['seed']}: lambda=beta lam.strength={job['strength']} "
               f"-> {job['dir']}", job["config"], str(job["dir"])) for k, job in enumerate(todo, 1)]
