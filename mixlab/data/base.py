@@ -93,14 +93,18 @@ class Dataset:
     def is_text(self) -> bool:
         return self.vocab_size is not None
 
+    def _channel_stats(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``mean`` and ``std`` as (1, C, 1, 1) float32 tensors on ``device``."""
+        return tuple(torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1) for v in (self.mean, self.std))
+
     def normalise(self, x: Tensor) -> Tensor:
         """Images in [0, 1], (N, C, H, W), as this data set's inputs: (x − mean) / std per channel."""
-        mean, std = (torch.tensor(v, dtype=torch.float32, device=x.device).view(1, -1, 1, 1) for v in (self.mean, self.std))
+        mean, std = self._channel_stats(x.device)
         return (x.float() - mean) / std
 
     def unnormalise(self, x: Tensor) -> Tensor:
         """This data set's image inputs back in [0, 1] (clamped), (N, C, H, W)."""
-        mean, std = (torch.tensor(v, dtype=torch.float32, device=x.device).view(1, -1, 1, 1) for v in (self.mean, self.std))
+        mean, std = self._channel_stats(x.device)
         return (x.float() * std + mean).clamp(0, 1)
 
     def require_image_classifier(self, setting: str, expected: str) -> None:

@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torchvision.utils import make_grid, save_image
 
-from ..data import Batches, Dataset, dataset_from_config, eval_batches
+from ..data import Batches, Dataset, dataset_from_config
 from ..data.base import DEFAULT_ROOT
 from ..data.corruptions import corrupted_sets
 from ..data.ood import ood_inputs
@@ -560,7 +560,8 @@ def _check_same_run(run_dir: Path, resolved: dict, previous: dict) -> None:
     ``last.pt``): resuming from them, or skipping as completed, would put that run's results under
     this run's labels. Keys in ``config.VOLATILE`` (device, progress, logger, ...) may differ. A run
     that failed before its first epoch was recorded (a refused setting) leaves nothing to protect: its
-    folder takes the corrected configuration. Raised before anything is written, so the other run's records stay as they are."""
+    folder takes the corrected configuration. Raised before anything is written, so the other run's
+    records stay as they are."""
     stored = previous.get("config")
     where = "summary.json"
     log = run_dir / "metrics.jsonl"

@@ -104,7 +104,7 @@ def plan(sweep: str | Path, beating: bool = False) -> tuple[list[dict], list[str
     for c in configs:
         # dynamic λ policies, and the reference policy under a pairing of its own (C-Mixup): either can win by
         # mixing more or less than the reference
-        own_pairing = c.lam == reference and c.flat.get("pairing.name", "random") != "random"
+        own_pairing = c.lam == reference and c.pairing != "random"
         if c.control_of is not None or not c.lam or not (own_pairing or _is_dynamic(c)):
             continue
         gain = _gain(c, configs, reference, metric) if beating else None

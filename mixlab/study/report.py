@@ -164,10 +164,9 @@ def references(c: Config, ref: str, configs: list[Config]) -> list[Config]:
     under the same keys."""
     refs = [b for b in configs if b.lam == ref and b.control_of is None]
     same = [] if c.lam == ref and c.control_of is None else [b for b in refs if non_lam(b) == non_lam(c)]
-    if same or c.flat.get("pairing.name", "random") == "random":
+    if same or c.pairing == "random":
         return same
-    return [b for b in refs if b.flat.get("pairing.name", "random") == "random"
-            and without_pairing(b) == without_pairing(c)]
+    return [b for b in refs if b.pairing == "random" and without_pairing(b) == without_pairing(c)]
 
 
 def without_pairing(c: Config) -> dict:

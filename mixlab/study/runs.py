@@ -84,6 +84,11 @@ class Config:
         return self.flat.get("lam.name")
 
     @property
+    def pairing(self) -> str:
+        """The pairing's name (records that predate the key: random, classic mixup's)."""
+        return self.flat.get("pairing.name", "random")
+
+    @property
     def control_of(self) -> dict | None:
         """The lam config this configuration is the strength-matched Beta control of
         (``study.control_of``, written by ``python -m mixlab.controls``), else None."""
