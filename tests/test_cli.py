@@ -16,6 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from mixlab.__main__ import CONF
 from mixlab.run.cli import UsageError, check_args, resume_command
+from mixlab.run.config import job_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -191,3 +192,133 @@ def test_help_for_a_choice_shows_its_keys(tmp_path):
     assert re.search(r"^  distance +\* ", r.stdout, re.M)  # this command's choice is marked
     lam = r.stdout.split("\nlam:\n", 1)[1]
     assert "  name: distance" in lam and "  temperature: 1.0" in lam
+
+
+# ----------------------------------------------------------------------------- refused commands write nothing (issue 23)
+
+@pytest.mark.parametrize("args", [
+    ("lam.alpha=-1",), ("lam.alpha=abc",), ("trainer.epochs=0",), ("data.val_size=100000",),
+    ("data=moons", "model=mlp", "eval.corruptions=true"), ("tuned=nowhere/tuned.yaml",), ("model.hidden=abc",),
+])
+def test_an_invalid_value_is_one_line_and_leaves_no_folder(args, tmp_path):
+    """Before: 8 of 15 such commands left outputs/<date>/<time>/ with a failed summary.json."""
+    r = run_cli(*FAST, *args, cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("mixlab: error: "), r.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_value_anywhere_in_a_sweep_is_refused_before_any_job(tmp_path):
+    """Before: the first job failed, the second ran, the sweep exited 0 and the report labelled both rows
+    '(reference)'."""
+    r = run_cli("-m", *FAST, "trainer.epochs=1", "lam.alpha=1.0,abc", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+    assert "lam.alpha='abc': expected a number" in lines[0] and "job 2 of 2" in lines[0], lines[0]
+    assert list(tmp_path.iterdir()) == []
+    # an experiment's own sweep (hydra.sweeper.params) is checked the same way, every job of it
+    r = run_cli("experiment=fashion_1k", "trainer.epochs=0", cwd=tmp_path)
+    assert r.returncode == 2 and "trainer.epochs=0: expected an integer >= 1 (job 1 of 56" in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_run_leaves_the_folders_hydra_record_alone(tmp_path):
+    """Before: .hydra/overrides.yaml and config.yaml said lambda=loss while summary.json said distance."""
+    assert run_cli(*FAST, "trainer.epochs=1", "lambda=distance", "hydra.run.dir=run", cwd=tmp_path).returncode == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run" / ".hydra").iterdir()}
+    r = run_cli(*FAST, "trainer.epochs=1", "lambda=loss", "hydra.run.dir=run", cwd=tmp_path)
+    assert r.returncode == 2 and "holds a run of another configuration" in r.stderr, r.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run" / ".hydra").iterdir()} == before
+    assert "- lambda=distance" in before["overrides.yaml"].decode()
+
+
+def test_a_second_launch_into_a_sweep_folder_keeps_the_first_launchs_record(tmp_path):
+    """Before: the second launch overwrote multirun.yaml; a resume (the same command) keeps one record."""
+    sweep = ("-m", *FAST, "trainer.epochs=1", "hydra.sweep.dir=sweep")
+    assert run_cli(*sweep, "lambda=none", cwd=tmp_path).returncode == 0
+    first = (tmp_path / "sweep" / "multirun.yaml").read_text()
+    assert run_cli(*sweep, "lambda=none", cwd=tmp_path).returncode == 0
+    assert not (tmp_path / "sweep" / "multirun.1.yaml").exists()
+    assert run_cli(*sweep, "lambda=beta", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "sweep" / "multirun.1.yaml").read_text() == first and "- lambda=none" in first
+    assert "- lambda=beta" in (tmp_path / "sweep" / "multirun.yaml").read_text()
+
+
+def test_a_sweep_with_a_failed_job_says_so_in_its_exit_status(tmp_path):
+    """A job refused at run time (its folder holds another configuration) does not sink the others, and the
+    sweep ends with exit 1 and a line naming it. Before: exit 0."""
+    sweep = ("-m", *FAST, "trainer.epochs=1", "hydra.sweep.dir=sweep", "lambda=none,beta")
+    clash = tmp_path / "sweep" / job_dir(["lambda=none", *FAST, "trainer.epochs=1"])
+    assert run_cli(*FAST, "trainer.epochs=1", "lambda=constant", f"hydra.run.dir='{clash}'", cwd=tmp_path).returncode == 0
+    r = run_cli(*sweep, cwd=tmp_path)
+    assert r.returncode == 1 and "1 job(s) of the sweep did not complete" in r.stderr, r.stderr[-2000:]
+    assert len(list((tmp_path / "sweep").glob("lambda=beta*/summary.json"))) == 1
+
+
+OWN_DATA = '''
+from sklearn.datasets import load_wine
+from mixlab import DATASETS
+
+
+@DATASETS.register("wine")
+def wine(*, root=None, download=False):
+    x, y = load_wine(return_X_y=True)  # numpy arrays, as scikit-learn returns them
+    return x[::2], y[::2], x[1::2], y[1::2], 3, "classification"
+
+
+@DATASETS.register("listed")
+def listed(*, root=None, download=False):
+    return [[0.0, 1.0]], [0], [[1.0, 0.0]], [1], 2, "classification"
+'''
+
+
+def test_your_own_data_needs_only_a_name_and_may_be_numpy(tmp_path):
+    """Before: a data YAML with only name: was "ConfigAttributeError: Key 'batch_size' is not in struct", and
+    numpy arrays "'numpy.ndarray' object has no attribute 'dim'"."""
+    (tmp_path / "my_conf" / "data").mkdir(parents=True)
+    (tmp_path / "my_data.py").write_text(OWN_DATA)
+    for name in ("wine", "listed"):
+        (tmp_path / "my_conf" / "data" / f"{name}.yaml").write_text(f"name: {name}\n")
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([ENV["PYTHONPATH"], str(tmp_path)])}
+    common = ["plugins=[my_data]", "hydra.searchpath=[file://my_conf]", "model=mlp", "device=cpu",
+              "trainer.progress=false", "trainer.epochs=1"]
+    r = subprocess.run(mixlab(*common, "data=wine", "hydra.run.dir=wine"), cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((tmp_path / "wine" / "summary.json").read_text())
+    assert summary["dataset"]["n_train"] == 89 and summary["config"]["data"]["batch_size"] == 128
+    r = subprocess.run(mixlab(*common, "data=listed", "hydra.run.dir=listed"), cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and lines == ["mixlab: error: data: data loader 'listed' returned x_train as a list; "
+                                           "expected a numpy array or a torch tensor"], r.stderr[-2000:]
+    assert not (tmp_path / "listed").exists()
+
+
+def test_a_data_set_that_is_not_there_points_to_the_near_ones_and_to_your_own_data():
+    """Before: data=mnist suggested only rcf_mnist (a regression task) and data=wine got no pointer."""
+    with pytest.raises(UsageError) as e:
+        check_args(["data=mnist"], CONF)
+    assert "fashion_mnist (Fashion-MNIST" in str(e.value) and "rcf_mnist (Regression" in str(e.value)
+    with pytest.raises(UsageError) as e:
+        check_args(["data=wine"], CONF)
+    assert "A data set of your own: README, 'Your own data'" in str(e.value)
+
+
+def test_help_descriptions_are_whole_sentences_and_keys_say_what_they_take(tmp_path):
+    """Before: descriptions stopped at the end of the YAML's first comment line ("... mixup"); no allowed
+    values, no glossary."""
+    r = run_cli("--help", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = re.sub(r"\n +(?=[^ ])", " ", r.stdout.split("== Config groups", 1)[1].split("\n== ", 1)[0])
+    assert "40 epochs, mixup the only augmentation), every policy tuned with the same budget on a 5 000-image " \
+           "validation split." in text
+    for line in text.splitlines()[1:]:
+        if line.startswith("  ") and len(line.split()) > 2:
+            assert line.rstrip()[-1] in ".)]'" or line.count("(") == line.count(")"), line
+    keys = r.stdout.split("== Checked keys", 1)[1].split("\n== ", 1)[0]
+    assert re.search(r"^  trainer\.amp +auto \| true \| false$", keys, re.M)
+    assert re.search(r"^  eval\.ood +null or digits", keys, re.M)
+    words = r.stdout.split("== Words ==", 1)[1]
+    for term in ("seed 000, seed 002", "mixing strength", "primary family", "control", "validation split"):
+        assert term in words, term

@@ -26,10 +26,12 @@ import json
 import os
 import random
 import re
+import shlex
 import signal
 import subprocess
 import tempfile
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -649,7 +651,7 @@ def test_cli_reports_bad_data_in_one_line(case, zygote, tmp_path):
     lines = out.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and "Traceback" not in out, out
     assert lines[0].startswith(f"mixlab: error: data: {str(path).removesuffix('.gz')}") and re.search(what, out)
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+    assert not (tmp_path / "run").exists()  # refused before the first step: nothing written
 
 
 # ----------------------------------------------------------------------------- batches of size 1
@@ -759,3 +761,184 @@ def test_wandb_failure_warns_and_the_run_completes(case, tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2 and (tmp_path / "last_epoch.json").is_file()
     if how == "summary":  # a failed summary upload does not keep the run from being finished
         assert runs[0].finished
+
+
+# ----------------------------------------------------------------------------- one writer; every stop honoured
+# Issue 23, each case as a user types it: `python -m mixlab ...` in a fresh process. The stops are caused by
+# a plugin of the user's own (`plugins=[stopper]`) at an exact moment: a model that sends its process SIGINT
+# at its n-th evaluation forward, and a Hydra callback that sends it right after a sweep job ends.
+
+STOPPER = '''
+import os
+import signal
+
+from hydra.experimental.callback import Callback
+
+from mixlab import MODELS
+
+
+@MODELS.register("stop_in_eval")
+def stop_in_eval(*, in_shape, num_classes, at: int = 1):
+    """The mlp, sending SIGINT to its own process at its `at`-th forward in eval mode."""
+    model = MODELS.get("mlp")(in_shape=in_shape, num_classes=num_classes, hidden=[16])
+    seen = [0]
+
+    def hook(module, args):
+        if not module.training:
+            seen[0] += 1
+            if seen[0] == at:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    model.register_forward_pre_hook(hook)
+    return model
+
+
+class StopAfterJob(Callback):
+    """SIGINT right after a sweep's job ends: between two jobs."""
+
+    def on_job_end(self, config, job_return, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+'''
+DIGITS = ("data=digits", "device=cpu", "trainer.progress=false", "optim=sgd")
+
+
+def user_folder(tmp_path: Path) -> Path:
+    """A user's working folder with the stopper plugin and its model's YAML."""
+    (tmp_path / "my_conf" / "model").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "stopper.py").write_text(STOPPER)
+    (tmp_path / "my_conf" / "model" / "stop_in_eval.yaml").write_text("name: stop_in_eval\nat: 1\n")
+    return tmp_path
+
+
+def cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**_env(), "PYTHONPATH": os.pathsep.join([str(ROOT), str(cwd)])}
+    env.pop("HYDRA_FULL_ERROR")
+    return subprocess.run([sys.executable, "-m", "mixlab", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def one_error_line(r: subprocess.CompletedProcess) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("mixlab: error: "), r.stderr[-3000:]
+    return lines[0]
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("second", ["the same command", "another configuration"])
+def test_a_second_writer_is_refused_and_the_first_run_is_untouched(second, tmp_path):
+    """Before: the same command twice both wrote one folder; another configuration was refused only once the
+    first checkpoint existed, and rewrote .hydra/ (the race of the issue: interleaved rows, summary of the last)."""
+    first_args = (*DIGITS, "model=mlp", "lambda=beta", "trainer.epochs=150", "hydra.run.dir=runs/race")
+    env = {**_env(), "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen([sys.executable, "-m", "mixlab", *first_args], cwd=tmp_path, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    folder = tmp_path / "runs" / "race"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (folder / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    hydra_before = files_of(folder / ".hydra")
+    args = first_args if second == "the same command" else (*first_args[:-2], "lambda=none", *first_args[-1:])
+    r = cli(*args, cwd=tmp_path)
+    line = one_error_line(r)
+    assert first.poll() is None, "the first run must still be running for this test to mean anything"
+    assert str(folder) in line and f"pid {first.pid}" in line and "hydra.run.dir" in line, line
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    assert files_of(folder / ".hydra") == hydra_before
+    rows = MetricsLog(folder / "metrics.jsonl").rows()
+    assert [row["epoch"] for row in rows] == list(range(1, 151)) and all(row["lam_mean"] < 0.99 for row in rows)
+    assert read_json(folder / "summary.json")["config"]["lam"]["name"] == "beta"
+
+
+def test_a_killed_writer_leaves_no_lock_behind(tmp_path):
+    folder = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mixlab.run.records import RunLock; "
+                               f"print(RunLock({str(folder)!r}).acquire(), flush=True); time.sleep(600)"],
+                              env={**_env(), "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "None"
+    from mixlab.run.records import RunLock
+    refused = RunLock(folder).acquire()
+    assert refused and f"pid {holder.pid}" in refused
+    holder.kill()
+    holder.wait()
+    lock = RunLock(folder)
+    assert lock.acquire() is None
+    lock.release()
+
+
+@pytest.mark.parametrize("where,args,at,recorded", [
+    ("validation of the first epoch", ("trainer.epochs=2",), 1, 0),
+    ("validation of the last epoch", ("trainer.epochs=2",), 5, 1),
+    ("the test set after the last epoch", ("trainer.epochs=2",), 8, 1),
+])
+def test_a_stop_during_evaluation_is_honoured(where, args, at, recorded, tmp_path):
+    """digits: 300 validation and 360 test images, 3 evaluation batches each. Before: a stop during the last
+    epoch's evaluation was never read (the run ended 'completed', exit 0)."""
+    cwd = user_folder(tmp_path)
+    run = ("plugins=[stopper]", "hydra.searchpath=[file://my_conf]", *DIGITS, "model=stop_in_eval",
+           f"model.at={at}", *args, "hydra.run.dir=run")
+    r = cli(*run, cwd=cwd)
+    assert r.returncode == 130 and "while evaluating epoch" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert read_json(cwd / "run" / "summary.json")["status"] == "interrupted"
+    assert len(MetricsLog(cwd / "run" / "metrics.jsonl").rows()) == recorded
+    assert (load_checkpoint(cwd / "run" / "last.pt") or {"epoch": 0})["epoch"] == recorded
+    resume = next(line for line in r.stderr.splitlines() if line.startswith("mixlab: to resume"))
+    assert resume.endswith("hydra.run.dir=run")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where,at", [("a corrupted test set", 40 + 79 + 3), ("the OOD set", 40 + 79 + 60 + 1)])
+def test_a_stop_during_corrupted_and_ood_evaluation_is_honoured(where, at, tmp_path):
+    """Fashion-MNIST (5 000 validation and 10 000 test images: 40 and 79 batches), then 60 corrupted sets of
+    64 images (a batch each), then the OOD set. Before: the run went on to the end and exited 0."""
+    cwd = user_folder(tmp_path)
+    r = cli("plugins=[stopper]", "hydra.searchpath=[file://my_conf]", "data=fashion_mnist", "data.train_subset=64",
+            f"data.root={tmp_path / 'data'}", "device=cpu", "trainer.progress=false", "model=stop_in_eval",
+            f"model.at={at}", "trainer.epochs=1", "eval.corruptions=true", "eval.corruption_samples=64",
+            "eval.ood=digits", "hydra.run.dir=run", cwd=cwd, timeout=600)
+    assert r.returncode == 130 and "while evaluating epoch 1" in r.stderr, r.stderr[-3000:]
+    assert read_json(cwd / "run" / "summary.json")["status"] == "interrupted"
+    assert not (cwd / "run" / "metrics.jsonl").exists() or not MetricsLog(cwd / "run" / "metrics.jsonl").rows()
+
+
+def job(folder: Path) -> str:
+    """A sweep job's folder name up to its λ policy and seed (the rest: the overrides the jobs share)."""
+    return ",".join(folder.name.split(",")[:2])
+
+
+def test_a_stop_between_sweep_jobs_stops_the_sweep_and_the_printed_command_resumes_it(tmp_path):
+    """Before: the signal between two jobs was lost (or a traceback) and the sweep ran every job, exit 0."""
+    cwd = user_folder(tmp_path)
+    sweep = ("-m", "plugins=[stopper]", *DIGITS, "model=mlp", "model.hidden=[16]", "trainer.epochs=1",
+             "lambda=none,beta", "seed=0,1", "hydra.sweep.dir=sweep")
+    r = cli(*sweep, "+hydra.callbacks.stop._target_=stopper.StopAfterJob", cwd=cwd)
+    assert r.returncode == 130 and "before this run started" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    done = sorted(job(p.parent) for p in (cwd / "sweep").glob("*/summary.json"))
+    assert done == ["lambda=none,seed=0"]  # the job after the stop wrote nothing, not even its folder
+    assert sorted(job(p) for p in (cwd / "sweep").iterdir() if p.is_dir()) == done
+    resume = next(line for line in r.stderr.splitlines() if line.startswith("mixlab: to resume"))
+    tokens = shlex.split(resume.split(": ", 2)[2])
+    assert tokens[-1] == "hydra.sweep.dir=sweep" and "+hydra.callbacks.stop._target_=stopper.StopAfterJob" in tokens
+    rest = [t for t in tokens[3:] if not t.startswith("+hydra.callbacks")]
+    r = cli(*rest, cwd=cwd)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(job(p.parent) for p in (cwd / "sweep").glob("*/summary.json")) == [
+        "lambda=beta,seed=0", "lambda=beta,seed=1", "lambda=none,seed=0", "lambda=none,seed=1"]
+
+
+def test_a_damaged_checkpoint_is_one_line_and_the_status_stays(tmp_path):
+    """Before: a 19-line traceback (PytorchStreamReader failed reading zip archive), exit 1, status 'failed'."""
+    cwd = user_folder(tmp_path)
+    run = ("plugins=[stopper]", "hydra.searchpath=[file://my_conf]", *DIGITS, "model=stop_in_eval", "model.at=5",
+           "trainer.epochs=2", "hydra.run.dir=run")
+    assert cli(*run, cwd=cwd).returncode == 130
+    with open(cwd / "run" / "last.pt", "r+b") as f:
+        f.truncate(1000)
+    summary = (cwd / "run" / "summary.json").read_bytes()
+    line = one_error_line(cli(*run, cwd=cwd))
+    assert f"{cwd / 'run' / 'last.pt'}: cannot be read" in line and "restore it from a copy" in line \
+        and "delete it to start the run over" in line, line
+    assert (cwd / "run" / "summary.json").read_bytes() == summary

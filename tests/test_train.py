@@ -511,7 +511,8 @@ def test_progress_bars_only_on_a_terminal_and_epoch_lines_on_stdout(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "\r" not in r.stderr and "\x1b[" not in r.stderr and "it/s" not in r.stderr
     assert [line.split()[1] for line in r.stdout.splitlines() if line.startswith("epoch ")] == ["1/2", "2/2"]
-    assert (tmp_path / "piped" / "mixlab.log").stat().st_size < 4000
+    log = tmp_path / "piped" / "mixlab.log"  # created only when something is logged
+    assert not log.exists() or log.stat().st_size < 4000
     # stderr a terminal: the bars are drawn there, the epoch lines still go to stdout
     import fcntl
     import struct

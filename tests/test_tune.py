@@ -155,3 +155,15 @@ def test_stopping_the_tuner_stops_its_workers_and_the_same_command_resumes(tmp_p
     for k in range(2):
         summary = json.loads((out / "beta" / f"trial_{k}" / "summary.json").read_text())
         assert summary["status"] == "interrupted"
+
+
+def test_a_refused_retune_names_out(tmp_path, capsys):
+    """A re-tune into an existing --out with other shared overrides: the one line names --out (before:
+    hydra.run.dir, which mixlab.tune does not take)."""
+    out = tmp_path / "t"
+    assert tune_main(["--lambdas", "none", "--trials", "1", "--out", str(out), *TINY]) == 0
+    capsys.readouterr()
+    assert tune_main(["--lambdas", "none", "--trials", "1", "--out", str(out), *TINY, "smoothing=0.1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds a run of another configuration" in err[0], err
+    assert err[0].endswith("expected a new --out, or delete that folder"), err[0]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -165,7 +166,7 @@ def load_dataset(
             raise ValueError(f"{key}={value!r}: expected an integer >= 0")
     device = torch.device(device)
 
-    x_train, y_train, x_test, y_test, num_classes, task = loader(root=root, download=download)
+    x_train, y_train, x_test, y_test, num_classes, task = _as_tensors(name, loader(root=root, download=download))
     _check_raw(name, x_train, y_train, x_test, y_test, num_classes, task)
     classification = task == "classification"
 
@@ -267,6 +268,34 @@ def _check_subset(train_subset: int | None) -> None:
         return
     if isinstance(train_subset, bool) or not isinstance(train_subset, int) or train_subset < 1:
         raise ValueError(f"data.train_subset={train_subset!r}: expected null or an integer >= 1")
+
+
+def _as_tensors(name: str, out: object) -> tuple:
+    """A loader's ``(x_train, y_train, x_test, y_test, num_classes, task)`` with numpy arrays (what
+    scikit-learn returns) as tensors; anything else is one line naming the loader and what it returned."""
+    want = "a tuple (x_train, y_train, x_test, y_test, num_classes, task)"
+    if not isinstance(out, (tuple, list)) or len(out) != 6:
+        got = f"a {type(out).__name__} of {len(out)}" if isinstance(out, (tuple, list)) else f"a {type(out).__name__}"
+        raise ValueError(f"data loader {name!r} returned {got}; expected {want}")
+    *arrays, num_classes, task = out
+    tensors = []
+    for label, a in zip(("x_train", "y_train", "x_test", "y_test"), arrays):
+        if isinstance(a, np.ndarray):
+            try:
+                a = torch.from_numpy(np.ascontiguousarray(a))
+            except TypeError:
+                raise ValueError(f"data loader {name!r} returned {label} as a numpy array of dtype {a.dtype}; "
+                                 "expected numbers (a numeric numpy array or a torch tensor)") from None
+        elif not isinstance(a, Tensor):
+            raise ValueError(f"data loader {name!r} returned {label} as a {type(a).__name__}; expected a numpy "
+                             "array or a torch tensor")
+        tensors.append(a)
+    if isinstance(num_classes, np.integer):
+        num_classes = int(num_classes)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"data loader {name!r} returned num_classes={num_classes!r}; expected an integer >= 0 "
+                         "(0 for regression)")
+    return (*tensors, num_classes, task)
 
 
 def _check_raw(

@@ -90,8 +90,9 @@ class Registry(Generic[T]):
         except KeyError:
             raise ValueError(f"unknown {self.kind} {name!r}; expected one of {self.names()}") from None
 
-    def build(self, name: str, **kwargs: Any) -> T:
-        """Build ``name`` with keyword arguments; a misspelled or mistyped argument is an error that names it."""
+    def check(self, name: str, **kwargs: Any) -> Callable[..., T]:
+        """``name``'s builder, once its name, option names and option types are checked (no range checks,
+        nothing built: a model's options can be checked before its data set's shape is known)."""
         fn = self.get(name)
         params = inspect.signature(fn).parameters
         if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -100,7 +101,11 @@ class Registry(Generic[T]):
             if unknown:
                 raise ValueError(f"{self.kind} {name!r} got unknown option(s) {unknown}; allowed: {allowed}")
         check_types(fn, kwargs)
-        return fn(**kwargs)
+        return fn
+
+    def build(self, name: str, **kwargs: Any) -> T:
+        """Build ``name`` with keyword arguments; a misspelled or mistyped argument is an error that names it."""
+        return self.check(name, **kwargs)(**kwargs)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -14,6 +14,7 @@ from the ``mixlab.help_groups`` resolver, which reads each option's YAML file at
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import io
 import json
@@ -31,6 +32,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob, Override, OverrideType
 from hydra.errors import OverrideParseException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 USAGE = 2  # exit status of a user error, as for a bad value (``mixlab: error: ...``)
@@ -77,14 +79,20 @@ def groups(roots: list[Any]) -> list[str]:
 
 
 def describe(text: str) -> str:
-    """An option's one-line description: the first comment line at the top of its YAML file
-    (``# @package`` aside), else its keys and default values."""
+    """An option's description: the first sentence of the comment block at the top of its YAML file
+    (``# @package`` aside), its lines joined, never cut inside the sentence; else its keys and default values."""
+    block = []
     for line in text.splitlines():
         s = line.strip()
         if s.startswith("#") and not re.match(r"#\s*@package\b", s):
-            return s.lstrip("#").strip().rstrip(":,;")  # a sentence the next line goes on with
-        if s and not s.startswith("#"):
+            block.append(s.lstrip("#").strip())
+        elif s.startswith("#") and not block:
+            continue
+        else:
             break
+    if block:
+        joined = " ".join(b for b in block if b)
+        return re.split(r"(?<=[.!?])\s+(?=[A-Z])", joined, maxsplit=1)[0]
     values = OmegaConf.to_container(OmegaConf.create(text or "{}"))
     return " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in values.items()
                     if k not in ("name", "defaults"))
@@ -129,13 +137,20 @@ def _keys(node: Any, prefix: str = "") -> list[str]:
     return out
 
 
-def _near(word: str, names: Iterable[str]) -> list[str]:
+def _near(word: str, names: Iterable[str], contains: bool = False) -> list[str]:
     """Up to three names close to ``word``, those nearly as close as the closest; a parent of ``word``
-    aside (``trainer`` is no fix for ``trainer.epoch``)."""
-    scored = sorted(((difflib.SequenceMatcher(None, word, n).ratio(), n) for n in names
-                     if not word.startswith(n + ".")), key=lambda t: -t[0])
+    aside (``trainer`` is no fix for ``trainer.epoch``). With ``contains``, a name holding ``word`` whole
+    counts as close as any (``mnist``: ``fashion_mnist`` as well as ``rcf_mnist``)."""
+    scored = sorted(((1.0 if contains and len(word) >= 3 and word in n else difflib.SequenceMatcher(None, word, n).ratio(), n)
+                     for n in names if not word.startswith(n + ".")), key=lambda t: -t[0])
     best = scored[0][0] if scored else 0.0
     return [n for r, n in scored[:3] if r >= max(0.6, best - 0.1)]
+
+
+def _short(text: str, most: int = 60) -> str:
+    """``text`` up to its first colon or semicolon, at most ``most`` characters (cut at a word, with …)."""
+    text = re.split(r"[:;]\s| \(", text, maxsplit=1)[0].rstrip(".")
+    return text if len(text) <= most else text[:most].rsplit(" ", 1)[0] + " …"
 
 
 def _did_you_mean(near: list[str], sep: str = "; ") -> str:
@@ -186,6 +201,122 @@ def check_args(argv: list[str], conf_dir: str, config_name: str = "config") -> N
             raise UsageError(_no_such_key(key, known, cfg, roots))
 
 
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def check_jobs(argv: list[str], conf_dir: str, config_name: str = "config") -> bool:
+    """Raise ``UsageError`` for the first job of the command whose configuration ``train.check`` refuses
+    (a bad value, an unknown option of a component, a missing ``tuned=`` file), before anything is
+    written: a single run's config, or every job of a sweep (``-m``, or an experiment that sets
+    ``hydra.mode: MULTIRUN``; the job list as Hydra's basic sweeper makes it, ``hydra.sweeper.params``
+    included). Returns whether the command is a sweep. Each distinct set of group choices is composed
+    once (about 0.1 s); the jobs' key overrides are applied to a copy of it. Other sweepers (a search
+    that draws its own values) are left to check each job as it starts."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    from .config import ConfigError, apply_strength, apply_tuned
+    from .train import check
+
+    args = _hydra_args(argv)
+    if args is None or args.help or args.hydra_help or args.cfg or args.info or args.shell_completion \
+            or args.experimental_rerun or args.config_path:
+        return bool(args is not None and args.multirun)
+    config_name = args.config_name or config_name
+    parser = OverridesParser.create()
+    try:
+        overrides = parser.parse_overrides(args.overrides)
+    except OverrideParseException:
+        return bool(args.multirun)  # check_args has said so already; Hydra's to report otherwise
+    extra = _searchpath(overrides, args.config_dir, Path(conf_dir) / f"{config_name}.yaml") or []
+    roots = _roots([conf_dir, *extra])
+    sp = [f"hydra.searchpath=[{','.join(json.dumps(p) for p in extra)}]"] if extra else []
+    composed: dict[tuple[str, ...], DictConfig] = {}
+
+    def compose_groups(groups_: list[str], hydra_too: bool = False) -> DictConfig | None:
+        key = (*groups_, str(hydra_too))
+        if key not in composed:
+            try:
+                with warnings.catch_warnings(), initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+                    warnings.simplefilter("ignore")
+                    composed[key] = compose(config_name=config_name, overrides=[*groups_, *sp],
+                                            return_hydra_config=hydra_too)
+            except Exception:  # noqa: BLE001 - a composition error is Hydra's to report, in its words
+                composed[key] = None
+        return composed[key]
+
+    def is_group(o: Override) -> bool:
+        return bool(group_options(roots, o.key_or_group)) or re.match(r"hydra/", o.key_or_group) is not None
+
+    fixed = [o for o in overrides if not o.is_sweep_override()]
+    base = compose_groups([o.input_line for o in fixed if is_group(o) or o.key_or_group.startswith("hydra.")], True)
+    if base is None:
+        return bool(args.multirun)
+    multirun = bool(args.multirun) or base.hydra.mode == RunMode.MULTIRUN
+    if multirun:
+        if OmegaConf.select(base, "hydra.sweeper._target_") != BASIC_SWEEPER:
+            return True
+        params = base.hydra.sweeper.get("params") or {}
+        every = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + list(args.overrides))
+        jobs = [parser.parse_overrides(job) for job in BasicSweeper.split_arguments(every, None)[0]]
+    else:
+        jobs = [overrides]
+    for i, job in enumerate(jobs):
+        user = [o for o in job if not re.match(r"hydra($|[./])", o.key_or_group)]
+        cfg = compose_groups([o.input_line for o in user if is_group(o)], True)
+        if cfg is None:
+            return multirun
+        cfg = copy.deepcopy(cfg)
+        where = f" (job {i + 1} of {len(jobs)}: {' '.join(o.input_line for o in user)}; no job was started)" \
+            if multirun else ""
+        try:
+            for o in user:
+                if not is_group(o):
+                    ConfigLoaderImpl._apply_overrides_to_config([o], cfg)
+        except Exception:  # noqa: BLE001 - a key this job's choices do not have (a sweep of lambda= with lam.alpha=)
+            known = {k for k in _keys(OmegaConf.to_container(cfg, resolve=False)) if not k.startswith("hydra")}
+            raise UsageError(_no_such_key(o.key_or_group, known, cfg, roots) + where) from None
+        try:
+            apply_tuned(cfg)
+            apply_strength(cfg)
+            check(cfg)
+        except ConfigError as e:
+            raise UsageError(f"{e}{where}") from None
+    return multirun
+
+
+def keep_earlier_launch(argv: list[str], conf_dir: str) -> None:
+    """A sweep launched into a folder that already holds another launch's ``multirun.yaml`` (Hydra
+    rewrites it at every launch) keeps that one as ``multirun.<n>.yaml``; a re-launch of the same
+    command (a resume) changes nothing worth keeping."""
+    args = _hydra_args(argv)
+    if args is None:
+        return
+    try:
+        given = [o for o in OverridesParser.create().parse_overrides(args.overrides)
+                 if o.key_or_group == "hydra.sweep.dir"]
+    except OverrideParseException:
+        return
+    if not given or "${" in str(given[-1].value()):
+        return  # the default folder is new for every launch (a timestamp)
+    folder = Path(str(given[-1].value()))
+    old = folder / "multirun.yaml"
+    if not old.is_file():
+        return
+    try:
+        before = OmegaConf.select(OmegaConf.load(old), "hydra.overrides.task") or []
+    except Exception:  # noqa: BLE001 - an unreadable record is kept as it is
+        before = None
+    mine = [o.input_line for o in OverridesParser.create().parse_overrides(args.overrides)
+            if not re.match(r"hydra($|[./])", o.key_or_group)]
+    if before is not None and sorted(map(str, before)) == sorted(mine):
+        return
+    n = 1
+    while (folder / f"multirun.{n}.yaml").exists():
+        n += 1
+    os.replace(old, folder / f"multirun.{n}.yaml")
+
+
 def _searchpath(overrides: list[Override], config_dir: str | None, primary: Path) -> list[str] | None:
     """The search-path entries besides the config folder, as Hydra takes them: ``hydra.searchpath``
     from the command line (else from the primary config), then ``--config-dir``. None if malformed."""
@@ -206,9 +337,14 @@ def _check_group(o: Override, roots: list[Any]) -> list[str]:
     for v in values:
         if v is not None and v not in options and not any(  # an option in a subfolder: group=sub/name
                 r.joinpath(*group.split("/"), f"{v}.yaml").is_file() for r in roots):
+            near = _near(v, options, contains=group == "data")
+            own = ""
+            if group == "data":  # each near data set with what it is (mnist: fashion_mnist images, rcf_mnist regression)
+                near = [f"{n} ({_short(describe(options[n].read_text()))})" for n in near]
+                own = " A data set of your own: README, 'Your own data'."
             # "Available options" as in Hydra's own message, which scripts may look for
-            raise UsageError(f"{group}={v}: no such option{_did_you_mean(_near(v, options)) or ';'} "
-                             f"Available options: {', '.join(sorted(options))}")
+            raise UsageError(f"{group}={v}: no such option{_did_you_mean(near) or ';'} "
+                             f"Available options: {', '.join(sorted(options))}.{own}")
     if not values or (o.type == OverrideType.DEL and values[0] is None):
         return []
     prefix = {OverrideType.ADD: "+", OverrideType.FORCE_ADD: "++", OverrideType.DEL: "~"}.get(o.type, "")
@@ -279,15 +415,16 @@ def resume_command(argv: list[str], folder: str, multirun: bool) -> str:
     return shlex.join([*launcher, "-m", "mixlab", *kept, f"{key}={_hydra_value(folder)}"])
 
 
-def interrupted(e: BaseException, folder: str, multirun: bool) -> int:
-    """Report a stop by SIGINT/SIGTERM and the command that resumes it; return the exit status
-    (130 for SIGINT, 143 for SIGTERM, as a shell reports a process those signals killed)."""
+def interrupted(e: BaseException, folder: str, multirun: bool, resumable: bool = True) -> int:
+    """Report a stop by SIGINT/SIGTERM and the command that resumes it (``resumable``: where the folder
+    is known); return the exit status (130 for SIGINT, 143 for SIGTERM, as a shell reports a process
+    those signals killed)."""
     name = signal_of(e)
     # train's message ends in "re-run the same command to resume": not so with a timestamped run folder
     what = str(e).split("; re-run the same command")[0] if not isinstance(e, KeyboardInterrupt) \
         else "SIGINT (a second Ctrl-C: stopped at once)"
     print(f"mixlab: interrupted: {what}", file=sys.stderr)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if resumable and int(os.environ.get("RANK", "0")) == 0:
         print(f"mixlab: to resume from the last finished epoch: {resume_command(sys.argv[1:], folder, multirun)}",
               file=sys.stderr)
     return EXIT.get(name, 143)  # another process signalled: most likely a pre-emption (SIGTERM)
@@ -309,9 +446,28 @@ def help_groups(*, _root_: DictConfig) -> str:
         width = max(map(len, options))
         for name, f in sorted(options.items()):
             mark = "*" if runtime.choices.get(group) == name else " "
-            lines.append(f"  {name:<{width}} {mark} {describe(f.read_text())}")
+            lines += _wrapped(f"  {name:<{width}} {mark} ", describe(f.read_text()))
     return "\n".join(lines).replace("$", "$$")  # Hydra fills the template with string.Template
 
 
-if not OmegaConf.has_resolver("mixlab.help_groups"):
-    OmegaConf.register_new_resolver("mixlab.help_groups", help_groups)
+def _wrapped(head: str, text: str, width: int = 110) -> list[str]:
+    """``head`` then ``text`` wrapped at ``width``, the next lines indented under the text."""
+    import textwrap
+
+    return textwrap.wrap(text, width, initial_indent=head, subsequent_indent=" " * len(head),
+                         break_on_hyphens=False) or [head.rstrip()]
+
+
+def help_keys(*, _root_: DictConfig) -> str:
+    """The ``--help`` section of every checked key and the values it takes (``config.RULES``, what
+    ``validate`` holds a value to), in the config's order."""
+    from .config import RULES
+
+    width = max(map(len, RULES))
+    lines = [line for key, (allowed, _) in RULES.items() for line in _wrapped(f"  {key:<{width}}  ", allowed)]
+    return "\n".join(lines).replace("$", "$$")
+
+
+for _name, _fn in (("mixlab.help_groups", help_groups), ("mixlab.help_keys", help_keys)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)

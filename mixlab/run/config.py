@@ -282,7 +282,8 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
 
 # Keys added after records were first written, with the value that behaves as their absence did: a record
 # without one is the same run as a config that sets it so (and only so), e.g. when a sweep is extended.
-ADDED = {"trainer.val_every": 1, "eval.ood": None, "eval.corruptions": False, "eval.corruption_samples": None}
+ADDED = {"trainer.val_every": 1, "eval.ood": None, "eval.corruptions": False, "eval.corruption_samples": None,
+         "data.crop_padding": 0, "data.hflip": False}  # the last two: now defaults of every data set (text had none)
 
 
 def fingerprint(resolved: dict) -> dict[str, Any]:

@@ -14,7 +14,11 @@ import os
 import platform
 import re
 import secrets
+import shlex
+import socket
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -25,6 +29,8 @@ import torch
 
 __all__ = [
     "MetricsLog",
+    "RunLock",
+    "UnreadableCheckpoint",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -230,16 +236,94 @@ def save_checkpoint(path: PathLike, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
+class UnreadableCheckpoint(ValueError):
+    """A checkpoint file that exists but cannot be loaded (truncated, damaged, not a checkpoint)."""
+
+
 def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict[str, Any] | None:
     """The checkpoint at ``path`` loaded with ``weights_only=True``, or None if the file does not exist.
 
-    ``weights_only`` refuses to unpickle arbitrary objects (``pickle.UnpicklingError``), so a
-    tampered or foreign checkpoint cannot run code.
+    ``weights_only`` refuses to unpickle arbitrary objects, so a tampered or foreign checkpoint cannot
+    run code. A file that cannot be loaded for any reason (truncated, damaged, tampered, not a dict)
+    raises ``UnreadableCheckpoint``, one line naming the file and the two ways on.
     """
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         return None
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError, ... for bad bytes
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UnreadableCheckpoint(_unreadable(path, why)) from None
+    if not isinstance(state, dict):
+        raise UnreadableCheckpoint(_unreadable(path, f"it holds a {type(state).__name__}, not a checkpoint"))
+    return state
+
+
+def _unreadable(path: PathLike, why: str) -> str:
+    return (f"{path}: cannot be read ({why}); expected a checkpoint written by mixlab: restore it from a copy, "
+            f"or delete it to start the run over (its records are left as they are)")
+
+
+# ----------------------------------------------------------------------------- one writer per folder
+
+LOCK_NAME = ".mixlab.lock"
+
+
+class RunLock:
+    """One writer per run folder: an exclusive ``flock`` on ``<folder>/.mixlab.lock``, held while a run
+    writes there. The kernel releases it when its process ends however it ends (SIGKILL, a crash, a
+    power cut), so a dead writer never leaves the folder stuck; a live one is named in the refusal
+    (pid, host, start, command: the lock file's text). The file itself is never removed while the
+    folder holds anything else (removing a lock file lets two processes lock two different files).
+
+    ``acquire`` returns None, or the one-line refusal (naming ``folder_key``, what to change); ``release`` unlocks and, with ``discard``,
+    removes the folder again where nothing but the lock file is in it (a refused run leaves no folder).
+    Where ``fcntl`` is missing (Windows) there is no lock: one writer is then the user's to keep.
+    """
+
+    def __init__(self, folder: PathLike) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self, folder_key: str = "hydra.run.dir") -> str | None:
+        try:
+            import fcntl
+        except ImportError:
+            return None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = self.holder()
+            os.close(fd)
+            return (f"{self.folder}: in use by another mixlab run ({holder}); one run writes to a folder at a time: "
+                    f"expected another {folder_key}, or wait for that run to end")
+        self._fd = fd
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "command": shlex.join(getattr(sys, "orig_argv", sys.argv))[:300]}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        return None
+
+    def holder(self) -> str:
+        """Who holds the lock, as its file says (its holder writes it right after locking)."""
+        try:
+            who = json.loads(self.path.read_text(encoding="utf-8"))
+            return f"pid {who['pid']} on {who['host']} since {who['since']}: {who['command']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "a process that has just started"
+
+    def release(self, *, discard: bool = False) -> None:
+        if self._fd is None:
+            return
+        if discard and [p.name for p in self.folder.iterdir()] == [LOCK_NAME]:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+                self.folder.rmdir()
+        os.close(self._fd)  # closing the last descriptor releases the flock
+        self._fd = None
 
 
 # ----------------------------------------------------------------------------- provenance

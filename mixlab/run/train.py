@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -39,8 +39,9 @@ from .config import (ConfigError, apply_strength, apply_tuned, component_errors,
 from .distributed import Dist, setup as setup_distributed
 from .loggers import LOGGERS, NoLogger
 from .optim import build_optimizer
-from .records import (MetricsLog, atomic_write, atomic_write_json, git_info, load_checkpoint, read_json,
-                      remove_stale_temps, rng_state, save_checkpoint, set_rng_state, versions)
+from .records import (MetricsLog, RunLock, UnreadableCheckpoint, atomic_write, atomic_write_json, git_info,
+                      load_checkpoint, read_json, remove_stale_temps, rng_state, save_checkpoint, set_rng_state,
+                      versions)
 
 
 class Diverged(RuntimeError):
@@ -60,21 +61,43 @@ class Interrupted(RuntimeError):
         self.signal = signal_name
 
 
-@contextmanager
-def _signals_to_flag() -> Iterator[dict]:
-    """Turn SIGTERM/SIGINT into a flag the loop reads between steps, so a checkpoint or record being
-    written is finished first. A second signal stops at once (signals work in the main thread only)."""
-    flag: dict = {"signal": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
+_HELD: dict | None = None  # the command line's flag (hold_signals), kept for the whole process
 
+
+def _flag_signals(flag: dict) -> dict:
+    """Install a SIGTERM/SIGINT handler that sets ``flag["signal"]`` (a second signal: KeyboardInterrupt,
+    at once); return the handlers it replaced."""
     def handler(signum: int, frame: object) -> None:
         if flag["signal"] is not None:
             raise KeyboardInterrupt
         flag["signal"] = signal.Signals(signum).name
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+
+def hold_signals() -> dict:
+    """Turn SIGTERM/SIGINT into one flag for the whole process, from now on (the command line calls it
+    before Hydra starts, signals work in the main thread only): a stop requested at any moment — while
+    Hydra sets up a job, between a sweep's jobs, during evaluation — is kept until a run, or the command
+    line after a run, reads it. Returns the flag (``{"signal": None | "SIGINT" | "SIGTERM"}``)."""
+    global _HELD
+    if _HELD is None:
+        _HELD = {"signal": None}
+        if threading.current_thread() is threading.main_thread():
+            _flag_signals(_HELD)
+    return _HELD
+
+
+@contextmanager
+def _signals_to_flag() -> Iterator[dict]:
+    """Turn SIGTERM/SIGINT into a flag the loop reads between steps and evaluation batches, so a checkpoint
+    or record being written is finished first: the process's flag where ``hold_signals`` made one, else a
+    flag of this run's (library use: the previous handlers come back after it)."""
+    if _HELD is not None or threading.current_thread() is not threading.main_thread():
+        yield _HELD if _HELD is not None else {"signal": None}
+        return
+    flag: dict = {"signal": None}
+    previous = _flag_signals(flag)
     try:
         yield flag
     finally:
@@ -90,9 +113,16 @@ def _check_stop(stop: dict, epoch: int, step: int, d: Dist = Dist()) -> None:
         _interrupted(stop["signal"], epoch, step)
 
 
-def _interrupted(signal_name: str | None, epoch: int, step: int) -> None:
-    raise Interrupted(f"{signal_name or 'a signal to another process'} during epoch {epoch} after step {step}; "
+def _interrupted(signal_name: str | None, epoch: int, step: int | None = None, *, evaluating: bool = False) -> None:
+    where = f"during epoch {epoch} after step {step}" if step is not None else \
+        f"while evaluating epoch {epoch} (not recorded)" if evaluating else f"after epoch {epoch}"
+    raise Interrupted(f"{signal_name or 'a signal to another process'} {where}; "
                       f"the last finished epoch's checkpoint is kept", signal_name)
+
+
+class _EvaluationStopped(Exception):
+    """A stop request read between evaluation batches: the epoch's records are not written, and the
+    loop's collective stop check (every process takes part) raises ``Interrupted``."""
 
 
 def resolve_device(name: str, d: Dist = Dist()) -> torch.device:
@@ -137,6 +167,7 @@ class Parts:
     mix_at: int | None = None  # a fixed mix point (text with mixer=input: 0, the embeddings); None: drawn per step
     ood: Tensor | None = None  # eval.ood: the out-of-distribution inputs scored after the last epoch
     corrupted: dict | None = None  # eval.corruptions: (corruption, severity) -> uint8 test images in [0, 255]
+    stop: dict | None = None  # the run's stop flag, read between evaluation batches too
 
 
 class FeatureBank:
@@ -203,12 +234,29 @@ class FeatureBank:
         return int(stale.numel())
 
 
+def check(cfg: DictConfig) -> None:
+    """Every check of ``cfg`` that needs no data and no model: its values (``validate``), its plugins,
+    the λ policy's, pairing's and mixer's options (each built once and dropped: their constructors
+    check ranges) and the model's option names and types. The command line runs it on every job of a
+    sweep before launching any; ``build`` runs it first."""
+    validate(cfg)
+    import_plugins(cfg.get("plugins"))
+    for group, registry, node in (("lam", LAMBDAS, cfg.lam), ("pairing", PAIRINGS, cfg.pairing),
+                                  ("mixer", MIXERS, cfg.mixer)):
+        with component_errors(group):
+            registry.build(node.name, **options(node))  # validates the options; Mix builds its own
+    with component_errors("model"):
+        MODELS.check(cfg.model.name, **options(cfg.model))
+
+
 def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
-    """The run's parts; ``d`` is this process's place among torchrun's (one process by default).
+    """The run's parts, once ``check`` has passed; ``d`` is this process's place among torchrun's (one
+    process by default).
 
     Several processes: model init, data order, augmentation and the manifold mix point come from
     ``seed`` on every process; dropout and pairing/λ (``trainer.pairing_scope=local``) from a seed
     of each process's own (``Dist.seed``), so the processes draw differently and reproducibly."""
+    check(cfg)
     device = resolve_device(cfg.device, d)
     scope = cfg.trainer.get("pairing_scope", "local")
     if scope == "global" and cfg.mixer.name == "manifold":
@@ -262,10 +310,6 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
         model = model.to(memory_format=torch.channels_last)
     task = TASKS.build(ds.task)
     classification = task.has_classes
-    for group, registry, node in (("lam", LAMBDAS, cfg.lam), ("pairing", PAIRINGS, cfg.pairing),
-                                  ("mixer", MIXERS, cfg.mixer)):
-        with component_errors(group):
-            registry.build(node.name, **options(node))  # validates the options; Mix builds its own
     if getattr(PAIRINGS.get(cfg.pairing.name), "needs_classes", False) and not classification:
         raise ConfigError(f"pairing={cfg.pairing.name!r}: needs class labels, but data={ds.name!r} is regression")
     mix = Mix(lam=cfg.lam.name, pairing=cfg.pairing.name, mixer=cfg.mixer.name,
@@ -470,6 +514,8 @@ def _outputs(p: Parts, x_all: Tensor, batch_size: int | None = None) -> list:
     p.model.eval()
     outs = []
     for x in x_all.split(batch_size):  # sequential slices, the last may be short
+        if p.stop is not None and p.stop["signal"] is not None:
+            raise _EvaluationStopped
         if p.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=p.amp):
@@ -530,32 +576,61 @@ def _progress_bar(total: int, desc: str, enabled: bool, **kw: object) -> object 
     return tqdm(total=total, desc=desc, dynamic_ncols=True, file=sys.stderr, **kw)
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> float:
+def train(cfg: DictConfig, run_dir: str | Path, *, on_start: Callable[[Path], None] | None = None,
+          folder_key: str = "hydra.run.dir") -> float:
     """Train as ``cfg`` says, write the run records to ``run_dir``, return the objective: the final
-    validation accuracy (MSE for regression; the test one only with ``data.val_size=0``). Raises ``ConfigError`` for bad configuration (before training),
-    ``Diverged`` for a non-finite loss and ``Interrupted`` after SIGTERM/Ctrl-C; each way
-    ``summary.json`` records the status and error. A completed run is not redone.
+    validation accuracy (MSE for regression; the test one only with ``data.val_size=0``). A completed
+    run is not redone.
+
+    One writer per folder: ``run_dir`` is locked (``RunLock``) for the whole call; a folder another live
+    process holds is refused. Raises ``ConfigError`` for a refused folder or a bad configuration, data
+    set or checkpoint (found before the first step: nothing is written, a folder made for nothing is
+    removed, and a resumed run's records stay as they were), ``Diverged`` for a non-finite loss and
+    ``Interrupted`` after SIGTERM/Ctrl-C (also before the run starts, then writing nothing); the last
+    two record the status and error in ``summary.json``. ``on_start(run_dir)`` is called once every
+    check has passed, right before training (the command line writes Hydra's ``.hydra/`` there).
+    ``folder_key`` is what a refusal tells the user to change (``--out`` for ``python -m mixlab.tune``).
 
     Under ``torchrun`` every process calls this; rank 0's ``run_dir`` is used by all of them, and
     only rank 0 evaluates, prints and writes the records (the others return its result)."""
     d = setup_distributed()
     run_dir = Path(d.broadcast(str(run_dir)))
-    if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    tuning = apply_tuned(cfg)  # the tuned hyperparameters are part of what the run is, and of its records
-    apply_strength(cfg)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    previous = read_json(run_dir / "summary.json") or {}
-    _check_same_run(run_dir, resolved, previous)
-    if previous.get("status") == "completed":
-        if d.main:
-            print(f"mixlab: {run_dir} already completed; skipping (delete summary.json to redo)", file=sys.stderr)
-        return previous["objective"]
     with _signals_to_flag() as stop:
-        return _run(cfg, run_dir, resolved, previous, stop, d, tuning)
+        lock = RunLock(run_dir) if d.main else None
+        refused = lock.acquire(folder_key) if lock is not None else None
+        if d.world > 1:
+            refused = d.broadcast(refused)
+        if refused:
+            raise ConfigError(refused)
+        try:
+            if stop["signal"] is not None:  # e.g. between a sweep's jobs: this one never starts
+                raise Interrupted(f"{stop['signal']} before this run started; nothing of it was written",
+                                  stop["signal"])
+            tuning = apply_tuned(cfg)  # the tuned hyperparameters are part of what the run is, and of its records
+            apply_strength(cfg)
+            resolved = OmegaConf.to_container(cfg, resolve=True)
+            previous = read_json(run_dir / "summary.json") or {}
+            _check_same_run(run_dir, resolved, previous, folder_key)
+            if previous.get("status") == "completed":
+                if d.main:
+                    print(f"mixlab: {run_dir} already completed; skipping (delete summary.json to redo)",
+                          file=sys.stderr)
+                return previous["objective"]
+            return _run(cfg, run_dir, resolved, previous, stop, d, tuning, on_start)
+        finally:
+            if lock is not None:
+                lock.release(discard=True)  # a folder holding nothing but the lock was made for nothing
 
 
-def _check_same_run(run_dir: Path, resolved: dict, previous: dict) -> None:
+def _checkpoint(path: Path, map_location: object = "cpu") -> dict | None:
+    """``load_checkpoint``, a damaged file one ``ConfigError`` line (the run's records untouched)."""
+    try:
+        return load_checkpoint(path, map_location=map_location)
+    except UnreadableCheckpoint as e:
+        raise ConfigError(str(e)) from None
+
+
+def _check_same_run(run_dir: Path, resolved: dict, previous: dict, folder_key: str = "hydra.run.dir") -> None:
     """Refuse a run directory that holds another configuration's records (``summary.json`` or
     ``last.pt``): resuming from them, or skipping as completed, would put that run's results under
     this run's labels. Keys in ``config.VOLATILE`` (device, progress, logger, ...) may differ. A run
@@ -569,20 +644,20 @@ def _check_same_run(run_dir: Path, resolved: dict, previous: dict) -> None:
             and not (log.exists() and log.stat().st_size):
         return  # it failed before training anything (a setting refused): nothing to resume or mislabel
     if stored is None and (run_dir / "last.pt").exists():
-        stored, where = (load_checkpoint(run_dir / "last.pt") or {}).get("config"), "last.pt"
+        stored, where = (_checkpoint(run_dir / "last.pt") or {}).get("config"), "last.pt"
         if stored is None:
             raise ConfigError(f"{run_dir}: last.pt records no configuration (an older mixlab wrote it), so it cannot "
-                              f"be resumed safely; expected a new hydra.run.dir, or delete that folder")
+                              f"be resumed safely; expected a new {folder_key}, or delete that folder")
     if stored is None or fingerprint(stored) == fingerprint(resolved):
         return
     diff = config_difference(stored, resolved)
     shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
     raise ConfigError(f"{run_dir} holds a run of another configuration ({where}: {shown}); a folder is resumed "
-                      f"only by the same configuration: expected a new hydra.run.dir, or delete that folder")
+                      f"only by the same configuration: expected a new {folder_key}, or delete that folder")
 
 
 def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: dict, d: Dist = Dist(),
-         tuning: dict | None = None) -> float:
+         tuning: dict | None = None, on_start: Callable[[Path], None] | None = None) -> float:
     started = time.time()
     summary: dict = {"status": "running", "config": resolved, "git": git_info() if d.main else None,
                      "versions": versions(), "epochs": cfg.get("trainer", {}).get("epochs")}
@@ -591,30 +666,32 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: d
     if d.world > 1:
         summary["world_size"] = d.world
     log = MetricsLog(run_dir / "metrics.jsonl")
-    if d.main:
-        remove_stale_temps(run_dir)  # of writes killed before their rename; only this run writes here
     logger = None
+    training = False  # until the first step: a ConfigError before it writes nothing (the folder's records stay)
     try:
-        validate(cfg)
-        import_plugins(cfg.get("plugins"))
         p = build(cfg, d)
+        p.stop = stop
         summary["dataset"] = p.ds.summary()
         summary["lam_dynamic"] = bool(getattr(p.mix.lam_policy, "dynamic", True))  # the report's primary family
-        ckpt = load_checkpoint(run_dir / "last.pt", map_location=p.device)
+        ckpt = _checkpoint(run_dir / "last.pt", map_location=p.device)
         start = _restore(p, ckpt) if ckpt is not None else 0
-        if d.main:
-            log.truncate(start)
         wall_before = previous.get("wall_seconds", 0.0) if start else 0.0
         if d.main:
             with component_errors("logger"):
                 logger = LOGGERS.build(cfg.logger.name, run_dir=run_dir, config=resolved, group=_hydra_group(),
                                        **options(cfg.logger))
+        else:
+            logger = NoLogger(run_dir=run_dir, config=resolved)
+        training = True
+        if d.main:
+            remove_stale_temps(run_dir)  # of writes killed before their rename; this process holds the folder
+            log.truncate(start)
+            if on_start is not None:
+                on_start(run_dir)
             print(f"mixlab: {ds_line(p.ds)} | model={cfg.model.name} pairing={cfg.pairing.name} "
                   f"lambda={cfg.lam.name} mixer={cfg.mixer.name} | device={p.device}"
                   + (f" x {d.world} processes" if d.world > 1 else "") + f" | records: {run_dir}"
                   + (f" (resuming after epoch {start})" if start else ""), file=sys.stderr)
-        else:
-            logger = NoLogger(run_dir=run_dir, config=resolved)
         epochs, show = cfg.trainer.epochs, cfg.trainer.progress and d.main
         epoch_bar = _progress_bar(epochs, "epochs", show, initial=start)
         for epoch in range(start + 1, epochs + 1):
@@ -624,46 +701,16 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: d
             if batch_bar is not None:
                 batch_bar.close()
             rng = _rng(p)
-            if d.main:  # rank 0 evaluates and writes; the others wait for it at the next collective
-                # Validation after the last epoch (selection reads it) and every trainer.val_every epochs
-                # for curves; the test set once, after the last epoch, unless trainer.test_every asks for
-                # curves (peeking, if anything is chosen from them). Evaluation draws no random numbers,
-                # so how often it runs leaves training unchanged.
-                val = evaluate(p, "val") if p.ds.n_val and _due(epoch, epochs, cfg.trainer.get("val_every", 1)) else {}
-                test = evaluate(p, "test") if _due(epoch, epochs, cfg.trainer.get("test_every", 0)) else {}
-                val_logits, test_logits = val.pop("logits", None), test.pop("logits", None)
-                extras = {"reliability": test.pop("reliability", None), "val_reliability": val.pop("reliability", None),
-                          "lam_vs_distance": result["lam_vs_distance"]}
-                if val_logits is not None and test_logits is not None:  # calibration with T fitted on validation
-                    ts = temperature_scaled(val_logits, p.ds.y_val, test_logits, p.ds.y_test)
-                    extras["reliability_ts"] = ts.pop("reliability")
-                    test.update({"temperature": ts["temperature"],
-                                 **{f"test_{k}_ts": ts[k] for k in ("nll", "ece", "brier")}})
-                if p.corrupted is not None and test_logits is not None:  # eval.corruptions: the corrupted test sets
-                    extras["corruptions"], means = _corruption_table(p)
-                    test.update(means)
-                if p.ood is not None and test_logits is not None:  # eval.ood: the test set against the OOD set
-                    ood = ood_metrics(test_logits, p.task.join(_outputs(p, p.ood)))
-                    test.update({"test_ood_auroc": ood["auroc"], "test_ood_fpr95": ood["fpr95"]})
-                row = {"epoch": epoch, **result["row"], **val, **test, "lr": p.optimizer.param_groups[0]["lr"],
-                       "seconds": time.perf_counter() - t0}
-                # Record first, checkpoint second: a kill between the two resumes from epoch - 1, drops this
-                # row (MetricsLog.truncate) and replays the epoch to the same row. The other order would lose it.
-                log.append(row)
-                atomic_write_json(run_dir / "last_epoch.json", extras)
-                grid = _grid(result["images"], p.ds, result["boxes"]) \
-                    if result["images"] is not None and p.ds.is_image else None
-                if grid is not None:  # a record too: atomic, and before the checkpoint (a kill replays the epoch)
-                    atomic_write(run_dir / "mixed_examples.png", lambda f: save_image(grid, f, format="png"))
-                save_checkpoint(run_dir / "last.pt", _state(p, epoch, rng, resolved))
-                logger.log(row, step=epoch)
-                if grid is not None:
-                    logger.log_images("mixed_examples", grid, step=epoch)
-                _epoch_print(_epoch_line(row, epochs), epoch_bar)
-                if epoch_bar is not None:
-                    epoch_bar.update(1)
-            if epoch < epochs:
-                _check_stop(stop, epoch + 1, 0, d)
+            recorded = True
+            if d.main:  # rank 0 evaluates and writes; the others wait for it at the stop check below
+                try:
+                    _evaluate_and_record(p, cfg, run_dir, log, logger, epoch, result, rng, resolved, t0, epoch_bar)
+                except _EvaluationStopped:
+                    recorded = False  # nothing of this epoch written: a re-run replays it from the last checkpoint
+            # after every epoch, the last included (a collective: all processes stop if any was signalled)
+            signalled = stop["signal"] is not None
+            if d.any(signalled) if d.world > 1 else signalled:
+                _interrupted(stop["signal"], epoch, evaluating=not recorded)
         if epoch_bar is not None:
             epoch_bar.close()
         if d.main:
@@ -672,6 +719,9 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: d
             summary.update(_final(rows, p.ds, wall_before + time.time() - started), status="completed")
             summary.pop("error", None)
     except (Exception, KeyboardInterrupt) as e:
+        if isinstance(e, ConfigError) and not training:
+            summary = {}  # refused before the first step: nothing to record, and the folder's records stay
+            raise
         status = {Diverged: "diverged", Interrupted: "interrupted", KeyboardInterrupt: "interrupted"}.get(
             type(e), "failed")
         summary.update(status=status, error=f"{type(e).__name__}: {e}", wall_seconds=time.time() - started)
@@ -683,12 +733,56 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: d
                             if k not in ("objective", "dataset")})
         raise
     finally:
-        if d.main:
+        if d.main and summary:
             atomic_write_json(run_dir / "summary.json", summary)
         if logger is not None:
             logger.finish({k: v for k, v in summary.items() if k in ("status", "median_last10_acc", "final")})
     # rank 0's result, once summary.json is written: every process returns when the run is recorded
     return d.broadcast(summary.get("objective"))
+
+
+def _evaluate_and_record(p: Parts, cfg: DictConfig, run_dir: Path, log: MetricsLog, logger: object, epoch: int,
+                         result: dict, rng: dict | list[dict], resolved: dict, t0: float,
+                         epoch_bar: object | None) -> None:
+    """Rank 0 after an epoch: evaluate, then write the epoch's row, extras, image and checkpoint.
+
+    Validation after the last epoch (selection reads it) and every trainer.val_every epochs for curves;
+    the test set once, after the last epoch, unless trainer.test_every asks for curves (peeking, if
+    anything is chosen from them). Evaluation draws no random numbers, so how often it runs leaves
+    training unchanged. A stop request between evaluation batches raises ``_EvaluationStopped`` before
+    anything of the epoch is written."""
+    epochs = cfg.trainer.epochs
+    val = evaluate(p, "val") if p.ds.n_val and _due(epoch, epochs, cfg.trainer.get("val_every", 1)) else {}
+    test = evaluate(p, "test") if _due(epoch, epochs, cfg.trainer.get("test_every", 0)) else {}
+    val_logits, test_logits = val.pop("logits", None), test.pop("logits", None)
+    extras = {"reliability": test.pop("reliability", None), "val_reliability": val.pop("reliability", None),
+              "lam_vs_distance": result["lam_vs_distance"]}
+    if val_logits is not None and test_logits is not None:  # calibration with T fitted on validation
+        ts = temperature_scaled(val_logits, p.ds.y_val, test_logits, p.ds.y_test)
+        extras["reliability_ts"] = ts.pop("reliability")
+        test.update({"temperature": ts["temperature"], **{f"test_{k}_ts": ts[k] for k in ("nll", "ece", "brier")}})
+    if p.corrupted is not None and test_logits is not None:  # eval.corruptions: the corrupted test sets
+        extras["corruptions"], means = _corruption_table(p)
+        test.update(means)
+    if p.ood is not None and test_logits is not None:  # eval.ood: the test set against the OOD set
+        ood = ood_metrics(test_logits, p.task.join(_outputs(p, p.ood)))
+        test.update({"test_ood_auroc": ood["auroc"], "test_ood_fpr95": ood["fpr95"]})
+    row = {"epoch": epoch, **result["row"], **val, **test, "lr": p.optimizer.param_groups[0]["lr"],
+           "seconds": time.perf_counter() - t0}
+    # Record first, checkpoint second: a kill between the two resumes from epoch - 1, drops this
+    # row (MetricsLog.truncate) and replays the epoch to the same row. The other order would lose it.
+    log.append(row)
+    atomic_write_json(run_dir / "last_epoch.json", extras)
+    grid = _grid(result["images"], p.ds, result["boxes"]) if result["images"] is not None and p.ds.is_image else None
+    if grid is not None:  # a record too: atomic, and before the checkpoint (a kill replays the epoch)
+        atomic_write(run_dir / "mixed_examples.png", lambda f: save_image(grid, f, format="png"))
+    save_checkpoint(run_dir / "last.pt", _state(p, epoch, rng, resolved))
+    logger.log(row, step=epoch)
+    if grid is not None:
+        logger.log_images("mixed_examples", grid, step=epoch)
+    _epoch_print(_epoch_line(row, epochs), epoch_bar)
+    if epoch_bar is not None:
+        epoch_bar.update(1)
 
 
 def _due(epoch: int, epochs: int, every: int) -> bool:

@@ -89,7 +89,7 @@ def _trial(overrides: list[str], run_dir: str) -> float | None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     try:
-        return train(cfg, run_dir)
+        return train(cfg, run_dir, folder_key="--out")
     except (ConfigError, Interrupted):
         raise
     except Exception as e:  # noqa: BLE001 - the run recorded it; the other trials go on
