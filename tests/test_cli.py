@@ -145,12 +145,14 @@ def test_ctrl_c_prints_the_command_that_resumes_and_exits_130(tmp_path):
 # ----------------------------------------------------------------------------- --help
 
 def first_comment(path: Path) -> str | None:
+    """The first sentence of the comment block at the top of an option's file (its lines joined)."""
+    block = []
     for line in path.read_text().splitlines():
         if line.startswith("#") and "@package" not in line:
-            return line.lstrip("#").strip().rstrip(":,;")
-        if line.strip() and not line.startswith("#"):
-            return None
-    return None
+            block.append(line.lstrip("#").strip())
+        elif block or (line.strip() and not line.startswith("#")):
+            break
+    return re.split(r"(?<=[.!?]) (?=[A-Z])", " ".join(block))[0] if block else None
 
 
 def sections(text: str) -> dict[str, list[str]]:
@@ -161,8 +163,10 @@ def sections(text: str) -> dict[str, list[str]]:
         if re.fullmatch(r"[\w/]+:", line):
             group = line[:-1]
             out[group] = []
-        elif line.startswith("  ") and group:
+        elif re.match(r"  \S", line) and group:
             out[group].append(line)
+        elif line.startswith("   ") and group:  # a description wrapped onto the next line
+            out[group][-1] += " " + line.strip()
     return out
 
 
