@@ -40,8 +40,9 @@ def main(cfg: DictConfig) -> float:
     try:
         result = train(cfg, out, on_start=lambda run_dir: _save_hydra(run_dir, composed),
                        folder_key="hydra.sweep.dir" if multirun else "hydra.run.dir")
-        if stop["signal"] is not None:  # after its last record: the run is complete, the sweep stops
-            raise Interrupted(f"{stop['signal']} as {out} completed (its records are whole)", stop["signal"])
+        if stop["signal"] is not None:  # after the run's last record: it is complete; a sweep stops here
+            e = Interrupted(f"{stop['signal']} as {out} completed (its records are whole)", stop["signal"])
+            sys.exit(interrupted(e, os.path.abspath(hc.sweep.dir), multirun, resumable=multirun))
         return result
     except (Interrupted, KeyboardInterrupt) as e:  # pre-emption stops the whole sweep; the printed command resumes it
         _remove_if_empty(out)

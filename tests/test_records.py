@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from mixlab.run import records
 from mixlab.run.records import (
     MetricsLog,
+    UnreadableCheckpoint,
     atomic_write_bytes,
     atomic_write_json,
     git_info,
@@ -275,7 +275,7 @@ class _Payload:
 def test_checkpoint_with_arbitrary_object_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pt"
     save_checkpoint(path, {"model": {"w": torch.ones(2)}, "payload": _Payload()})
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(UnreadableCheckpoint, match=f"{path}: cannot be read .*Weights only load failed"):
         load_checkpoint(path)
     # The same file does load when the caller opts out of the safety (proving it was well formed).
     assert torch.load(path, weights_only=False)["payload"].value == 42
