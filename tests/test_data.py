@@ -713,3 +713,25 @@ def test_a_validation_split_too_large_is_one_line():
         load_dataset("digits", val_size=1437)
     with pytest.raises(ValueError, match=r"left after data.val_size=1000"):
         load_dataset("digits", val_size=1000, train_subset=500)
+
+
+# ----------------------------------------------------------------------------- what a run saw (issue 24)
+
+def _sha16(*tensors: torch.Tensor) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in tensors:
+        a = t.cpu().contiguous().numpy()
+        h.update(f"{tuple(a.shape)}{t.dtype};".encode() + a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def test_fingerprints_are_hashes_of_the_raw_splits_and_tell_subsets_apart():
+    x_train, y_train, x_test, y_test, _, _ = DATASETS.get("digits")(root=None, download=False)
+    whole = load_dataset("digits").summary()["fingerprint"]
+    assert whole == {"train": _sha16(x_train, y_train), "val": None, "test": _sha16(x_test, y_test)}
+    a = load_dataset("digits", val_size=300, train_subset=200, seed=0).summary()["fingerprint"]
+    b = load_dataset("digits", val_size=300, train_subset=200, seed=1).summary()["fingerprint"]
+    assert a["train"] != b["train"] and a["val"] == b["val"] and a["test"] == b["test"] == whole["test"]
+    assert load_dataset("digits", val_size=300, train_subset=200, seed=0).summary()["fingerprint"] == a

@@ -195,3 +195,45 @@ def test_only_beating_runs_controls_for_the_dynamic_policies_that_beat_the_refer
     assert controls_main([str(tmp_path / "sweep"), "--only-beating", "--dry-run"]) == 0
     err = capsys.readouterr().err
     assert "no control for lam=loss: does not beat beta" in err and err.count("lam=distance seed") == 2
+
+
+# ----------------------------------------------------------------------------- paired seeds (issue 24)
+
+def batches_seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *overrides: str) -> list[list[tuple]]:
+    """Each epoch's batches as the loop hands them to the mixer: (dataset indices, sum of the augmented inputs)."""
+    from mixlab.engine.mixing import Mix
+
+    seen: list[tuple] = []
+    real = Mix.__call__
+
+    def spy(self, x, y, **kw):
+        seen.append((tuple(kw["index"].tolist()), round(float(x.double().sum()), 6)))
+        return real(self, x, y, **kw)
+
+    monkeypatch.setattr(Mix, "__call__", spy)
+    run = tmp_path / "_".join(o.replace("/", "_") for o in overrides)
+    train(compose_cfg(*overrides), run)
+    monkeypatch.setattr(Mix, "__call__", real)
+    steps = len(seen) // 3
+    return [seen[e * steps:(e + 1) * steps] for e in range(3)]
+
+
+@pytest.mark.parametrize("data", [("data=digits", "data.crop_padding=2", "data.hflip=true"),
+                                  ("data=diabetes", "data.train_subset=128")])
+def test_under_one_seed_every_policy_sees_the_same_batches_in_every_epoch(data, tmp_path, monkeypatch):
+    """Batch order and augmentation have a random stream of their own: pairing and λ draw from another, so
+    policies that draw different amounts (none nothing, distance one partner per sample, sk and label_kernel
+    more) see the same batches. Before: one stream for all of them, so from epoch 2 the batches differed."""
+    base = [*TINY, *data, "trainer.epochs=3", "seed=3"]
+    arms = ["lambda=none", "lambda=beta", "lambda=distance", "lambda=loss", "lambda=sk", "pairing=optimal"]
+    if "data=diabetes" in data:
+        arms += ["pairing=label_kernel"]
+    reference = batches_seen(tmp_path, monkeypatch, *base, arms[0])
+    assert len({b for epoch in reference for b in epoch}) == sum(map(len, reference))  # epochs differ
+    for arm in arms[1:]:
+        assert batches_seen(tmp_path, monkeypatch, *base, arm) == reference, arm
+    # trainer.streams=shared, how the committed studies ran: the batches part ways (with augmentation drawn
+    # per batch, in epoch 1 already; without, from epoch 2)
+    shared = [batches_seen(tmp_path, monkeypatch, *base, arm, "trainer.streams=shared") for arm in arms[:2]]
+    assert shared[0][1:] != shared[1][1:]
+    assert (shared[0][0] == shared[1][0]) == ("data=diabetes" in data)

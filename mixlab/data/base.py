@@ -5,6 +5,7 @@ modality beside this one.
 """
 from __future__ import annotations
 
+import hashlib
 import http.client
 import math
 from dataclasses import dataclass
@@ -68,6 +69,8 @@ class Dataset:
     vocab_size: int | None = None
     vocab: tuple[str, ...] | None = None  # text: the word of each id (0 "<pad>", 1 "<unk>")
     classes: tuple[str, ...] | None = None  # class names, where the data set has them
+    # What the run saw, split by split: a hash of each split's inputs and targets (``fingerprint``)
+    fingerprints: dict[str, str | None] | None = None
 
     @property
     def n_train(self) -> int:
@@ -124,7 +127,27 @@ class Dataset:
             "n_test": self.n_test,
             "num_classes": self.num_classes,
             "task": self.task,
+            "fingerprint": self.fingerprints or {
+                split: fingerprint(x, y) for split, x, y in (("train", self.x_train, self.y_train),
+                                                             ("val", self.x_val, self.y_val),
+                                                             ("test", self.x_test, self.y_test))},
         }
+
+
+def fingerprint(x: Tensor | None, y: Tensor | None) -> str | None:
+    """A split's fingerprint: the first 16 hex digits of SHA-256 over its inputs' and targets' shapes,
+    dtypes and bytes, in order (None for an absent split). Two runs saw the same examples in the same
+    order exactly when their fingerprints agree; ``load_dataset`` takes it of the loader's raw arrays
+    (before normalisation, so a CPU and a GPU run of one data set agree); a loader that prepares its own
+    ``Dataset`` (text, scenes, COCO) gets it of the tensors it made."""
+    if x is None or y is None:
+        return None
+    h = hashlib.sha256()
+    for t in (x, y):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{tuple(t.shape)}{t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
 
 
 def load_dataset(
@@ -196,6 +219,8 @@ def load_dataset(
             torch.randperm(n, generator=g)[:train_subset]
         x_train, y_train = x_train[keep], y_train[keep]
 
+    fingerprints = {"train": fingerprint(x_train, y_train), "val": fingerprint(x_val, y_val),
+                    "test": fingerprint(x_test, y_test)}
     # Move before normalising: the arithmetic is then done where it is cheapest.
     x_train = x_train.to(device=device, dtype=torch.float32)
     x_test = x_test.to(device=device, dtype=torch.float32)
@@ -235,6 +260,7 @@ def load_dataset(
         y_std=y_std,
         x_val=x_val,
         y_val=y_val,
+        fingerprints=fingerprints,
     )
 
 

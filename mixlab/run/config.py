@@ -71,6 +71,7 @@ RULES: dict[str, Rule] = {
     "trainer.progress": BOOL,
     "trainer.pairing_scope": _one_of("local", "global"),
     "trainer.features": _one_of("forward", "cache"),
+    "trainer.streams": _one_of("separate", "shared"),
     "trainer.test_every": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
     "trainer.val_every": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
     "eval.corruptions": BOOL,
@@ -283,7 +284,8 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
 # Keys added after records were first written, with the value that behaves as their absence did: a record
 # without one is the same run as a config that sets it so (and only so), e.g. when a sweep is extended.
 ADDED = {"trainer.val_every": 1, "eval.ood": None, "eval.corruptions": False, "eval.corruption_samples": None,
-         "data.crop_padding": 0, "data.hflip": False}  # the last two: now defaults of every data set (text had none)
+         "data.crop_padding": 0, "data.hflip": False,  # now defaults of every data set (text had none)
+         "trainer.streams": "shared"}  # records made before the streams were separated drew pairing and λ from data order
 
 
 def fingerprint(resolved: dict) -> dict[str, Any]:

@@ -18,6 +18,11 @@ import torch
 from torch import Tensor
 
 
+def stream_seed(seed: int, stream: str) -> int:
+    """The seed of a named random stream of a run (``mix_global``): its own, fixed by ``seed``."""
+    return int(np.random.SeedSequence([seed, int.from_bytes(stream.encode(), "little")]).generate_state(1)[0])
+
+
 @dataclass(frozen=True)
 class Dist:
     """This process's place in the run, and the few collectives the training loop needs."""

@@ -36,7 +36,7 @@ from ..tasks import TASKS, Classification, Task
 from ..tasks.metrics import classification_metrics, lam_stats, median_last, ood_metrics, temperature_scaled
 from .config import (ConfigError, apply_strength, apply_tuned, component_errors, config_difference, fingerprint,
                      import_plugins, options, validate)
-from .distributed import Dist, setup as setup_distributed
+from .distributed import Dist, setup as setup_distributed, stream_seed
 from .loggers import LOGGERS, NoLogger
 from .optim import build_optimizer
 from .records import (MetricsLog, RunLock, UnreadableCheckpoint, atomic_write, atomic_write_json, git_info,
@@ -253,6 +253,13 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
     """The run's parts, once ``check`` has passed; ``d`` is this process's place among torchrun's (one
     process by default).
 
+    Random streams (``trainer.streams=separate``): initial weights (and dropout) from ``seed``; batch order
+    and augmentation from a generator of their own, seeded by ``seed``; pairing and λ (and a mixer's boxes)
+    from another, so that under one seed every λ policy and pairing starts from the same weights and sees
+    the same batches in every epoch, whatever it draws. ``trainer.streams=shared`` (how every run before
+    it was made) lets pairing and λ draw from the batch-order stream, so policies that draw different
+    amounts see different batches from epoch 2 on; it reproduces those runs exactly.
+
     Several processes: model init, data order, augmentation and the manifold mix point come from
     ``seed`` on every process; dropout and pairing/λ (``trainer.pairing_scope=local``) from a seed
     of each process's own (``Dist.seed``), so the processes draw differently and reproducibly."""
@@ -263,12 +270,15 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
         raise ConfigError("trainer.pairing_scope='global': not supported with mixer=manifold "
                           "(hidden states are not gathered across processes); expected local")
     torch.manual_seed(cfg.seed)  # model init and dropout
+    separate = cfg.trainer.get("streams", "shared") == "separate"
     generators = {
-        "data": torch.Generator(device).manual_seed(cfg.seed),  # batch order, augmentation, pairing, λ
-        "layer": torch.Generator().manual_seed(cfg.seed + 1),  # manifold mix point: a host int, no sync
+        "data": torch.Generator(device).manual_seed(cfg.seed),  # batch order and augmentation (streams=shared: and
+        "layer": torch.Generator().manual_seed(cfg.seed + 1),  # pairing and λ) | manifold mix point: a host int
     }
-    if d.world > 1:  # pairing and λ of this process; "data" stays in step on all of them
+    if d.world > 1 or separate:  # pairing and λ of this process: "data" stays the same whatever they draw
         generators["mix"] = torch.Generator(device).manual_seed(d.seed(cfg.seed))
+    if d.world > 1 and separate and scope == "global":  # pairing and λ over the gathered batch: in step everywhere
+        generators["mix_global"] = torch.Generator(device).manual_seed(stream_seed(cfg.seed, "mix_global"))
     with component_errors("data"):
         ds = dataset_from_config(cfg.data, seed=cfg.seed, device=device)
         batches = Batches(ds, batch_size=cfg.data.batch_size, generator=generators["data"],
@@ -317,7 +327,7 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
               pairing_kwargs=options(cfg.pairing), mixer_kwargs=options(cfg.mixer),
               smoothing=cfg.smoothing if classification else 0.0, generator=generators.get("mix", generators["data"]),
               gather=d.gather if d.world > 1 else None, rank=d.rank, scope=scope if d.world > 1 else "local",
-              shared_generator=generators["data"], boxes=task.mixes_boxes)
+              shared_generator=generators.get("mix_global", generators["data"]), boxes=task.mixes_boxes)
     mix.setup(num_samples=ds.n_train)
     with component_errors("optim"):
         optimizer, scheduler = build_optimizer(cfg.optim.name, model.parameters(), steps_per_epoch=len(batches),
@@ -540,6 +550,10 @@ def _state(p: Parts, epoch: int, rng: dict | list[dict], config: dict) -> dict:
 
 def _restore(p: Parts, ckpt: dict) -> int:
     rng, world = ckpt["rng"], p.dist.world
+    saved_streams = sorted((rng[0] if isinstance(rng, list) else rng).get("generators", {}))
+    if saved_streams != sorted(p.generators):
+        raise ConfigError(f"last.pt holds the random streams {saved_streams} and this run draws from "
+                          f"{sorted(p.generators)}; expected a checkpoint of the same mixlab (or a new run directory)")
     saved = len(rng) if isinstance(rng, list) else 1
     if saved != world:
         raise ConfigError(f"last.pt was written by {saved} process(es) and this run has {world}; "
