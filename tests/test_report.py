@@ -552,3 +552,31 @@ def test_every_committed_result_regenerates_from_its_records_or_is_marked_supers
             assert (tmp_path / d.name / "report.md").read_text() == (d / "report.md").read_text(), d
         else:
             assert re.search(rf"^## {re.escape(d.name)} .*\(SUPERSEDED", index, re.M), f"{d}: no records/"
+
+
+def test_no_committed_record_names_a_path_of_the_machine_it_ran_on():
+    """Records that travel (issue 24): no string in a committed record, and no run-folder name, is an
+    absolute path. Before: rcf_small's and scenes_small's tuned= and folder names held /work/rcf/... ."""
+    import yaml
+
+    def strings(node):
+        if isinstance(node, dict):
+            for v in node.values():
+                yield from strings(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from strings(v)
+        elif isinstance(node, str):
+            yield node
+
+    found = []
+    for f in sorted((ROOT / "docs" / "results").rglob("*")):
+        rel = f.relative_to(ROOT)
+        if "%2F" in f.name and re.search(r"=%2F", f.name):
+            found.append(str(rel))
+        if f.is_file() and f.suffix in (".json", ".yaml"):
+            load = json.loads if f.suffix == ".json" else yaml.safe_load
+            found += [f"{rel}: {s}" for s in strings(load(f.read_text())) if re.search(r"(^|[=\s'\"])/[a-z]", s)]
+        elif f.is_file() and f.suffix in (".md", ".html"):
+            found += [f"{rel}: {m}" for m in re.findall(r"[=\s'\"(]/(?:work|tmp|root|home)/\S*", f.read_text())]
+    assert not found, found[:10]
