@@ -167,3 +167,13 @@ def test_a_refused_retune_names_out(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds a run of another configuration" in err[0], err
     assert err[0].endswith("expected a new --out, or delete that folder"), err[0]
+
+
+def test_a_tuning_trial_never_reads_the_test_set(tmp_path):
+    """Issue 24: selection sees validation only. Before: every trial evaluated, printed and recorded test_acc."""
+    assert tune_main(["--lambdas", "beta", "--trials", "2", "--out", str(tmp_path / "t"), *TINY]) == 0
+    for trial in sorted((tmp_path / "t" / "beta").glob("trial_*")):
+        summary = json.loads((trial / "summary.json").read_text())
+        rows = [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines()]
+        assert summary["config"]["eval"]["test"] is False and summary["final"] == {}
+        assert summary["objective_key"] == "val_acc" and not [k for r in rows for k in r if k.startswith("test_")]

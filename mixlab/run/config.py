@@ -74,6 +74,7 @@ RULES: dict[str, Rule] = {
     "trainer.streams": _one_of("separate", "shared"),
     "trainer.test_every": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
     "trainer.val_every": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "eval.test": BOOL,
     "eval.corruptions": BOOL,
     "eval.corruption_samples": ("null or an integer >= 1", lambda v: v is None or (_is_int(v) and v >= 1)),
     "eval.ood": ("null or digits (sklearn's handwritten digits, resized: far out-of-distribution for images)",
@@ -285,7 +286,7 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
 # without one is the same run as a config that sets it so (and only so), e.g. when a sweep is extended.
 ADDED = {"trainer.val_every": 1, "eval.ood": None, "eval.corruptions": False, "eval.corruption_samples": None,
          "data.crop_padding": 0, "data.hflip": False,  # now defaults of every data set (text had none)
-         "trainer.streams": "shared"}  # records made before the streams were separated drew pairing and λ from data order
+         "trainer.streams": "shared", "eval.test": True}  # records made before the streams were separated drew pairing and λ from data order
 
 
 def fingerprint(resolved: dict) -> dict[str, Any]:

@@ -247,6 +247,11 @@ def check(cfg: DictConfig) -> None:
             registry.build(node.name, **options(node))  # validates the options; Mix builds its own
     with component_errors("model"):
         MODELS.check(cfg.model.name, **options(cfg.model))
+    evals = cfg.get("eval") or {}
+    for key in ("corruptions", "ood"):
+        if not evals.get("test", True) and evals.get(key):
+            raise ConfigError(f"eval.{key}={evals[key]!r}: evaluates the test set, but eval.test=false; "
+                              f"expected {'false' if key == 'corruptions' else 'null'}")
 
 
 def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
@@ -767,7 +772,8 @@ def _evaluate_and_record(p: Parts, cfg: DictConfig, run_dir: Path, log: MetricsL
     anything of the epoch is written."""
     epochs = cfg.trainer.epochs
     val = evaluate(p, "val") if p.ds.n_val and _due(epoch, epochs, cfg.trainer.get("val_every", 1)) else {}
-    test = evaluate(p, "test") if _due(epoch, epochs, cfg.trainer.get("test_every", 0)) else {}
+    reads_test = (cfg.get("eval") or {}).get("test", True) and _due(epoch, epochs, cfg.trainer.get("test_every", 0))
+    test = evaluate(p, "test") if reads_test else {}
     val_logits, test_logits = val.pop("logits", None), test.pop("logits", None)
     extras = {"reliability": test.pop("reliability", None), "val_reliability": val.pop("reliability", None),
               "lam_vs_distance": result["lam_vs_distance"]}

@@ -109,7 +109,8 @@ def tune(lambdas: list[str], trials: int, out: str | Path, overrides: list[str],
         raise ConfigError(f"--jobs={jobs}: expected an integer >= 1")
     work = [(policy, k, params) for policy in lambdas
             for k, params in enumerate(trials_for(policy, spaces[policy], trials, seed))]
-    args = [([*overrides, *arm_overrides(policy), *(f"{key}={v!r}" for key, v in params.items())],
+    # a trial never reads the test set (eval.test=false): selection sees validation only
+    args = [(["eval.test=false", *overrides, *arm_overrides(policy), *(f"{key}={v!r}" for key, v in params.items())],
              str(out / policy / f"trial_{k}")) for policy, k, params in work]
     objectives = run_all(_trial, args, jobs)
     log, tuned, chosen_trial = [], {}, {}
