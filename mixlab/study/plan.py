@@ -1,0 +1,135 @@
+"""A study's pre-registration: ``plan.yaml``, written before its first run and held to on every re-run.
+
+The plan is made from the composed config's ``study`` block and the command's overrides alone (no run
+record is read): every arm with its search space and budget, the tuning and evaluation seeds, the
+primary family, each dynamic arm's control, the decision rules. Its ``hash`` covers all of that;
+``git`` (the commit it was first made under) is recorded but not hashed, so a study may resume under
+later code, and the report lists that as a deviation. A different plan for an existing folder is
+refused in one line naming what changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from ..run.config import ConfigError, fingerprint, flatten, import_plugins
+from ..run.records import atomic_write_bytes, git_info
+from .tune import arm_space
+
+PLAN = "plan.yaml"
+HASHED = ("overrides", "arms", "tuning", "evaluation", "primary_family", "controls", "decisions", "config")
+
+
+def arm_parts(arm: str) -> tuple[str, str]:
+    """``beta+label_kernel`` -> (``beta``, ``label_kernel``); ``schedule`` -> (``schedule``, ``random``)."""
+    policy, _, pairing = arm.partition("+")
+    return policy, pairing or "random"
+
+
+def is_dynamic(policy: str) -> bool:
+    from ..engine.lam import LAMBDAS
+
+    return bool(getattr(LAMBDAS.get(policy), "dynamic", True))
+
+
+def make_plan(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
+    """The plan of the study ``cfg`` (composed with ``overrides``) declares; ``ConfigError`` for a study
+    that cannot be run as declared (no arms, a reference that is no arm, seeds shared by tuning and evaluation)."""
+    s = cfg.study
+    import_plugins(cfg.get("plugins"))
+    arms = list(s.arms)
+    if not arms:
+        raise ConfigError("study.arms=[]: expected the arms to compare, e.g. study.arms=[none,beta,schedule,loss]")
+    if len(set(arms)) != len(arms):
+        raise ConfigError(f"study.arms={arms}: expected each arm once")
+    if s.reference not in arms:
+        raise ConfigError(f"study.reference={s.reference!r}: not one of study.arms={arms}; expected the tuned "
+                          "fixed policy every dynamic arm is compared with")
+    shared = sorted(set(s.tuning_seeds) & set(s.eval_seeds))
+    if shared:
+        raise ConfigError(f"study.eval_seeds={list(s.eval_seeds)}: share {shared} with study.tuning_seeds; "
+                          "expected disjoint seeds (a comparison run must not be a tuning run)")
+    if s.go == "reference_beats_none" and "none" not in arms:
+        raise ConfigError(f"study.go=reference_beats_none: needs the arm none in study.arms={arms}; expected it "
+                          "added, or study.go=always")
+    rows, family, controls = [], [], []
+    for arm in arms:
+        policy, pairing = arm_parts(arm)
+        space = arm_space(arm)
+        dynamic = is_dynamic(policy)
+        rows.append({"arm": arm, "lambda": policy, "pairing": pairing, "dynamic": dynamic, "space": space,
+                     "trials": int(s.trials) if space else 1})
+        # a dynamic arm, or the reference under a pairing of its own (C-Mixup): it may win by mixing more or less
+        if (dynamic or (policy == s.reference and pairing != "random")) and arm != s.reference:
+            controls.append({"of": arm, "control": "fixed Beta of the arm's training-time mixing strength (the mean "
+                             "over its comparison runs of each run's mean min(λ, 1−λ)), under random pairing, "
+                             "on the same evaluation seeds"})
+            family.append(f"{arm} vs {s.reference} on {s.metric}")
+            if s.matched == "primary":
+                family.append(f"{arm} vs its control on {s.metric}")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved.pop("hydra", None)
+    base = {k: v for k, v in fingerprint(resolved).items() if not k.startswith(("lam.", "pairing.", "seed", "tuned"))}
+    plan = {
+        "overrides": list(overrides),
+        "arms": rows,
+        "tuning": {"sampler": s.sampler, "search_seed": int(s.search_seed), "seeds": list(s.tuning_seeds),
+                   "score": "the mean over the tuning seeds of each run's final validation objective; the test "
+                            "set is never read (eval.test=false)",
+                   "ties": "the lower trial number wins (trial 0: the arm's defaults)"},
+        "evaluation": {"seeds": list(s.eval_seeds), "reference": s.reference, "metric": s.metric},
+        "primary_family": family,
+        "controls": controls,
+        "decisions": {"go": s.go, "correction": "Holm over the primary family", "alpha": 0.05,
+                      "matched": s.matched},
+        "config": base,
+    }
+    plan["hash"] = plan_hash(plan)
+    return plan
+
+
+def plan_hash(plan: dict) -> str:
+    body = json.dumps({k: plan.get(k) for k in HASHED}, sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def differences(old: dict, new: dict) -> list[str]:
+    """``key: old -> new`` for every hashed entry (flattened, each arm by its name) that differs."""
+    def flat(plan: dict) -> dict:
+        body = {k: plan.get(k) for k in HASHED}
+        body["arms"] = {row.get("arm"): row for row in body.get("arms") or []}
+        return flatten(body)
+
+    a, b = flat(old), flat(new)
+    return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in sorted(a.keys() | b.keys())
+            if a.get(k, "(absent)") != b.get(k, "(absent)")]
+
+
+def register(folder: Path, plan: dict, command: str) -> tuple[dict, list[str]]:
+    """Write ``folder/plan.yaml`` (the first time), or check that the one there is this plan. Returns
+    the plan in force and its deviations (a resume under another commit). ``ConfigError`` for another plan."""
+    path = folder / PLAN
+    git = git_info()
+    if path.exists():
+        old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if old.get("hash") != plan["hash"]:
+            diff = differences(old, plan)
+            shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
+            raise ConfigError(f"{path}: the study there was planned otherwise ({shown}); a study folder holds one "
+                              "plan: expected the same command, or a new folder")
+        deviations = list(old.get("deviations") or [])
+        if git.get("commit") and git.get("commit") != (old.get("git") or {}).get("commit"):
+            line = f"resumed under commit {git['commit'][:12]} (planned under {str((old.get('git') or {}).get('commit'))[:12]})"
+            if line not in deviations:
+                deviations.append(line)
+                old["deviations"] = deviations
+                atomic_write_bytes(path, yaml.safe_dump(old, sort_keys=False, allow_unicode=True).encode())
+        return old, deviations
+    plan = {"study": folder.name, "command": command, "git": git, **plan, "deviations": []}
+    atomic_write_bytes(path, yaml.safe_dump(plan, sort_keys=False, allow_unicode=True).encode())
+    return plan, []

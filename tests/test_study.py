@@ -1,0 +1,152 @@
+"""``python -m mixlab.study DIR``: the whole study as one pre-registered command (issue 24)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mixlab.run.config import ConfigError
+from mixlab.study.plan import make_plan
+
+from .test_config import compose_cfg
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+SMALL = ["experiment=digits_study", "model=mlp", "model.hidden=[32]", "~model.width", "trainer.epochs=3",
+         "data.train_subset=150", "study.trials=2",
+         "study.eval_seeds=[100,101]"]
+
+
+def study(folder: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mixlab.study", folder, *args], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+
+
+def records(folder: Path) -> dict[str, dict]:
+    """Each run's folder (relative) -> its summary, timings aside."""
+    out = {}
+    for f in sorted(folder.rglob("summary.json")):
+        s = json.loads(f.read_text())
+        out[str(f.parent.relative_to(folder))] = {k: s.get(k) for k in ("status", "objective", "final", "config")}
+    return out
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("study")
+    r = study("s", *SMALL, cwd=cwd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return cwd / "s"
+
+
+def test_the_one_command_runs_every_phase_from_its_plan(done):
+    plan = yaml.safe_load((done / "plan.yaml").read_text())
+    first_run = min(p.stat().st_mtime_ns for p in done.rglob(".hydra/config.yaml"))
+    assert (done / "plan.yaml").stat().st_mtime_ns <= first_run  # written before the first run
+    assert [a["arm"] for a in plan["arms"]] == ["none", "beta", "schedule", "loss"] and plan["hash"]
+    assert plan["primary_family"] == ["schedule vs beta on test_acc", "schedule vs its control on test_acc",
+                                      "loss vs beta on test_acc", "loss vs its control on test_acc"]
+    assert [c["of"] for c in plan["controls"]] == ["schedule", "loss"]
+    # tuning: the declared budget per arm, on the tuning seeds, never reading the test set
+    runs = records(done)
+    tuning = {k: v for k, v in runs.items() if k.startswith("tuning/")}
+    assert sorted(tuning) == sorted(f"tuning/{arm}/trial_{k}/seed={s}" for arm, n in
+                                    (("none", 1), ("beta", 2), ("schedule", 2), ("loss", 2)) for k in range(n) for s in (0, 1))
+    assert all(v["status"] == "completed" and v["final"] == {} and v["config"]["eval"]["test"] is False
+               for v in tuning.values())
+    db = sqlite3.connect(done / "optuna.db")
+    counts = dict(db.execute("select s.study_name, count(*) from trials t join studies s using(study_id) group by 1"))
+    assert counts == {"none": 1, "beta": 2, "schedule": 2, "loss": 2}
+    tuned = yaml.safe_load((done / "tuned.yaml").read_text())
+    log = json.loads((done / "tuning.json").read_text())
+    for arm in ("beta", "schedule", "loss"):  # the chosen trial: the best mean over the two tuning seeds
+        mine = [t for t in log["trials_run"] if t["lambda"] == arm]
+        best = max(mine, key=lambda t: (t["objective"], -t["trial"]))
+        assert log["chosen"][arm] == best["trial"] and tuned[arm] == best["values"]
+        assert best["objective"] == pytest.approx(sum(best["objectives"]) / 2)
+    # comparison on the evaluation seeds, with the tuned values; controls of every dynamic arm
+    compare = {k: v for k, v in runs.items() if k.startswith("compare/")}
+    assert all(v["status"] == "completed" and v["config"]["seed"] in (100, 101) for v in compare.values())
+    arms = sorted((v["config"]["lam"]["name"], (v["config"]["study"].get("control_of") or {}).get("name", ""))
+                  for v in compare.values())
+    assert arms == sorted([(a, "") for a in ("none", "beta", "schedule", "loss") for _ in range(2)]
+                          + [("beta", "schedule")] * 2 + [("beta", "loss")] * 2)
+    for v in compare.values():
+        if v["config"]["lam"]["name"] == "beta" and not v["config"]["study"].get("control_of"):
+            assert v["config"]["lam"]["alpha"] == tuned["beta"]["lam.alpha"]
+    assert (done / "report" / "report.md").read_text().startswith("# mixlab report")
+
+
+def test_running_the_same_command_again_runs_nothing_and_gives_the_same_report(done):
+    before = {p: p.stat().st_mtime_ns for p in done.rglob("summary.json")}
+    report = (done / "report" / "report.md").read_text()
+    r = study("s", *SMALL, cwd=done.parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in done.rglob("summary.json")} == before
+    assert (done / "report" / "report.md").read_text() == report
+
+
+def test_a_study_folder_holds_one_plan(done):
+    plan = (done / "plan.yaml").read_bytes()
+    r = study("s", *SMALL, "study.trials=3", cwd=done.parent)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "arms.beta.trials: 2 -> 3" in lines[0], r.stderr[-2000:]
+    assert (done / "plan.yaml").read_bytes() == plan
+
+
+def test_a_killed_study_resumes_to_the_same_records(done, tmp_path):
+    """SIGKILL part-way (after some tuning runs completed), then the same command: no run is duplicated or
+    missing, and every record equals the uninterrupted study's."""
+    proc = subprocess.Popen([sys.executable, "-m", "mixlab.study", "s", *SMALL], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(tmp_path.glob("s/tuning/*/*/*/summary.json"))) < 5:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "s" / "report").exists()
+    r = study("s", *SMALL, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert records(tmp_path / "s") == records(done)
+    assert (tmp_path / "s" / "tuned.yaml").read_text() == (done / "tuned.yaml").read_text()
+    db = sqlite3.connect(tmp_path / "s" / "optuna.db")
+    assert db.execute("select count(*) from trials").fetchone()[0] == 7
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["study.arms=[]"], "study.arms=[]: expected the arms to compare"),
+    (["study.arms=[none,schedule]"], "study.reference='beta': not one of study.arms"),
+    (["study.eval_seeds=[1,2]"], "share [1] with study.tuning_seeds"),
+    (["study.arms=[beta,schedule]", "study.go=reference_beats_none"], "needs the arm none"),
+])
+def test_a_study_that_cannot_run_as_declared_is_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        make_plan(compose_cfg("experiment=digits_study", *overrides), [])
+
+
+def test_no_go_stops_before_the_comparison(tmp_path):
+    """The declared rule on validation: a tuned reference that does not beat none stops the study."""
+    from mixlab.study.sweeper import Study
+
+    s = Study()
+    s.folder = tmp_path
+    s.plan = {"decisions": {"go": "reference_beats_none"}, "evaluation": {"reference": "beta"}}
+    tuning = {"chosen": {"none": 0, "beta": 1},
+              "trials_run": [{"lambda": "none", "trial": 0, "objective": 0.80, "objective_key": "val_acc"},
+                             {"lambda": "beta", "trial": 0, "objective": 0.85, "objective_key": "val_acc"},
+                             {"lambda": "beta", "trial": 1, "objective": 0.79, "objective_key": "val_acc"}]}
+    assert s.go(tuning) is False
+    assert json.loads((tmp_path / "go.json").read_text())["validation"] == {"beta": 0.79, "none": 0.80}
+    tuning["chosen"]["beta"] = 0
+    assert s.go(tuning) is True
+    for row in tuning["trials_run"]:  # a regression objective: lower is better
+        row["objective_key"] = "val_mse"
+    assert s.go(tuning) is False
