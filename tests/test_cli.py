@@ -200,9 +200,9 @@ def test_help_for_a_choice_shows_its_keys(tmp_path):
 
 # ----------------------------------------------------------------------------- refused commands write nothing (issue 23)
 
-@pytest.mark.parametrize("args", [
-    ("lam.alpha=-1",), ("lam.alpha=abc",), ("trainer.epochs=0",), ("data.val_size=100000",),
-    ("data=moons", "model=mlp", "eval.corruptions=true"), ("tuned=nowhere/tuned.yaml",), ("model.hidden=abc",),
+@pytest.mark.parametrize("args", [  # refused by: the value rules, a component, loading the data, building the run
+    ("lam.alpha=-1",), ("tuned=nowhere/tuned.yaml",), ("data.val_size=100000",),
+    ("data=moons", "model=mlp", "eval.corruptions=true"),
 ])
 def test_an_invalid_value_is_one_line_and_leaves_no_folder(args, tmp_path):
     """Before: 8 of 15 such commands left outputs/<date>/<time>/ with a failed summary.json."""

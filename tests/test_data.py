@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -21,6 +22,13 @@ import torch
 from mixlab.data import base as B
 from mixlab.data import images as D
 from mixlab.data import DATASETS, Batches, Dataset, crop_and_flip, eval_batches, load_dataset, read_idx
+
+
+def without_fingerprint(summary: dict) -> dict:
+    """A data set's summary less its split fingerprints (16 hex digits each; their values: the tests below)."""
+    fp = summary.pop("fingerprint")
+    assert set(fp) == {"train", "val", "test"} and all(v is None or re.fullmatch(r"[0-9a-f]{16}", v) for v in fp.values())
+    return summary
 
 HAVE_DEBIAN_FMNIST = all(
     (D.DEBIAN_FASHION_MNIST_DIR / f"{stem}.gz").is_file() for stem in D.FASHION_MNIST_FILES.values()
@@ -115,7 +123,7 @@ def fmnist() -> Dataset:
 
 @needs_debian
 def test_fashion_mnist_real_files(fmnist: Dataset) -> None:
-    assert fmnist.summary() == {
+    assert without_fingerprint(fmnist.summary()) == {
         "name": "fashion_mnist", "n_train": 60000, "n_val": 0, "n_test": 10000, "num_classes": 10, "task": "classification"
     }
     assert fmnist.input_shape == (1, 28, 28) and fmnist.x_train.dtype == torch.float32
@@ -317,7 +325,7 @@ def test_regression_targets_standardised_with_train_stats() -> None:
 
 def test_digits_split() -> None:
     ds = load_dataset("digits")
-    assert ds.summary() == {"name": "digits", "n_train": 1437, "n_val": 0, "n_test": 360, "num_classes": 10, "task": "classification"}
+    assert without_fingerprint(ds.summary()) == {"name": "digits", "n_train": 1437, "n_val": 0, "n_test": 360, "num_classes": 10, "task": "classification"}
     assert ds.input_shape == (1, 8, 8) and ds.y_train.dtype == torch.int64
     # Stratified: each class is ~20% test (counts 174..183 per class in the full set).
     assert ds.y_test.bincount(minlength=10).min() >= 34 and ds.y_test.bincount(minlength=10).max() <= 38
@@ -332,13 +340,13 @@ def test_digits_split() -> None:
 
 def test_diabetes_sizes() -> None:
     ds = load_dataset("diabetes")
-    assert ds.summary() == {"name": "diabetes", "n_train": 353, "n_val": 0, "n_test": 89, "num_classes": 1, "task": "regression"}
+    assert without_fingerprint(ds.summary()) == {"name": "diabetes", "n_train": 353, "n_val": 0, "n_test": 89, "num_classes": 1, "task": "regression"}
     assert ds.input_shape == (10,)
 
 
 def test_moons_sizes_and_balance() -> None:
     ds = load_dataset("moons")
-    assert ds.summary() == {"name": "moons", "n_train": 2000, "n_val": 0, "n_test": 1000, "num_classes": 2, "task": "classification"}
+    assert without_fingerprint(ds.summary()) == {"name": "moons", "n_train": 2000, "n_val": 0, "n_test": 1000, "num_classes": 2, "task": "classification"}
     assert torch.equal(ds.y_train.bincount(), torch.tensor([1000, 1000]))
     assert not torch.equal(ds.x_train[:1000], ds.x_test)  # an independent test sample
     assert torch.equal(load_dataset("moons").x_train, ds.x_train)  # fixed sample

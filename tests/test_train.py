@@ -21,6 +21,7 @@ from mixlab.engine.pairing import PAIRINGS
 from mixlab.run.config import ConfigError
 from mixlab.run.distributed import Dist
 from mixlab.models import build_model
+from mixlab.data import dataset_from_config
 from mixlab.run.records import load_checkpoint
 from mixlab.run.train import Diverged, train
 
@@ -72,8 +73,11 @@ def test_every_lambda_policy_trains_and_records(lam, tmp_path):
     for key in ("status", "final", "median_last10_acc", "dataset", "epochs", "wall_seconds", "images_per_second",
                 "config", "git", "versions"):
         assert key in summary, key
+    fingerprint = summary["dataset"].pop("fingerprint")
     assert summary["dataset"] == {"name": "digits", "n_train": 256, "n_val": 300, "n_test": 360, "num_classes": 10,
                                   "task": "classification"}
+    assert fingerprint == dataset_from_config(summary["config"]["data"], seed=summary["config"]["seed"]).summary()[
+        "fingerprint"]  # what the run saw, rebuilt from its record
     assert summary["config"]["lam"]["name"] == lam and summary["versions"]["torch"] == torch.__version__
 
 
