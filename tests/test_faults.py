@@ -856,10 +856,14 @@ def test_a_second_writer_is_refused_and_the_first_run_is_untouched(second, tmp_p
 def test_a_killed_writer_leaves_no_lock_behind(tmp_path):
     folder = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mixlab.run.records import RunLock; "
-                               f"print(RunLock({str(folder)!r}).acquire(), flush=True); time.sleep(600)"],
+                               f"lock = RunLock({str(folder)!r}); print(lock.acquire(), flush=True); lock.announce(); "
+                               "time.sleep(600)"],
                               env={**_env(), "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "None"
     from mixlab.run.records import RunLock
+    deadline = time.time() + 60
+    while time.time() < deadline and f"{holder.pid}" not in (folder / ".mixlab.lock").read_text():
+        time.sleep(0.01)  # announced right after the lock
     refused = RunLock(folder).acquire()
     assert refused and f"pid {holder.pid}" in refused
     holder.kill()

@@ -276,7 +276,8 @@ class RunLock:
     (pid, host, start, command: the lock file's text). The file itself is never removed while the
     folder holds anything else (removing a lock file lets two processes lock two different files).
 
-    ``acquire`` returns None, or the one-line refusal (naming ``folder_key``, what to change); ``release`` unlocks and, with ``discard``,
+    ``acquire`` returns None, or the one-line refusal (naming ``folder_key``, what to change); ``announce``
+    writes the holder's pid, host, start and command once its run has passed its checks; ``release`` unlocks and, with ``discard``,
     removes the folder again where nothing but the lock file is in it (a refused run leaves no folder).
     Where ``fcntl`` is missing (Windows) there is no lock: one writer is then the user's to keep.
     """
@@ -301,19 +302,25 @@ class RunLock:
             return (f"{self.folder}: in use by another mixlab run ({holder}); one run writes to a folder at a time: "
                     f"expected another {folder_key}, or wait for that run to end")
         self._fd = fd
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "command": shlex.join(getattr(sys, "orig_argv", sys.argv))[:300]}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
         return None
 
+    def announce(self) -> None:
+        """Say who holds the lock, in its file, for a refused writer to name: called once the run has passed
+        its checks (a run refused before writes nothing, not even this)."""
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "command": shlex.join(getattr(sys, "orig_argv", sys.argv))[:300]}
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, (json.dumps(me) + "\n").encode(), 0)
+
     def holder(self) -> str:
-        """Who holds the lock, as its file says (its holder writes it right after locking)."""
+        """Who holds the lock, as its file says; a holder still checking its run has not said so yet."""
         try:
             who = json.loads(self.path.read_text(encoding="utf-8"))
+            if who["host"] == socket.gethostname():
+                os.kill(who["pid"], 0)  # the last announcer may be gone: then the holder has not announced yet
             return f"pid {who['pid']} on {who['host']} since {who['since']}: {who['command']}"
         except (OSError, ValueError, KeyError, TypeError):
-            return "a process that has just started"
+            return "a process that is checking its run"
 
     def release(self, *, discard: bool = False) -> None:
         if self._fd is None:

@@ -635,6 +635,8 @@ def train(cfg: DictConfig, run_dir: str | Path, *, on_start: Callable[[Path], No
                     print(f"mixlab: {run_dir} already completed; skipping (delete summary.json to redo)",
                           file=sys.stderr)
                 return previous["objective"]
+            if lock is not None:
+                lock.announce()
             return _run(cfg, run_dir, resolved, previous, stop, d, tuning, on_start)
         finally:
             if lock is not None:
