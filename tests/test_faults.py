@@ -827,8 +827,7 @@ def files_of(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("second", ["the same command", "another configuration"])
-def test_a_second_writer_is_refused_and_the_first_run_is_untouched(second, tmp_path):
+def test_a_second_writer_is_refused_and_the_first_run_is_untouched(tmp_path):
     """Before: the same command twice both wrote one folder; another configuration was refused only once the
     first checkpoint existed, and rewrote .hydra/ (the race of the issue: interleaved rows, summary of the last)."""
     first_args = (*DIGITS, "model=mlp", "lambda=beta", "trainer.epochs=150", "hydra.run.dir=runs/race")
@@ -840,11 +839,10 @@ def test_a_second_writer_is_refused_and_the_first_run_is_untouched(second, tmp_p
     while time.time() < deadline and not (folder / "metrics.jsonl").exists():
         time.sleep(0.05)
     hydra_before = files_of(folder / ".hydra")
-    args = first_args if second == "the same command" else (*first_args[:-2], "lambda=none", *first_args[-1:])
-    r = cli(*args, cwd=tmp_path)
-    line = one_error_line(r)
-    assert first.poll() is None, "the first run must still be running for this test to mean anything"
-    assert str(folder) in line and f"pid {first.pid}" in line and "hydra.run.dir" in line, line
+    for args in (first_args, (*first_args[:-2], "lambda=none", *first_args[-1:])):  # the same command; another
+        line = one_error_line(cli(*args, cwd=tmp_path))
+        assert first.poll() is None, "the first run must still be running for this test to mean anything"
+        assert str(folder) in line and f"pid {first.pid}" in line and "hydra.run.dir" in line, line
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err[-2000:]
     assert files_of(folder / ".hydra") == hydra_before
@@ -917,7 +915,7 @@ def test_a_stop_between_sweep_jobs_stops_the_sweep_and_the_printed_command_resum
     """Before: the signal between two jobs was lost (or a traceback) and the sweep ran every job, exit 0."""
     cwd = user_folder(tmp_path)
     sweep = ("-m", "plugins=[stopper]", *DIGITS, "model=mlp", "model.hidden=[16]", "trainer.epochs=1",
-             "lambda=none,beta", "seed=0,1", "hydra.sweep.dir=sweep")
+             "lambda=none,beta", "seed=0", "hydra.sweep.dir=sweep")
     r = cli(*sweep, "+hydra.callbacks.stop._target_=stopper.StopAfterJob", cwd=cwd)
     assert r.returncode == 130 and "before this run started" in r.stderr and "Traceback" not in r.stderr, r.stderr
     done = sorted(job(p.parent) for p in (cwd / "sweep").glob("*/summary.json"))
@@ -930,7 +928,7 @@ def test_a_stop_between_sweep_jobs_stops_the_sweep_and_the_printed_command_resum
     r = cli(*rest, cwd=cwd)
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(job(p.parent) for p in (cwd / "sweep").glob("*/summary.json")) == [
-        "lambda=beta,seed=0", "lambda=beta,seed=1", "lambda=none,seed=0", "lambda=none,seed=1"]
+        "lambda=beta,seed=0", "lambda=none,seed=0"]
 
 
 def test_a_damaged_checkpoint_is_one_line_and_the_status_stays(tmp_path):
