@@ -49,6 +49,14 @@ def _distribution(spec: dict) -> Any:
     return optuna.distributions.FloatDistribution(spec["low"], spec["high"], log=bool(spec.get("log")))
 
 
+def _within(dist: Any, value: Any) -> bool:
+    """Whether ``value`` lies in an Optuna distribution (a trial's defaults may lie outside the search space:
+    then Optuna records them as the trial's attributes only)."""
+    if hasattr(dist, "choices"):
+        return value in dist.choices
+    return isinstance(value, (int, float)) and dist.low <= value <= dist.high
+
+
 def _literal(value: Any) -> str:
     """``value`` in Hydra's override grammar (a dict for ``study.control_of={...}``)."""
     if isinstance(value, dict):
@@ -260,8 +268,7 @@ class Study:
         for r in rows:
             if r["trial"] in have:
                 continue
-            inside = {k: v for k, v in r["values"].items() if k in dists and dists[k]._contains(
-                dists[k].to_internal_repr(v))} if r["values"] else {}
+            inside = {k: v for k, v in (r["values"] or {}).items() if k in dists and _within(dists[k], v)}
             state = optuna.trial.TrialState.COMPLETE if r["objective"] is not None else optuna.trial.TrialState.FAIL
             study.add_trial(optuna.trial.create_trial(
                 params=inside, distributions={k: dists[k] for k in inside}, value=r["objective"], state=state,
