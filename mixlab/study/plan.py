@@ -19,16 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..run.config import ConfigError, fingerprint, flatten, import_plugins
 from ..run.records import atomic_write_bytes, git_info
-from .tune import arm_space
+from .tune import arm_parts, arm_space
 
 PLAN = "plan.yaml"
 HASHED = ("overrides", "arms", "tuning", "evaluation", "primary_family", "controls", "decisions", "config")
-
-
-def arm_parts(arm: str) -> tuple[str, str]:
-    """``beta+label_kernel`` -> (``beta``, ``label_kernel``); ``schedule`` -> (``schedule``, ``random``)."""
-    policy, _, pairing = arm.partition("+")
-    return policy, pairing or "random"
 
 
 def is_dynamic(policy: str) -> bool:

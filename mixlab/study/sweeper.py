@@ -19,7 +19,6 @@ read back, interrupted ones resume from their checkpoints, and Optuna records ea
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import shlex
@@ -35,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..run.config import ConfigError, flatten, job_dir
 from ..run.records import atomic_write, atomic_write_json, read_json
-from .plan import arm_parts, make_plan, register
+from .plan import make_plan, register
 from .tune import arm_overrides
 
 TUNED = "tuned.yaml"
@@ -129,11 +128,12 @@ class Study:
                         for s in seeds]
                 objectives = [r.get("objective") if r.get("status") == "completed" else None for r in runs]
                 ok = all(o is not None and math.isfinite(o) for o in objectives)
-                key = next((r.get("objective_key") for r in runs if r.get("objective_key")), None)
-                values = {key: flatten(runs[0]["config"])[key] for key in row["space"]} if runs[0].get("config") else params
+                objective_key = next((r.get("objective_key") for r in runs if r.get("objective_key")), None)
+                # the values the runs used, defaults included, from their record
+                values = {k2: flatten(runs[0]["config"])[k2] for k2 in row["space"]} if runs[0].get("config") else params
                 rows.append({"lambda": arm, "trial": k, "params": params, "values": values, "objectives": objectives,
                              "objective": math.fsum(objectives) / len(objectives) if ok else None,
-                             "objective_key": key, "status": "completed" if ok else "failed"})
+                             "objective_key": objective_key, "status": "completed" if ok else "failed"})
             self._record_optuna(row, rows)
             lower = str(rows[0]["objective_key"] or "").endswith(("mse", "mae"))
             scored = [r for r in rows if r["objective"] is not None]

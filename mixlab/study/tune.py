@@ -40,10 +40,16 @@ def sample(space: dict[str, dict], rng: np.random.Generator) -> dict[str, Any]:
     return out
 
 
+def arm_parts(arm: str) -> tuple[str, str]:
+    """``beta+label_kernel`` -> (``beta``, ``label_kernel``); ``schedule`` -> (``schedule``, ``random``)."""
+    policy, _, pairing = arm.partition("+")
+    return policy, pairing or "random"
+
+
 def arm_overrides(arm: str) -> list[str]:
     """``beta`` -> ``[lambda=beta]``; ``beta+label_kernel`` -> ``[lambda=beta, pairing=label_kernel]``."""
-    policy, _, pairing = arm.partition("+")
-    return [f"lambda={policy}"] + [f"pairing={pairing}"] * bool(pairing)
+    policy, pairing = arm_parts(arm)
+    return [f"lambda={policy}"] + [f"pairing={pairing}"] * ("+" in arm)
 
 
 def arm_space(arm: str) -> dict[str, dict]:
