@@ -195,6 +195,7 @@ def test_only_beating_runs_controls_for_the_dynamic_policies_that_beat_the_refer
     assert controls_main([str(tmp_path / "sweep"), "--only-beating", "--dry-run"]) == 0
     err = capsys.readouterr().err
     assert "no control for lam=loss: does not beat beta" in err and err.count("lam=distance seed") == 2
+    assert "--only-beating is exploratory" in err  # a choice made on test results, and said so
 
 
 # ----------------------------------------------------------------------------- paired seeds (issue 24)

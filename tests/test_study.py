@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -38,6 +39,18 @@ def records(folder: Path) -> dict[str, dict]:
     return out
 
 
+def spent(folder: Path) -> dict[str, list[str]]:
+    """Each arm's tuning trials completed in the study's Optuna storage (its budget spent), by key."""
+    db = sqlite3.connect(folder / "optuna.db")
+    rows = db.execute("select s.study_name, a.value_json from trials t join studies s using(study_id) "
+                      "join trial_user_attributes a using(trial_id) where a.key = 'key' and t.state = 'COMPLETE' "
+                      "and s.study_name not in ('s/comparison', 's/controls', 's/report') order by t.number")
+    out: dict[str, list[str]] = {}
+    for name, key in rows:
+        out.setdefault(name, []).append(json.loads(key))
+    return out
+
+
 @pytest.fixture(scope="module")
 def done(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("study")
@@ -60,9 +73,8 @@ def test_the_one_command_runs_every_phase_from_its_plan(done):
                                     (("none", 1), ("beta", 2), ("schedule", 2)) for k in range(n) for s in (0, 1))
     assert all(v["status"] == "completed" and v["final"] == {} and v["config"]["eval"]["test"] is False
                for v in tuning.values())
-    db = sqlite3.connect(done / "optuna.db")
-    counts = dict(db.execute("select s.study_name, count(*) from trials t join studies s using(study_id) group by 1"))
-    assert counts == {"none": 1, "beta": 2, "schedule": 2}
+    assert spent(done) == {"s/none": ["trial_0"], "s/beta": ["trial_0", "trial_1"],
+                           "s/schedule": ["trial_0", "trial_1"]}
     tuned = yaml.safe_load((done / "tuned.yaml").read_text())
     log = json.loads((done / "tuning.json").read_text())
     for arm in ("beta", "schedule"):  # the chosen trial: the best mean over the two tuning seeds
@@ -114,8 +126,23 @@ def test_a_killed_study_resumes_to_the_same_records(done, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert records(tmp_path / "s") == records(done)
     assert (tmp_path / "s" / "tuned.yaml").read_text() == (done / "tuned.yaml").read_text()
-    db = sqlite3.connect(tmp_path / "s" / "optuna.db")
-    assert db.execute("select count(*) from trials").fetchone()[0] == 5
+    assert spent(tmp_path / "s") == spent(done)
+
+
+def test_two_processes_on_one_storage_split_the_study_and_spend_exactly_its_budget(done, tmp_path):
+    """Two copies of the command at once (as two machines on one storage would): every item is claimed by
+    exactly one of them, each arm's trials are exactly its budget, and the records equal one process's."""
+    procs = [subprocess.Popen([sys.executable, "-m", "mixlab.study", "s", *SMALL], cwd=tmp_path, env=ENV,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    assert spent(tmp_path / "s") == spent(done)
+    # each batch a process launched: "mixlab.study: tuning beta: 2 trial(s) x 2 seed(s): trial_0: 2 job(s)"
+    batches = [re.findall(r"^mixlab\.study: ([^:]+): .*: (\S+(?:, \S+)*): \d+ job\(s\)", e, re.M) for e in errs]
+    ran = [[(phase, key) for phase, keys in b for key in keys.split(", ")] for b in batches]
+    assert ran[0] and ran[1] and not set(ran[0]) & set(ran[1]), ran  # both worked, never on the same item
+    assert "refused" not in errs[0] + errs[1] and "FAILED" not in errs[0] + errs[1]
+    assert records(tmp_path / "s") == records(done)
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -135,7 +162,7 @@ def test_no_go_stops_before_the_comparison(tmp_path):
 
     s = Study()
     s.folder = tmp_path
-    s.plan = {"decisions": {"go": "reference_beats_none"}, "evaluation": {"reference": "beta"}}
+    s.plan = {"decisions": {"go": "reference_beats_none"}, "evaluation": {"reference": "beta", "metric": "test_acc"}}
     tuning = {"chosen": {"none": 0, "beta": 1},
               "trials_run": [{"lambda": "none", "trial": 0, "objective": 0.80, "objective_key": "val_acc"},
                              {"lambda": "beta", "trial": 0, "objective": 0.85, "objective_key": "val_acc"},
@@ -144,8 +171,7 @@ def test_no_go_stops_before_the_comparison(tmp_path):
     assert json.loads((tmp_path / "go.json").read_text())["validation"] == {"beta": 0.79, "none": 0.80}
     tuning["chosen"]["beta"] = 0
     assert s.go(tuning) is True
-    for row in tuning["trials_run"]:  # a regression objective: lower is better
-        row["objective_key"] = "val_mse"
+    s.plan["evaluation"]["metric"] = "test_mse"  # a regression study: lower is better
     assert s.go(tuning) is False
 
 
@@ -161,3 +187,12 @@ def test_a_study_through_submitits_local_executor_completes(tmp_path):
     assert all(v["status"] == "completed" for v in runs.values())
     assert (tmp_path / "s" / ".submitit").is_dir() or any((tmp_path / "s").rglob("*_submitted.pkl"))
     assert (tmp_path / "s" / "report" / "report.md").exists()
+
+
+def test_a_stopped_study_prints_the_study_command_that_resumes_it(tmp_path, monkeypatch):
+    from mixlab.run.cli import resume_command
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["-m", "hydra/sweeper=study", "hydra.sweep.dir=s", "experiment=digits_study", "study.trials=2"]
+    assert resume_command(argv, str(tmp_path / "s"), multirun=True).split()[1:] == [
+        "-m", "mixlab.study", "s", "experiment=digits_study", "study.trials=2"]

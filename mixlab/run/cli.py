@@ -410,6 +410,9 @@ def resume_command(argv: list[str], folder: str, multirun: bool) -> str:
     rel = os.path.relpath(folder)
     folder = folder if rel.startswith("..") else rel
     kept = [a for a in argv if a.lstrip("+").split("=", 1)[0] != key]
+    if "hydra/sweeper=study" in kept:  # a study: the command its user typed
+        rest = [a for a in kept if a not in ("-m", "--multirun", "hydra/sweeper=study")]
+        return shlex.join([_interpreter(), "-m", "mixlab.study", folder, *rest])
     world = int(os.environ.get("WORLD_SIZE", "1"))
     launcher = ["torchrun", "--standalone", f"--nproc_per_node={world}"] if world > 1 else [_interpreter()]
     return shlex.join([*launcher, "-m", "mixlab", *kept, f"{key}={_hydra_value(folder)}"])

@@ -12,6 +12,9 @@ with ``study.control_of`` = the policy's lam config, and the report compares eac
 with fixed mixup of the same strength. Re-running skips completed controls. ``--only-beating``
 restricts the controls to the dynamic policies that beat the declared reference on the declared metric
 (mean over shared seeds): a control explains a gain, and a policy without one has none to explain.
+It is exploratory only: it chooses by the metric the runs recorded (the test set, for a comparison), so
+the controls it leaves out depend on test results; ``python -m mixlab.study`` gives every dynamic arm its
+control, whatever its results.
 """
 from __future__ import annotations
 
@@ -137,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("sweep", help="the comparison's sweep directory (its runs' records are read, controls written there)")
     ap.add_argument("--dry-run", action="store_true", help="list the controls and their folders, run nothing")
     ap.add_argument("--only-beating", action="store_true",
-                    help="controls only for the dynamic policies whose mean (over shared seeds) of the declared "
-                         "study.metric beats the declared study.reference; the others get a line saying so")
+                    help="exploratory: controls only for the dynamic policies whose mean (over shared seeds) of "
+                         "the declared study.metric beats the declared study.reference (a choice made on test "
+                         "results); the others get a line saying so")
     ap.add_argument("--jobs", type=int, default=1, help="controls run at once, each in its own process with its "
                                                        "share of the CPU threads (the records do not depend on it)")
     args = ap.parse_args(argv)
@@ -147,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--jobs={args.jobs}: expected an integer >= 1")
         if not Path(args.sweep).is_dir():
             raise ConfigError(f"{args.sweep}: expected a sweep directory with run records, got no such directory")
+        if args.only_beating:
+            print("mixlab.controls: --only-beating is exploratory: which policies get a control is chosen on the "
+                  "runs' recorded metric (test); a pre-registered study gives every dynamic policy its control",
+                  file=sys.stderr)
         todo, skipped = plan(args.sweep, beating=args.only_beating)
     except (ConfigError, ValueError) as e:  # ValueError: the runs declare different primary comparisons
         print(f"mixlab.controls: error: {e}", file=sys.stderr)

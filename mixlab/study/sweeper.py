@@ -23,9 +23,10 @@ import math
 import os
 import shlex
 import sys
+import time
 import zlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import yaml
 from hydra.core.plugins import Plugins
@@ -35,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..run.config import ConfigError, flatten, job_dir
 from ..run.records import atomic_write, atomic_write_json, read_json
 from .plan import make_plan, register
+from .queue import POLL_S, Item, Queue, open_storage
 from .tune import arm_overrides
 
 TUNED = "tuned.yaml"
@@ -80,6 +82,7 @@ class Study:
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.launcher: Any = None
+        self.storage: Any = None
         self.job_idx = 0
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -115,27 +118,28 @@ class Study:
     def tune(self) -> dict:
         """Phase 1: every arm's trials; writes tuned.yaml and tuning.json; returns tuning.json's content."""
         plan, log, tuned, chosen = self.plan, [], {}, {}
+        lower = self._lower()
+        seeds = plan["tuning"]["seeds"]
         for row in plan["arms"]:
-            arm, seeds = row["arm"], plan["tuning"]["seeds"]
-            trials = self._trial_params(row)
-            jobs = [self.base + arm_overrides(arm) + [f"{k}={v!r}" for k, v in params.items()]
-                    + ["eval.test=false", f"seed={s}", _subdir(f"tuning/{arm}/trial_{k}/seed={s}")]
-                    for k, params in enumerate(trials) for s in seeds]
-            self._launch(jobs, f"tuning {arm}: {len(trials)} trial(s) x {len(seeds)} seed(s)")
-            rows = []
-            for k, params in enumerate(trials):
-                runs = [read_json(self.folder / "tuning" / arm / f"trial_{k}" / f"seed={s}" / "summary.json") or {}
-                        for s in seeds]
-                objectives = [r.get("objective") if r.get("status") == "completed" else None for r in runs]
-                ok = all(o is not None and math.isfinite(o) for o in objectives)
-                objective_key = next((r.get("objective_key") for r in runs if r.get("objective_key")), None)
-                # the values the runs used, defaults included, from their record
-                values = {k2: flatten(runs[0]["config"])[k2] for k2 in row["space"]} if runs[0].get("config") else params
-                rows.append({"lambda": arm, "trial": k, "params": params, "values": values, "objectives": objectives,
-                             "objective": math.fsum(objectives) / len(objectives) if ok else None,
-                             "objective_key": objective_key, "status": "completed" if ok else "failed"})
-            self._record_optuna(row, rows)
-            lower = str(rows[0]["objective_key"] or "").endswith(("mse", "mae"))
+            arm = row["arm"]
+            dists = {k: _distribution(spec) for k, spec in row["space"].items()}
+            items = [Item(f"trial_{k}", params={p: v for p, v in params.items() if _within(dists[p], v)},
+                          attrs={"k": k, "drawn": params}, distributions=dists)
+                     for k, params in enumerate(self._trial_params(row))]
+
+            def jobs_of(it: Item, arm: str = arm) -> list[list[str]]:
+                return [self.base + arm_overrides(arm) + [f"{p}={v!r}" for p, v in it.attrs["drawn"].items()]
+                        + ["eval.test=false", f"seed={s}", self._study_run("tuning", arm),
+                           _subdir(f"tuning/{arm}/{it.key}/seed={s}")] for s in seeds]
+
+            def finish(queue: Queue, it: Item, row: dict = row) -> None:
+                r = self._trial_row(row, it.attrs["k"], it.attrs["drawn"])
+                queue.finish(it, r["objective"], values=r["values"], objectives=r["objectives"],
+                             objective_key=r["objective_key"])
+
+            self._work(arm, items, jobs_of, finish, f"tuning {arm}: {len(items)} trial(s) x {len(seeds)} seed(s)",
+                       direction="minimize" if lower else "maximize")
+            rows = [self._trial_row(row, it.attrs["k"], it.attrs["drawn"]) for it in items]
             scored = [r for r in rows if r["objective"] is not None]
             if not scored:
                 raise SystemExit(f"mixlab: error: study arm {arm}: no trial completed; see {self.folder / 'tuning' / arm}")
@@ -143,12 +147,27 @@ class Study:
             chosen[arm], tuned[arm] = best["trial"], best["values"]
             log += rows
         out = {"lambdas": [r["arm"] for r in plan["arms"]], "trials": max(r["trials"] for r in plan["arms"]),
-               "seed": plan["tuning"]["search_seed"], "tuning_seeds": plan["tuning"]["seeds"], "overrides": self.base,
+               "seed": plan["tuning"]["search_seed"], "tuning_seeds": seeds, "overrides": self.base,
                "spaces": {r["arm"]: r["space"] for r in plan["arms"]}, "chosen": chosen, "trials_run": log,
                "plan": plan["hash"]}
         atomic_write_json(self.folder / "tuning.json", out)
         atomic_write(self.folder / TUNED, lambda f: f.write(yaml.safe_dump(tuned, sort_keys=False).encode()))
         return out
+
+    def _trial_row(self, row: dict, k: int, params: dict) -> dict:
+        """Trial ``k`` of an arm as its runs' records say: its values (defaults included), each seed's
+        validation objective and their mean (None unless every seed's run completed)."""
+        seeds, arm = self.plan["tuning"]["seeds"], row["arm"]
+        runs = [read_json(self.folder / "tuning" / arm / f"trial_{k}" / f"seed={s}" / "summary.json") or {}
+                for s in seeds]
+        objectives = [r.get("objective") if r.get("status") == "completed" else None for r in runs]
+        ok = all(o is not None and math.isfinite(o) for o in objectives)
+        key = next((r.get("objective_key") for r in runs if r.get("objective_key")), None)
+        config = next((r["config"] for r in runs if r.get("config")), None)
+        values = {p: flatten(config)[p] for p in row["space"]} if config else params
+        return {"lambda": arm, "trial": k, "params": params, "values": values, "objectives": objectives,
+                "objective": math.fsum(objectives) / len(objectives) if ok else None, "objective_key": key,
+                "status": "completed" if ok else "failed"}
 
     def go(self, tuning: dict) -> bool:
         """Phase 2: the declared go/no-go rule on validation; a no-go is written to go.json and said."""
@@ -156,7 +175,7 @@ class Study:
         if rule == "always":
             return True
         score = {r["lambda"]: r["objective"] for r in tuning["trials_run"] if r["trial"] == tuning["chosen"][r["lambda"]]}
-        lower = str(tuning["trials_run"][0]["objective_key"] or "").endswith(("mse", "mae"))
+        lower = self._lower()
         go = score[ref] < score["none"] if lower else score[ref] > score["none"]
         verdict = {"rule": rule, "go": go, "validation": {ref: score[ref], "none": score["none"]},
                    "objective_key": tuning["trials_run"][0]["objective_key"]}
@@ -169,12 +188,14 @@ class Study:
     def compare(self) -> None:
         """Phase 3: every arm, tuned, over the evaluation seeds."""
         tuned = os.path.relpath(self.folder / TUNED)
-        jobs = []
+        jobs = {}
         for row in self.plan["arms"]:
             for s in self.plan["evaluation"]["seeds"]:
                 own = arm_overrides(row["arm"]) + [f"seed={s}"]
-                jobs.append(self.base + own + [f"tuned={tuned}", _subdir(f"compare/{job_dir(own)}")])
-        self._launch(jobs, f"comparison: {len(self.plan['arms'])} arm(s) x {len(self.plan['evaluation']['seeds'])} seed(s)")
+                jobs[job_dir(own)] = self.base + own + [f"tuned={tuned}", self._study_run("comparison", row["arm"]),
+                                                        _subdir(f"compare/{job_dir(own)}")]
+        self._runs("comparison", jobs, f"comparison: {len(self.plan['arms'])} arm(s) x "
+                   f"{len(self.plan['evaluation']['seeds'])} seed(s)")
 
     def controls(self) -> None:
         """Phase 4: each planned control, from the training-time strength of its arm's comparison runs."""
@@ -182,7 +203,7 @@ class Study:
 
         wanted = {c["of"] for c in self.plan["controls"]}
         todo, skipped = control_plan(self.folder / "compare")
-        jobs = []
+        jobs: dict[str, list[str]] = {}
         for job in todo:
             config = job["config"]
             of = config["study"]["control_of"]["name"]
@@ -192,16 +213,23 @@ class Study:
             extra = [f"+study.control_of={_literal(config['study']['control_of'])}"]
             if config["study"].get("control_of_pairing"):
                 extra += ["pairing=random", f"+study.control_of_pairing={_literal(config['study']['control_of_pairing'])}"]
-            jobs.append(self.base + ["lambda=beta", f"lam.strength={job['strength']}", f"seed={job['seed']}", *extra,
-                                     _subdir(f"compare/{Path(job['dir']).name}")])
+            name = Path(job["dir"]).name
+            jobs[name] = self.base + ["lambda=beta", f"lam.strength={job['strength']}", f"seed={job['seed']}", *extra,
+                                      self._study_run("control", of if pairing == "random" else f"{of}+{pairing}"),
+                                      _subdir(f"compare/{name}")]
         for line in skipped:
             say(f"no control for {line}")
-        self._launch(jobs, f"controls: {len(jobs)} run(s)")
+        self._runs("controls", jobs, f"controls: {len(jobs)} run(s)")
 
     def report(self) -> None:
+        """Phase 5: the report, written by one process."""
         from .report import main as report_main
 
-        report_main([str(self.folder / "compare"), "--out", str(self.folder / "report")])
+        def write(queue: Queue, it: Item) -> None:
+            report_main([str(self.folder / "compare"), "--out", str(self.folder / "report")])
+            queue.finish(it, 1.0)
+
+        self._work("report", [Item("report")], lambda it: [], write, "report")
         say(f"report: {self.folder / 'report' / 'report.md'}")
 
     # ------------------------------------------------------------------------- helpers
@@ -220,10 +248,75 @@ class Study:
         apply_strength(cfg)
         check(cfg)
 
+    def _work(self, phase: str, items: list[Item], jobs_of: Callable[[Item], list[list[str]]],
+              finish: Callable[[Queue, Item], None], what: str, direction: str = "maximize") -> None:
+        """Claim the phase's items from the study's storage, a few at a time, run their jobs and record
+        them, until no item is left to any process (waiting for those another process holds)."""
+        if self.storage is None:
+            self.storage = open_storage(self.plan_storage())
+        queue = Queue(self.storage, f"{self.folder.name}/{phase}", self.plan["hash"], items, direction=direction)
+        queue.retry_failed(lambda key: all(self._completed(j) for j in jobs_of(queue.items[key])))
+        per_item = max(1, max((len(jobs_of(it)) for it in items), default=1))
+        batch = max(1, -(-self._parallel() // per_item))
+        ran, told = [], False
+        while True:
+            self._stop_if_asked()
+            mine = queue.claim(batch)
+            if mine:
+                jobs = [j for it in mine for j in jobs_of(it)]
+                if jobs:
+                    self._launch(jobs, f"{what}: {', '.join(it.key for it in mine)}")
+                for it in mine:
+                    finish(queue, it)
+                ran += [it.key for it in mine]
+                continue
+            others = queue.others()
+            if not others:
+                break
+            if not told:
+                say(f"{what}: waiting for {len(others)} item(s) another process holds: {'; '.join(others[:3])}")
+                told = True
+            time.sleep(POLL_S)
+        if len(ran) < len(items):
+            say(f"{what}: this process ran {len(ran)} of {len(items)} item(s)")
+
+    def _runs(self, phase: str, jobs: dict[str, list[str]], what: str) -> None:
+        """A phase of one job per item (the comparison, the controls)."""
+        def finish(queue: Queue, it: Item) -> None:
+            queue.finish(it, 1.0 if self._completed(jobs[it.key]) else None)
+
+        self._work(phase, [Item(k) for k in jobs], lambda it: [jobs[it.key]], finish, what)
+
+    def _completed(self, job: list[str]) -> bool:
+        return (read_json(self._folder_of(job) / "summary.json") or {}).get("status") == "completed"
+
+    def _parallel(self) -> int:
+        """How many jobs the launcher runs at once (joblib's n_jobs, submitit's array_parallelism)."""
+        launcher = self.config.hydra.launcher
+        n = OmegaConf.select(launcher, "n_jobs") or OmegaConf.select(launcher, "array_parallelism") or 1
+        return os.cpu_count() or 1 if int(n) < 0 else int(n)
+
+    def _study_run(self, phase: str, arm: str) -> str:
+        """The override that tells a job which study, plan, phase and arm it belongs to (W&B groups by it)."""
+        run = {"name": self.folder.name, "plan": self.plan["hash"], "phase": phase, "arm": arm}
+        return f"+study.run={_literal(run)}"
+
+    def _lower(self) -> bool:
+        """Whether the study's metric is better lower (MSE, MAE): the tuning objective is then too."""
+        return str(self.plan["evaluation"]["metric"]).endswith(("mse", "mae"))
+
+    def _stop_if_asked(self) -> None:
+        from ..run.cli import interrupted
+        from ..run.train import Interrupted, hold_signals
+
+        flag = hold_signals()
+        if flag["signal"] is not None:
+            e = Interrupted(f"{flag['signal']} between the study's jobs", flag["signal"])
+            sys.exit(interrupted(e, os.path.abspath(self.folder), multirun=True))
+
     def _launch(self, jobs: list[list[str]], what: str) -> None:
         """Hand the jobs whose run has not completed yet to the launcher (a re-run reads the others back)."""
-        todo = [job for job in jobs if (read_json(self._folder_of(job) / "summary.json") or {}).get("status")
-                != "completed"]
+        todo = [job for job in jobs if not self._completed(job)]
         say(f"{what}: {len(jobs)} job(s)" + (f", {len(jobs) - len(todo)} completed before" if len(todo) < len(jobs)
                                              else ""))
         if todo:
@@ -254,26 +347,6 @@ class Study:
         draws = optuna.create_study(sampler=sampler)  # in memory: only the draws
         dists = {k: _distribution(spec) for k, spec in row["space"].items()}
         return [{}] + [draws.ask(dists).params for _ in range(row["trials"] - 1)]
-
-    def _record_optuna(self, row: dict, rows: list[dict]) -> None:
-        """Each trial of the arm into the Optuna storage once (``optuna-dashboard`` reads it)."""
-        import optuna
-
-        storage = self.plan_storage()
-        lower = str(rows[0]["objective_key"] or "").endswith(("mse", "mae"))
-        study = optuna.create_study(study_name=row["arm"], storage=storage, load_if_exists=True,
-                                    direction="minimize" if lower else "maximize")
-        have = {t.user_attrs.get("k") for t in study.get_trials(deepcopy=False)}
-        dists = {k: _distribution(spec) for k, spec in row["space"].items()}
-        for r in rows:
-            if r["trial"] in have:
-                continue
-            inside = {k: v for k, v in (r["values"] or {}).items() if k in dists and _within(dists[k], v)}
-            state = optuna.trial.TrialState.COMPLETE if r["objective"] is not None else optuna.trial.TrialState.FAIL
-            study.add_trial(optuna.trial.create_trial(
-                params=inside, distributions={k: dists[k] for k in inside}, value=r["objective"], state=state,
-                user_attrs={"k": r["trial"], "values": r["values"], "objectives": r["objectives"],
-                            "objective_key": r["objective_key"]}))
 
     def plan_storage(self) -> str:
         url = OmegaConf.select(self.config, "study.storage")
