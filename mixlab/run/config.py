@@ -39,6 +39,12 @@ def _is_list(v: Any, length: int | None = None) -> bool:
 
 
 Rule = tuple[str, Callable[[Any], bool]]
+STUDY_PHASES = ("tuning", "comparison", "control")
+
+
+def _is_study_run(v: Any) -> bool:
+    return (isinstance(v, dict) and set(v) == {"name", "plan", "phase", "arm"}
+            and all(isinstance(x, str) and x for x in v.values()) and v["phase"] in STUDY_PHASES)
 
 
 def _one_of(*names: str) -> Rule:
@@ -61,15 +67,20 @@ RULES: dict[str, Rule] = {
                          lambda v: _is_list(v) and v and all(_is_int(s) and s >= 0 for s in v) and len(set(v)) == len(v)),
     "study.sampler": _one_of("random", "tpe"),
     "study.search_seed": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
-    "study.storage": ("null or an Optuna storage URL (sqlite:///..., postgresql://..., or a journal file path)",
-                      lambda v: v is None or (isinstance(v, str) and v != "")),
+    "study.storage": ("null or an Optuna storage: an RDB URL (sqlite:///PATH, postgresql://...) or journal:PATH",
+                      lambda v: v is None or (isinstance(v, str) and ("://" in v or (v.startswith("journal:")
+                                                                                    and len(v) > 8)))),
     "study.go": _one_of("reference_beats_none", "always"),
     "study.control_of": ("null, or the lam config this run is the strength-matched control of (python -m mixlab.controls)",
                          lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("name"), str))),
     "study.control_of_pairing": ("null, or the pairing config of the method a random-pairing control matches "
                                  "(python -m mixlab.controls)",
                                  lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("name"), str))),
+    # set by the study command on each of its jobs (+study.run=...): names the W&B group, job type and tags
+    "study.run": ("null, or {name, plan, phase, arm} as strings, phase one of tuning | comparison | control "
+                  "(python -m mixlab.study)", lambda v: v is None or _is_study_run(v)),
     "tuned": ("null or the path of a tuned.yaml (python -m mixlab.tune)", lambda v: v is None or isinstance(v, str)),
+    "tuned_transfer": BOOL,
     "plugins": ("a list of importable module names", lambda v: _is_list(v) and all(isinstance(m, str) and m for m in v)),
     # torch seeds take 0..2**64-1, and the loop seeds a second generator with seed + 1
     "seed": ("an integer in [0, 2**63)", lambda v: _is_int(v) and 0 <= v < 2**63),
@@ -143,18 +154,22 @@ def validate(cfg: DictConfig) -> None:
             if key not in known:
                 raise ConfigError(f"{node}.{key}={OmegaConf.select(cfg, f'{node}.{key}')!r}: unknown key; "
                                   f"expected one of {sorted(known)}")
-    for key, (allowed, ok) in RULES.items():
+    for key in RULES:
         value = OmegaConf.select(cfg, key, default="<absent>")
         if value == "<absent>":
             continue
-        if OmegaConf.is_config(value):
-            value = OmegaConf.to_container(value)
-        try:
-            good = bool(ok(value))
-        except TypeError:
-            good = False
-        if not good:
-            raise ConfigError(f"{key}={value!r}: expected {allowed}")
+        check_rule(key, OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+
+
+def check_rule(key: str, value: Any) -> None:
+    """Raise ``ConfigError`` where ``value`` breaks the rule of ``key`` in ``RULES``."""
+    allowed, ok = RULES[key]
+    try:
+        good = bool(ok(value))
+    except TypeError:
+        good = False
+    if not good:
+        raise ConfigError(f"{key}={value!r}: expected {allowed}")
 
 
 def apply_tuned(cfg: DictConfig) -> dict | None:
@@ -199,8 +214,35 @@ def apply_tuned(cfg: DictConfig) -> dict | None:
                       space=(log.get("spaces") or {}).get(name, {}), overrides=log.get("overrides"),
                       objective_key=best.get("objective_key"), best_objective=best.get("objective"))
     except (OSError, ValueError):
-        record["trials"] = None  # a tuned.yaml written by hand: the values are known, the budget is not
+        # a tuned.yaml written by hand: the values are known, the budget and the settings are not
+        record.update(trials=None, transferred=None)
+        return record
+    record["transferred"] = _transferred(cfg, path, log.get("settings"))
     return record
+
+
+def _transferred(cfg: DictConfig, path: str, settings: Any) -> list[str] | None:
+    """How this run's settings differ from those ``tuning.json`` says its trials ran under (``key: tuned ->
+    this run``), after refusing the difference unless ``tuned_transfer``: values chosen on 15 epochs of
+    digits need not be good ones for 100 epochs of Fashion-MNIST. None where the file predates the record."""
+    if not isinstance(settings, dict):
+        return None  # an older tuning.json: under what settings its trials ran is unknown
+    transfer = cfg.get("tuned_transfer", False)
+    check_rule("tuned_transfer", transfer)  # read before validate() runs: a bad value must not pass for false
+    diff = differences(settings, tuning_settings(_resolved(cfg)))
+    if diff and not transfer:
+        shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
+        raise ConfigError(f"tuned={path!r}: made under other settings ({shown}); expected a run under the same "
+                          "settings, or tuned_transfer=true to use it anyway")
+    return diff
+
+
+def _resolved(cfg: DictConfig) -> dict:
+    """The task config, resolved, without Hydra's node (the command line checks a config that has one,
+    whose ``${now:...}``/``${hydra:...}`` need a running Hydra)."""
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    plain.pop("hydra", None)
+    return OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
 
 
 def _spaces_file(path: Path) -> dict:
@@ -298,7 +340,8 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
 # without one is the same run as a config that sets it so (and only so), e.g. when a sweep is extended.
 ADDED = {"trainer.val_every": 1, "eval.ood": None, "eval.corruptions": False, "eval.corruption_samples": None,
          "data.crop_padding": 0, "data.hflip": False,  # now defaults of every data set (text had none)
-         "trainer.streams": "shared", "eval.test": True}  # records made before the streams were separated drew pairing and λ from data order
+         "trainer.streams": "shared", "eval.test": True,  # records made before the streams were separated drew pairing and λ from data order
+         "tuned_transfer": False}
 
 
 def fingerprint(resolved: dict) -> dict[str, Any]:
@@ -309,9 +352,28 @@ def fingerprint(resolved: dict) -> dict[str, Any]:
 
 def config_difference(old: dict, new: dict) -> list[str]:
     """``key: old -> new`` for every key whose value differs between two resolved configs (volatile keys aside)."""
-    a, b = fingerprint(old), fingerprint(new)
+    return differences(fingerprint(old), fingerprint(new))
+
+
+def differences(a: dict, b: dict) -> list[str]:
+    """``key: a -> b`` for every key whose value differs between two flat configs, in key order."""
     return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in sorted(a.keys() | b.keys())
             if a.get(k, "(absent)") != b.get(k, "(absent)")]
+
+
+# What may differ between a tuning trial and a run that uses its result: the values tuned (lam.*, and a
+# pairing's knobs), the seeds, where the values came from, and the evaluations after training (a trial
+# never reads the test set; no eval.* key changes the validation split, which lives under data.*).
+# what a tuning trial and a run using its result may differ in: the arm's own keys, the seed, what is evaluated
+# and how often (validation and test evaluations read the model; they do not change its training)
+TUNING_FREE = ("lam", "pairing", "seed", "tuned", "tuned_transfer", "eval", "hydra", "trainer.val_every",
+               "trainer.test_every")
+
+
+def tuning_settings(resolved: dict) -> dict[str, Any]:
+    """The settings a tuning result depends on: the run's ``fingerprint`` less ``TUNING_FREE``. A
+    ``tuned.yaml`` applies as it is only to a run under the same ones (``apply_tuned``)."""
+    return {k: v for k, v in fingerprint(resolved).items() if not _under(k, TUNING_FREE)}
 
 
 FIRST_IN_JOB_DIR = ("lambda", "lam", "pairing", "mixer", "seed")  # what tells a sweep's jobs apart, first

@@ -19,7 +19,7 @@ LOGGERS: Registry = Registry("logger")
 
 @LOGGERS.register("none")
 class NoLogger:
-    def __init__(self, *, run_dir: Path, config: dict, group: str | None = None) -> None:
+    def __init__(self, *, run_dir: Path, config: dict, group: str | None = None, job_type: str | None = None) -> None:
         pass
 
     def log(self, row: dict, *, step: int) -> None:
@@ -55,11 +55,13 @@ def _has_wandb_key() -> bool:
 class WandbLogger(NoLogger):
     """Weights & Biases. ``mode='auto'``: online with an API key, else offline into
     ``<run_dir>/wandb`` (upload later with ``wandb sync <run_dir>/wandb/offline-run-*``).
-    Runs are grouped by their overrides minus the seed, so a sweep's seeds fold together."""
+    Runs are grouped by their overrides minus the seed, so a sweep's seeds fold together; a study's
+    runs by arm, with the phase as job type (``train._logger_options``). ``run_name``: the run's name
+    in W&B (None: its folder's)."""
 
-    def __init__(self, *, run_dir: Path, config: dict, group: str | None = None, project: str = "mixlab",
-                 entity: str | None = None, mode: str = "auto", tags: list[str] | tuple = (),
-                 images: bool = True) -> None:
+    def __init__(self, *, run_dir: Path, config: dict, group: str | None = None, job_type: str | None = None,
+                 project: str = "mixlab", entity: str | None = None, mode: str = "auto",
+                 tags: list[str] | tuple = (), images: bool = True, run_name: str | None = None) -> None:
         if mode not in WANDB_MODES:
             raise ValueError(f"logger.mode={mode!r}: expected one of {list(WANDB_MODES)}")
         self.images, self.run = images, None
@@ -69,7 +71,8 @@ class WandbLogger(NoLogger):
 
             self.wandb = wandb
             self.run = wandb.init(project=project, entity=entity, mode=mode, dir=str(run_dir), config=config,
-                                  group=group, tags=list(tags), name=run_dir.name, reinit="finish_previous")
+                                  group=group, job_type=job_type, tags=list(tags), name=run_name or run_dir.name,
+                                  reinit="finish_previous")
         except _WANDB_ERRORS as e:  # W&B must never fail a run
             self._fail("init", e)
 
@@ -112,3 +115,27 @@ class WandbLogger(NoLogger):
             self._call("summary", lambda: self.run.summary.update(summary), quiet=False)
         self._call("finish", lambda: self.run.finish())
         self.run = None
+
+
+def log_report(out: Path, *, config: dict, tables: dict[str, tuple[list[str], list[list]]], images: dict[str, Path],
+               group: str = "report", job_type: str = "report", tags: list[str] | tuple = (), project: str = "mixlab",
+               entity: str | None = None, mode: str = "auto") -> None:
+    """A study's report as one W&B run, its files under ``out``: each table (columns, rows) and each
+    figure (a PNG) under its key, in one step. Named after the study (``<study>/report`` -> ``<study>``).
+    A failure is one warning, never an exception: the report on disk is what counts."""
+    out = Path(out)
+    name = out.parent.name if out.name == "report" else out.name
+    try:
+        out.mkdir(parents=True, exist_ok=True)  # wandb.init falls back to a temporary folder without one
+        logger = WandbLogger(run_dir=out, config=config, group=group, job_type=job_type, project=project,
+                             entity=entity, mode=mode, tags=tags, run_name=name)
+    except _WANDB_ERRORS as e:  # a bad mode, an unwritable folder: said, as any other W&B failure
+        warnings.warn(f"W&B report failed ({type(e).__name__}: {e}); the report's files are written", stacklevel=2)
+        return
+
+    def _log() -> None:
+        data = {key: logger.wandb.Table(columns=columns, data=rows) for key, (columns, rows) in tables.items()}
+        logger.run.log({**data, **{key: logger.wandb.Image(str(path)) for key, path in images.items()}})
+
+    logger._call("log", _log)  # one call: a failure is one warning, and the logger goes quiet
+    logger.finish()

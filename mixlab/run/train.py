@@ -585,6 +585,19 @@ def _hydra_group() -> str | None:
     return ",".join(sorted(o for o in task if not o.lstrip("+~").startswith("seed="))) or "default"
 
 
+def _logger_options(cfg: DictConfig) -> dict:
+    """The logger's options with the run's group and job type. A study's job (``study.run``, set by
+    ``python -m mixlab.study``) is grouped by its arm, typed by its phase and tagged with its study and
+    plan, so one project holds many studies apart; any other run is grouped by its overrides minus the seed."""
+    opts = options(cfg.logger)
+    run = OmegaConf.select(cfg, "study.run", default=None)
+    if run is None:
+        return {**opts, "group": _hydra_group(), "job_type": None}
+    if "tags" in opts:  # a logger without tags (none) takes none
+        opts["tags"] = [*opts["tags"], f"study:{run.name}", f"plan:{run.plan}"]
+    return {**opts, "group": run.arm, "job_type": run.phase}
+
+
 def _progress_bar(total: int, desc: str, enabled: bool, **kw: object) -> object | None:
     """A tqdm bar on stderr, only where stderr is a terminal: redirected to a file or a log (Hydra's
     mixlab.log, SLURM's output), a bar is a stream of cursor-movement escapes."""
@@ -699,8 +712,7 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: d
         wall_before = previous.get("wall_seconds", 0.0) if start else 0.0
         if d.main:
             with component_errors("logger"):
-                logger = LOGGERS.build(cfg.logger.name, run_dir=run_dir, config=resolved, group=_hydra_group(),
-                                       **options(cfg.logger))
+                logger = LOGGERS.build(cfg.logger.name, run_dir=run_dir, config=resolved, **_logger_options(cfg))
         else:
             logger = NoLogger(run_dir=run_dir, config=resolved)
         training = True

@@ -33,7 +33,7 @@ from hydra.core.plugins import Plugins
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from ..run.config import ConfigError, flatten, job_dir
+from ..run.config import ConfigError, flatten, job_dir, tuning_settings
 from ..run.records import atomic_write, atomic_write_json, read_json
 from .plan import make_plan, register
 from .queue import POLL_S, Item, Queue, open_storage
@@ -149,10 +149,17 @@ class Study:
         out = {"lambdas": [r["arm"] for r in plan["arms"]], "trials": max(r["trials"] for r in plan["arms"]),
                "seed": plan["tuning"]["search_seed"], "tuning_seeds": seeds, "overrides": self.base,
                "spaces": {r["arm"]: r["space"] for r in plan["arms"]}, "chosen": chosen, "trials_run": log,
-               "plan": plan["hash"]}
+               "plan": plan["hash"], "settings": self._settings()}
         atomic_write_json(self.folder / "tuning.json", out)
         atomic_write(self.folder / TUNED, lambda f: f.write(yaml.safe_dump(tuned, sort_keys=False).encode()))
         return out
+
+    def _settings(self) -> dict:
+        """What the tuning's results depend on (``tuning_settings``), from a trial's record: a ``tuned=`` run
+        under other settings is refused unless it says ``tuned_transfer=true``."""
+        arm, seed = self.plan["arms"][0]["arm"], self.plan["tuning"]["seeds"][0]
+        summary = read_json(self.folder / "tuning" / arm / "trial_0" / f"seed={seed}" / "summary.json") or {}
+        return tuning_settings(summary["config"]) if summary.get("config") else {}
 
     def _trial_row(self, row: dict, k: int, params: dict) -> dict:
         """Trial ``k`` of an arm as its runs' records say: its values (defaults included), each seed's

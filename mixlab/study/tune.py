@@ -5,9 +5,10 @@ Every policy gets the same number of trials (trial 0: the config's defaults; the
 its search space in ``conf/search_spaces.yaml`` with a seeded generator), each a full run whose
 records go to ``DIR/<policy>/trial_<k>``; a trial's score is its run's ``objective``, the final
 validation metric (the test set is never read for selection). ``DIR/tuned.yaml`` gets each policy's
-best hyperparameters and ``DIR/tuning.json`` every trial; a comparison then runs with
-``tuned=DIR/tuned.yaml``, so it uses exactly what tuning chose. (hydra-optuna-sweeper pins
-optuna<3; a seeded random search with DomainBed's protocol needs nothing beyond numpy.)
+best hyperparameters and ``DIR/tuning.json`` every trial and the settings they ran under; a comparison
+then runs with ``tuned=DIR/tuned.yaml``, so it uses exactly what tuning chose (under other settings only
+with ``tuned_transfer=true``). (hydra-optuna-sweeper pins optuna<3; a seeded random search with
+DomainBed's protocol needs nothing beyond numpy.)
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ..run.config import CONF_DIR, ConfigError, flatten, pairing_spaces, search_spaces
+from ..run.config import CONF_DIR, ConfigError, flatten, pairing_spaces, search_spaces, tuning_settings
 from ..run.records import atomic_write, atomic_write_json
 from .pool import run_all
 
@@ -103,6 +104,12 @@ def _trial(overrides: list[str], run_dir: str) -> float | None:
         return None
 
 
+def _settings(trial_dir: Path) -> dict:
+    """What the chosen values hold for (``tuning_settings``), from a trial's recorded config: every trial ran
+    under the same ones, and ``tuned=`` refuses a run under others unless ``tuned_transfer=true``."""
+    return tuning_settings(json.loads((trial_dir / "summary.json").read_text())["config"])
+
+
 def tune(lambdas: list[str], trials: int, out: str | Path, overrides: list[str], *, seed: int = 0,
          jobs: int = 1) -> dict:
     """Run every trial of every policy (skipping completed ones on a re-run; ``jobs`` at a time, each
@@ -137,7 +144,8 @@ def tune(lambdas: list[str], trials: int, out: str | Path, overrides: list[str],
         tuned[policy] = chosen
     atomic_write_json(out / "tuning.json", {"lambdas": lambdas, "trials": trials, "seed": seed,
                                            "overrides": overrides, "spaces": {p: spaces[p] for p in lambdas},
-                                           "chosen": chosen_trial, "trials_run": log})
+                                           "chosen": chosen_trial, "trials_run": log,
+                                           "settings": _settings(out / lambdas[0] / "trial_0")})
     atomic_write(out / "tuned.yaml", lambda f: f.write(yaml.safe_dump(tuned, sort_keys=False).encode()))
     return tuned
 
