@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..engine.registry import Registry
+from .provenance import source_package
 
 RawData = tuple[Tensor, Tensor, Tensor, Tensor, int, str]
 
@@ -71,6 +72,8 @@ class Dataset:
     classes: tuple[str, ...] | None = None  # class names, where the data set has them
     # What the run saw, split by split: a hash of each split's inputs and targets (``fingerprint``)
     fingerprints: dict[str, str | None] | None = None
+    # The Debian package its files came from, {"name", "version"} (``provenance.debian_package``); None: none known
+    package: dict[str, object] | None = None
 
     @property
     def n_train(self) -> int:
@@ -131,6 +134,7 @@ class Dataset:
                 split: fingerprint(x, y) for split, x, y in (("train", self.x_train, self.y_train),
                                                              ("val", self.x_val, self.y_val),
                                                              ("test", self.x_test, self.y_test))},
+            **({"package": self.package} if self.package is not None else {}),
         }
 
 
@@ -179,8 +183,10 @@ def load_dataset(
     loader = DATASETS.get(name)
     _check_subset(train_subset)
     if getattr(loader, "prepares_dataset", False):
-        return loader(root=root, download=download, train_subset=train_subset, seed=seed, device=device,
-                      val_size=val_size, split_seed=split_seed, **options)
+        ds = loader(root=root, download=download, train_subset=train_subset, seed=seed, device=device,
+                    val_size=val_size, split_seed=split_seed, **options)
+        ds.package = source_package(loader, root)
+        return ds
     if options:
         raise ValueError(f"data.{next(iter(options))}={next(iter(options.values()))!r}: data={name!r} has no such "
                          "option; expected it only with a data set that reads it (text: seq_len, vocab_size)")
@@ -261,6 +267,7 @@ def load_dataset(
         x_val=x_val,
         y_val=y_val,
         fingerprints=fingerprints,
+        package=source_package(loader, root),
     )
 
 

@@ -21,6 +21,7 @@ from torch import Tensor
 from . import base
 from .base import (DATASETS, SPLIT_SEED, DataFileError, DataNotFoundError, RawData, _one_line, _root_text, _try_download,
                    read_nonempty)
+from .provenance import Source
 
 # Debian's `dataset-fashion-mnist` package installs the four gzipped idx files here.
 DEBIAN_FASHION_MNIST_DIR: Path = Path("/usr/share/datasets/fashion-mnist")
@@ -208,6 +209,16 @@ def fashion_mnist(*, root: str | None = None, download: bool = True) -> RawData:
     return x_train, y_train, x_test, y_test, 10, "classification"
 
 
+def _fashion_sources(root: str | None) -> list[Path] | None:
+    files = find_fashion_mnist(root)
+    return None if files is None else list(files.values())
+
+
+# The files read (the first folder holding all four): recorded with their package where Debian's installed them.
+FASHION_MNIST_SOURCE = Source(_fashion_sources, debian_package="dataset-fashion-mnist")
+fashion_mnist.source = FASHION_MNIST_SOURCE  # type: ignore[attr-defined]
+
+
 RCF_ANGLES = 60  # RCF-MNIST's rotations: 0°, 6°, ..., 354°
 
 
@@ -233,6 +244,9 @@ def rcf_mnist(*, root: str | None = None, download: bool = True) -> RawData:
                 rotated[rows] = TF.rotate(x[rows], 360.0 * a / RCF_ANGLES, interpolation=TF.InterpolationMode.BILINEAR)
         out += [rotated, angle.float() / RCF_ANGLES]
     return out[0], out[1], out[2], out[3], 1, "regression"
+
+
+rcf_mnist.source = FASHION_MNIST_SOURCE  # type: ignore[attr-defined] - rotated Fashion-MNIST items
 
 
 # --------------------------------------------------------------------------- CIFAR

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import DATASETS, Dataset, check_int
+from .images import FASHION_MNIST_SOURCE
 
 INK = 0  # a pixel above this is part of an object (Fashion-MNIST's background is exactly 0)
 
@@ -183,3 +184,4 @@ def fashion_scenes(*, root: str | None, download: bool, val_size: int, split_see
 
 
 fashion_scenes.prepares_dataset = True
+fashion_scenes.source = FASHION_MNIST_SOURCE  # type: ignore[attr-defined] - scenes of Fashion-MNIST items

@@ -43,6 +43,7 @@ import torch
 from . import base
 from .base import (DATASETS, DataFileError, DataNotFoundError, Dataset, balanced_subset, check_int, read_nonempty,
                    stratified_split)
+from .provenance import Source
 
 # R object name in Rdata.rdx -> the novel's title, in publication order (janeaustenr's order).
 BOOKS: dict[str, str] = {
@@ -361,4 +362,12 @@ for _name in ("ag_news", "sst2", "trec"):
 
 
 austen.prepares_dataset = True  # type: ignore[attr-defined] - load_dataset hands it the whole data config
+
+
+def _austen_sources(root: str | None) -> list[Path] | None:
+    folder = find_austen(root)
+    return None if folder is None else [folder / "Rdata.rdb", folder / "Rdata.rdx"]
+
+
+austen.source = Source(_austen_sources, debian_package="r-cran-janeaustenr")  # type: ignore[attr-defined]
 DATASETS.register("austen")(austen)
