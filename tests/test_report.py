@@ -289,34 +289,31 @@ def test_moons_decision_boundaries_and_missing_none_baseline(moons, tmp_path):
     assert rows["lam=distance"]["vs beta"] == "not enough seeds"  # n=1: no crash, no claim
 
 
-def test_wandb_table_is_logged_and_a_failure_is_a_warning(moons, tmp_path, monkeypatch):
+def test_wandb_table_and_figures_are_logged_and_a_failure_is_a_warning(moons, tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     shutil.copytree(moons, runs)
     s = json.loads((runs / "0" / "summary.json").read_text())
-    s["config"]["logger"] = {"name": "wandb", "project": "p", "entity": None, "mode": "auto"}
+    s["config"]["logger"] = {"name": "wandb", "project": "p", "entity": None, "mode": "offline"}
+    s["config"]["study"]["run"] = {"name": "s1", "plan": "abc123", "phase": "comparison", "arm": "beta"}
     (runs / "0" / "summary.json").write_text(json.dumps(s))
     calls = []
-
-    class Fake:
-        def log_table(self, key, columns, rows):
-            calls.append((key, columns, rows))
-
-        def finish(self):
-            calls.append("finish")
-
-    monkeypatch.setattr(mixlab.run.loggers.LOGGERS, "build", lambda name, **kw: calls.append((name, kw)) or Fake())
+    monkeypatch.setattr(mixlab.run.loggers, "log_report", lambda out, **kw: calls.append((out, kw)))
     write_report(runs, out=tmp_path / "a")
-    assert calls[0][0] == "wandb" and calls[0][1]["group"] == "report" and calls[0][1]["mode"] in ("offline", "online")
-    assert calls[1][0] == "report" and calls[1][1][0] == "configuration" and calls[-1] == "finish"
+    (out, kw), = calls
+    assert out == tmp_path / "a" and kw["mode"] == "offline" and kw["project"] == "p"
+    assert kw["tags"] == ["study:s1", "plan:abc123"] and kw["tables"]["report"][0][0] == "configuration"
+    assert sorted(kw["images"]) == sorted(f"figures/{p.stem}" for p in (tmp_path / "a" / "figures").glob("*.png"))
+    assert kw["images"] and all(p.exists() for p in kw["images"].values())
 
-    def broken(name, **kw):
+    def broken(**kw):
         raise RuntimeError("no network")
 
-    monkeypatch.setattr(mixlab.run.loggers.LOGGERS, "build", broken)
+    monkeypatch.undo()  # the real log_report, with a W&B that cannot start
+    monkeypatch.setattr(mixlab.run.loggers, "WandbLogger", broken)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         md, _ = write_report(runs, out=tmp_path / "b")
-    assert md.exists() and any("W&B report logging failed" in str(w.message) for w in caught)
+    assert md.exists() and any("W&B report failed" in str(w.message) for w in caught)
 
 
 def test_wandb_logger_mirrors_both_lam_histograms(tmp_path, monkeypatch):

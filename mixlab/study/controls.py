@@ -32,7 +32,8 @@ from omegaconf import OmegaConf
 from ..engine.lam import LAMBDAS, STRENGTH_RANGE
 from ..run.config import CONF_DIR, ConfigError, _under, import_plugins, job_dir
 from .pool import run_all
-from .report import declared, group_runs, load_runs, references
+from .report import declared, group_runs, load_runs
+from .runs import references
 from .runs import LOWER_IS_BETTER, Config, Run
 
 ROUND = 4  # decimals of the matched strength: a readable, stable folder name and label

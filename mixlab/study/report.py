@@ -5,6 +5,11 @@ never W&B), groups the runs into configurations (the resolved config minus the s
 that do not define a method), and writes ``report.md`` (figures in ``figures/``) and a
 self-contained ``report.html`` (figures inlined as base64 PNG). Differences are only called
 "better" or "worse" when a seed-matched, Holm-adjusted test says they exceed the noise.
+
+A study's ``DIR/compare`` (``python -m mixlab.study``, beside ``DIR/plan.yaml``) gets more: the verdict of the
+plan's primary family first, then the plan it ran under (hash, command, commit, arms, budgets, seeds,
+decision rules, deviations) and its warnings (tuning within noise, scores at the ceiling, runs missing
+against the plan). Every report refuses to compare runs that saw different data (their fingerprints).
 """
 from __future__ import annotations
 
@@ -15,11 +20,9 @@ import importlib.util
 import io
 import json
 import math
-import os
 import re
 import statistics
 import sys
-import warnings
 from pathlib import Path
 
 import matplotlib
@@ -27,15 +30,17 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on a server or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..run.config import fingerprint, flatten  # noqa: E402
+from ..run.config import fingerprint  # noqa: E402
 from .figures import (fig_boundaries, fig_curves, fig_final, fig_lam_distance, fig_lam_hist,  # noqa: E402
                       fig_lam_strength, fig_mixed, fig_paired, fig_reliability, curve_name, fig_corruptions)
-from .runs import LOWER_IS_BETTER, NAMES, Config, Run  # noqa: E402
+from .runs import (FLIP, LOWER_IS_BETTER, NAMES, Config, Run, _short, _space_text, bounded,  # noqa: E402
+                   TUNED_KEYS, ceiling_text, matched_policy, non_lam, references)
+from .plan_report import (_fingerprint_note, _plan_blocks, _study_warnings, _verdict_lead,  # noqa: E402
+                          check_fingerprints, planned_family, read_study)
 from .runs import fmt as _f  # noqa: E402
 from .stats import WILCOXON_MIN_PAIRS, holm, mean_ci, paired_comparison, verdict  # noqa: E402
 
 STATUS_ORDER = ("completed", "failed", "diverged", "running", "interrupted")
-FLIP = {"better": "worse", "worse": "better"}
 STRENGTH = "mixing strength (mean over epochs)"
 STRENGTH_NOTE = ("Mixing strength (mean over epochs): the mean of min(λ, 1 − λ) over each training epoch's λ "
                  "draws, averaged over the run's epochs, then mean ± std over seeds; 0 = no mixing, ½ = even blends, "
@@ -111,7 +116,7 @@ def group_runs(runs: list[Run]) -> list[Config]:
     configs = list(by_key.values())
     vary = varying_keys([c.flat for c in configs])
     # ``tuned`` (the file the λ values came from) names a configuration only where its values do not
-    for keys in ([k for k in vary if k != "tuned"], vary):
+    for keys in ([k for k in vary if k not in TUNED_KEYS], vary):
         for c in configs:
             # a key this configuration leaves unset (null: lam.strength of a tuned beta) says nothing about it
             parts = [f"{k.removesuffix('.name')}={_short(c.flat[k])}" for k in keys if c.flat.get(k) is not None]
@@ -129,52 +134,12 @@ def group_runs(runs: list[Run]) -> list[Config]:
     return configs
 
 
-def _short(v: object) -> object:
-    """A float with more than 6 significant digits (a solved α*, a sampled τ) at 6, for labels."""
-    return float(f"{v:.6g}") if isinstance(v, float) and len(repr(v)) > 8 else v
-
-
-def matched_policy(control: Config, configs: list[Config]) -> Config | None:
-    """The configuration whose strength ``control`` matches: its lam config is the control's
-    ``study.control_of`` and every non-λ key is the same."""
-    want = flatten({"lam": control.control_of or {}})
-    pairing = next((p for r in control.runs if isinstance(p := (r.config.get("study") or {}).get("control_of_pairing"),
-                                                          dict)), None)
-
-    def same_rest(c: Config) -> bool:  # under random pairing, a control of a method with its own pairing
-        if pairing is None:
-            return non_lam(c) == non_lam(control)
-        return without_pairing(c) == without_pairing(control) and \
-            {k: v for k, v in c.flat.items() if k.startswith("pairing.")} == flatten({"pairing": pairing})
-    return next((c for c in configs if c.control_of is None and c.lam_options() == want and same_rest(c)), None)
-
-
 # ----------------------------------------------------------------------------- numbers
 
 
-def non_lam(c: Config) -> dict:
-    """The keys that are not the λ policy's: ``lam.*``, and ``tuned`` (where the lam values came from)."""
-    return {k: v for k, v in c.flat.items() if not k.startswith("lam.") and k != "tuned"}
-
-
-def references(c: Config, ref: str, configs: list[Config]) -> list[Config]:
-    """The configurations of policy ``ref`` that ``c`` is compared with: those with the same non-λ keys; where
-    ``c`` runs under a pairing of its own and none does (C-Mixup: beta under ``label_kernel``), ``ref`` under
-    random pairing with the same other keys. A reference is not compared with its own policy's configurations
-    under the same keys."""
-    refs = [b for b in configs if b.lam == ref and b.control_of is None]
-    same = [] if c.lam == ref and c.control_of is None else [b for b in refs if non_lam(b) == non_lam(c)]
-    if same or c.pairing == "random":
-        return same
-    return [b for b in refs if b.pairing == "random" and without_pairing(b) == without_pairing(c)]
-
-
-def without_pairing(c: Config) -> dict:
-    return {k: v for k, v in non_lam(c).items() if not k.startswith("pairing.")}
-
-
 def compare(configs: list[Config], metric: str, baseline: str = "beta", primary: bool = False,
-            matched: str = "primary", alpha: float = 0.05) -> list[dict]:
+            matched: str = "primary", alpha: float = 0.05,
+            planned: set[tuple[str, str]] | None = None) -> list[dict]:
     """Seed-matched comparisons of each configuration against ``baseline`` and ``none`` with the same
     non-λ keys, and of each dynamic policy against its strength-matched Beta control (``ref`` "matched",
     from ``python -m mixlab.controls``); then the verdicts. Each comparison is in a ``family``: with
@@ -182,7 +147,10 @@ def compare(configs: list[Config], metric: str, baseline: str = "beta", primary:
     ``matched`` is "primary", form the declared primary comparison; everything else (none, constant,
     the controls themselves, other metrics) is exploratory. Holm's correction runs within each family,
     so the primary claims pay only for their own tests. ``lo_sim``/``hi_sim``: the t interval of Δ at
-    level 1 − alpha/m for the m tests of the family (Bonferroni), simultaneous over the family."""
+    level 1 − alpha/m for the m tests of the family (Bonferroni), simultaneous over the family.
+    ``planned``: the (label, reference label) pairs a study's plan.yaml declared as its primary family,
+    which then replace the rule above. ``ceiling``: both sides' means where both are at the top of a
+    score in [0, 1] (see :func:`ceiling`), else None."""
     hib = metric not in LOWER_IS_BETTER
     rows: list[dict] = []
     for ref in dict.fromkeys([baseline, "none"]):
@@ -193,26 +161,43 @@ def compare(configs: list[Config], metric: str, baseline: str = "beta", primary:
                 pc = paired_comparison(c.values(metric), b.values(metric), higher_is_better=hib)
                 rows.append({"label": c.label, "lam": c.lam, "ref": ref, "ref_label": b.label, "metric": metric,
                              "control": c.control_of is not None,
-                             "claim": c.dynamic and c.control_of is None and ref == baseline, **pc})
+                             "claim": c.dynamic and c.control_of is None and ref == baseline,
+                             "ceiling": ceiling(metric, c.values(metric), b.values(metric), pc["seeds"]), **pc})
     for b in configs:
         c = matched_policy(b, configs) if b.control_of is not None else None
         if c is not None:
             pc = paired_comparison(c.values(metric), b.values(metric), higher_is_better=hib)
             rows.append({"label": c.label, "lam": c.lam, "ref": "matched", "ref_label": b.label, "metric": metric,
-                         "control": False, "claim": matched == "primary" and c.dynamic, **pc})
+                         "control": False, "claim": matched == "primary" and c.dynamic,
+                         "ceiling": ceiling(metric, c.values(metric), b.values(metric), pc["seeds"]), **pc})
     for row in rows:
         claim = row.pop("claim")
+        if planned is not None:
+            claim = (row["label"], row["ref_label"]) in planned
         row["family"] = "primary" if primary and claim else "exploratory"
     for family in ("primary", "exploratory"):
         members = [r for r in rows if r["family"] == family]
         m = sum(math.isfinite(r["p"]) for r in members)
         for row, p_adj in zip(members, holm([r["p"] for r in members]), strict=True):
             row["p_adj"] = p_adj
-            row["verdict"] = verdict(row["diff"], row["lo"], row["hi"], p_adj, higher_is_better=hib, n=row["n"])
+            row["verdict"] = verdict(row["diff"], row["lo"], row["hi"], p_adj, alpha, higher_is_better=hib, n=row["n"])
             lo, hi = (row["lo"], row["hi"]) if row["n"] < 2 or len(set(row["d"])) == 1 else \
                 mean_ci(row["d"], 1 - alpha / max(m, 1))[2:4]
             row.update(lo_sim=lo, hi_sim=hi, m=m)
     return rows
+
+
+CEILING = 0.999  # a mean score in [0, 1] at or above this is at the ceiling: 0.9995 and 1.000 print alike
+
+
+def ceiling(metric: str, a: dict, b: dict, seeds: list) -> tuple[float, float] | None:
+    """(mean of ``a``, mean of ``b``) over the paired ``seeds`` where ``metric`` is a score in [0, 1] and both
+    means are at least ``CEILING`` (every seed at 1.000 is such a case): a test that both sides pass
+    (nearly) perfectly cannot tell them apart, whatever the p-value says. Else None."""
+    if not bounded(metric) or not seeds:
+        return None
+    means = statistics.fmean(a[s] for s in seeds), statistics.fmean(b[s] for s in seeds)
+    return means if min(means) >= CEILING else None
 
 
 def matched_family(runs: list[Run]) -> str:
@@ -284,8 +269,10 @@ def _budget(configs: list[Config]) -> str:
             + (f" ({opts})" if opts else "") + f", {vals('trainer.epochs')} epochs")
 
 
-def _evidence(comps: dict[str, list[dict]], n_text: str, budget: str, baseline: str) -> list[tuple]:
-    """One bullet per metric and reference: which policies are detectably better, worse, or neither."""
+def _evidence(comps: dict[str, list[dict]], n_text: str, budget: str, baseline: str,
+              planned: list[str] | None = None, alpha: float = 0.05) -> list[tuple]:
+    """One bullet per metric and reference: which policies are detectably better, worse, or neither.
+    ``planned``: the primary family as a study's plan.yaml states it."""
     items = []
     for m, rows in comps.items():
         name = NAMES.get(m, m)
@@ -307,13 +294,18 @@ def _evidence(comps: dict[str, list[dict]], n_text: str, budget: str, baseline: 
     refs = [f"lam={baseline}"] * any(r["ref"] != "matched" for r in primary) + \
         ["its strength-matched Beta control (fixed mixup of the same mean strength)"] * any(
             r["ref"] == "matched" for r in primary)
-    family = (f"The primary comparison, declared before the runs (study.reference, study.metric, study.matched): "
-              f"each dynamic λ policy against {' and against '.join(refs)} on "
-              f"{NAMES.get(primary[0]['metric'], primary[0]['metric'])}, Holm over its {len(primary)} test(s). "
-              "Everything else is exploratory (Holm within each exploratory set) and supports no claim on its own. "
-              if primary else "No primary comparison could be made: every verdict below is exploratory. ")
+    rest = "Everything else is exploratory (Holm within each exploratory set) and supports no claim on its own. "
+    if primary and planned is not None:
+        family = (f"The primary comparison, declared in plan.yaml before the runs: {'; '.join(planned)}; Holm over "
+                  f"its {len(primary)} test(s) made here. " + rest)
+    else:
+        family = (f"The primary comparison, declared before the runs (study.reference, study.metric, study.matched): "
+                  f"each dynamic λ policy against {' and against '.join(refs)} on "
+                  f"{NAMES.get(primary[0]['metric'], primary[0]['metric'])}, Holm over its {len(primary)} test(s). "
+                  + rest if primary else "No primary comparison could be made: every verdict below is exploratory. ")
     lead = (f"At {n_text} (budget: {budget}). {family}Δ is the seed-matched mean difference; a policy is called "
-            "better or worse only when the Holm-adjusted paired t-test gives p < 0.05 and the 95% CI of Δ excludes 0. "
+            f"better or worse only when the Holm-adjusted paired t-test gives p < {alpha:g} and the 95% CI of Δ "
+            "excludes 0. "
             "Differences smaller than the seed-to-seed noise are not ranked, and a verdict holds for this budget only.")
     return [("p", lead), ("ul", items)]
 
@@ -364,19 +356,19 @@ def _html(blocks: list[tuple], title: str) -> str:
 
 
 def _log_wandb(runs: list[Run], out: Path, columns: list[str], rows: list[list], meta: dict) -> None:
+    """The report's table and figures as one W&B run, where the runs logged to W&B; a study's run is tagged
+    with the study's name and plan hash, as its runs are (``study.run``)."""
     logger_cfg = next((r.config["logger"] for r in runs if r.config.get("logger", {}).get("name") == "wandb"), None)
     if logger_cfg is None or importlib.util.find_spec("wandb") is None:
         return
-    try:
-        from ..run.loggers import LOGGERS
+    from ..run import loggers
 
-        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-        logger = LOGGERS.build("wandb", run_dir=out, config=meta, group="report", mode=mode,
-                               project=logger_cfg.get("project", "mixlab"), entity=logger_cfg.get("entity"))
-        logger.log_table("report", columns, rows)
-        logger.finish()
-    except Exception as e:  # noqa: BLE001 - the report on disk is what matters
-        warnings.warn(f"W&B report logging failed ({type(e).__name__}: {e}); the files are written", stacklevel=2)
+    study = next((r.config["study"]["run"] for r in runs if (r.config.get("study") or {}).get("run")), None)
+    tags = [f"study:{study['name']}", f"plan:{study['plan']}"] if study else []
+    images = {f"figures/{p.stem}": p for p in sorted((out / "figures").glob("*.png"))}
+    loggers.log_report(out, config=meta, tables={"report": (columns, rows)}, images=images, tags=tags,
+                       project=logger_cfg.get("project", "mixlab"), entity=logger_cfg.get("entity"),
+                       mode=logger_cfg.get("mode", "auto"))
 
 
 def _status_line(runs: list[Run]) -> str:
@@ -389,11 +381,15 @@ def _status_line(runs: list[Run]) -> str:
 
 
 def _text_blocks(sweep: Path, runs: list[Run], table_block: tuple, comps: dict[str, list[dict]], n_text: str,
-                 budget: str, metric: str, baseline: str) -> list[tuple]:
-    """Header, evidence, the configuration table, one comparison table per metric, the failed runs."""
+                 budget: str, metric: str, baseline: str, study: tuple[list, list, list[str]] | None = None,
+                 alpha: float = 0.05) -> list[tuple]:
+    """Header, evidence, the configuration table, one comparison table per metric, the failed runs. ``study``:
+    (the verdict, which leads; the plan and the warnings, after the header; the planned family's text)."""
     name = NAMES.get(metric, metric)
-    blocks: list[tuple] = [("h1", f"mixlab report: {sweep}"), ("p", f"{_status_line(runs)}. Budget: {budget}."),
-                           ("h2", "What the evidence supports"), *_evidence(comps, n_text, budget, baseline),
+    lead, plan, planned = study if study is not None else ([], [], None)
+    blocks: list[tuple] = [("h1", f"mixlab report: {sweep}"), *lead, ("p", f"{_status_line(runs)}. Budget: {budget}."),
+                           *plan, ("h2", "What the evidence supports"),
+                           *_evidence(comps, n_text, budget, baseline, planned, alpha),
                            ("h2", f"Configurations (sorted by mean {name}; not a ranking, see the verdicts)"),
                            table_block, ("p", STRENGTH_NOTE), *_tuning(runs)]
     for m, cr in comps.items():
@@ -409,20 +405,15 @@ def _text_blocks(sweep: Path, runs: list[Run], table_block: tuple, comps: dict[s
                             "keys with the rest (missing baseline)."))
         if cr:
             blocks.append(("p", _test_agreement(cr)))
+        if any(c.get("ceiling") for c in cr):
+            said = "; ".join(ceiling_text(c) for c in cr if c.get("ceiling"))
+            blocks.append(("p", f"⚠ At the ceiling: {said}."))
     bad = [r for r in runs if r.status != "completed"]
     blocks.append(("h2", f"Failed, diverged or unfinished runs ({len(bad)})"))
     blocks.append(("table", ["run dir", "configuration", "seed", "status", "error"],
                    [[str(r.path.relative_to(sweep)) or ".", r.label, r.seed, r.status, r.summary.get("error", "")]
                     for r in bad]) if bad else ("p", f"None: all {len(runs)} runs completed."))
     return blocks
-
-
-def _space_text(space: dict) -> str:
-    def one(key: str, spec: dict) -> str:
-        if "choices" in spec:
-            return f"{key} ∈ {{{', '.join(map(str, spec['choices']))}}}"
-        return f"{key} ∈ [{spec['low']:g}, {spec['high']:g}]" + (" log-uniform" if spec.get("log") else " uniform")
-    return "; ".join(one(k, v) for k, v in (space or {}).items()) or "nothing to tune"
 
 
 def _tuning(runs: list[Run]) -> list[tuple]:
@@ -455,6 +446,8 @@ def _tuning(runs: list[Run]) -> list[tuple]:
             ("table", ["λ policy", "tuned.yaml", "trials run (of budget)", "search seed", "search space",
                        "chosen", "chosen trial's validation score"], rows)]
 
+
+# ----------------------------------------------------------------------------- a study's plan (python -m mixlab.study)
 
 def _figures(configs: list[Config], metric: str, kind: str,
              primary: list[dict]) -> list[tuple[str, plt.Figure | None, str]]:
@@ -571,18 +564,23 @@ def result_kind(done: list[Run]) -> str:
 def write_report(sweep: str | Path, out: str | Path | None = None, baseline: str | None = None,
                  metric: str | None = None) -> tuple[Path, str]:
     """Write report.md, report.html and figures/ for ``sweep`` into ``out``; returns (md path, table).
-    ``baseline``/``metric`` (the primary comparison) default to what the runs declared (``study.*``)."""
+    ``baseline``/``metric`` (the primary comparison) default to what the study's plan.yaml declared, else
+    to what the runs declared (``study.*``)."""
     sweep = Path(sweep)
     out = Path(out) if out is not None else sweep
     runs = load_runs(sweep)
     if not runs:
         raise FileNotFoundError(f"{sweep}: expected run records (summary.json) below it, got none")
-    said = declared(runs) if baseline is None or metric is None else None
+    study = read_study(sweep)  # python -m mixlab.study's DIR/compare: its plan.yaml declared the comparison
+    if study is not None:
+        said = ((study["plan"].get("evaluation") or {}).get("reference", "beta"),
+                (study["plan"].get("evaluation") or {}).get("metric", "test_acc"))
+    else:
+        said = declared(runs) if baseline is None or metric is None else None
     baseline = baseline if baseline is not None else said[0]
     metric = metric if metric is not None else said[1]
     if metric not in NAMES:
         raise ValueError(f"--metric={metric!r}: expected one of {sorted(NAMES)}")
-    (out / "figures").mkdir(parents=True, exist_ok=True)
     configs = group_runs(runs)
     done = [r for r in runs if r.status == "completed"]
     kind = result_kind(done)
@@ -600,8 +598,13 @@ def write_report(sweep: str | Path, out: str | Path | None = None, baseline: str
         if (median or m != "median_last10_acc") and (scaled or not m.endswith("_ts"))
         and (m not in ("test_aece", "test_ood_auroc", "test_ood_fpr95") or m in recorded)])
     others = [m for m in others if m != metric]
-    comps = {m: compare(configs, m, baseline, primary=(m == metric), matched=matched_family(runs))
+    alpha = float(((study or {}).get("plan", {}).get("decisions") or {}).get("alpha", 0.05))
+    family = planned_family(study["plan"], configs, metric) if study is not None else None
+    planned = {f["key"] for f in family if f["key"] is not None} if family is not None else None
+    comps = {m: compare(configs, m, baseline, primary=(m == metric), matched=matched_family(runs), alpha=alpha,
+                        planned=planned)
              for m in dict.fromkeys([metric] + (["test_ece"] + ["test_ece_ts"] * scaled) * (kind == "classification"))}
+    checked, blind = check_fingerprints(comps, configs, sweep)  # before anything is written
     # a column per reference the runs hold (the baseline's always: its absence is said in every row)
     refs = tuple(dict.fromkeys([baseline] + ["none"] * any(c.lam == "none" for c in configs)))
     table = build_table(configs, metric, others, comps[metric], refs)
@@ -614,8 +617,14 @@ def write_report(sweep: str | Path, out: str | Path | None = None, baseline: str
     rows = [[row["label"], _n_cell(row["config"]), _pm((row["mean"], row["std"])), f"[{_f(row['lo'])}, {_f(row['hi'])}]",
              *[_pm(row[m]) for m in others], _pm(row["lam_strength"]), *[row[v] for v in vs]]
             for row in table]
-    blocks = _text_blocks(sweep, runs, ("table", columns, rows), comps, n_text, _budget(configs), metric, baseline)
+    parts = None if study is None else (
+        _verdict_lead(family, comps[metric], alpha),
+        _plan_blocks(study, _fingerprint_note(checked, blind)) + _study_warnings(study, configs, comps, runs, sweep),
+        [f["text"] for f in family])
+    blocks = _text_blocks(sweep, runs, ("table", columns, rows), comps, n_text, _budget(configs), metric, baseline,
+                          parts, alpha)
     blocks += _robustness(configs)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
     blocks.append(("h2", "Figures"))
     for fname, fig, caption in _figures(configs, metric, kind, comps[metric]):
         if fig is not None:

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..run.config import flatten
+
 # Metrics where a smaller value is the better one (the rest: higher is better).
 LOWER_IS_BETTER = ({f"{split}_{m}" for split in ("test", "val") for m in ("nll", "ece", "aece", "brier", "mse", "mae")}
                    | {"test_nll_ts", "test_ece_ts", "test_brier_ts", "test_ood_fpr95"})
@@ -25,6 +27,17 @@ NAMES = {"test_acc": "test accuracy", "test_ece": "ECE", "test_nll": "NLL", "tes
          "val_brier": "validation Brier", "val_mse": "validation MSE", "val_mae": "validation MAE",
          # calibration after temperature scaling, T fitted on the validation split (Guo et al. 2017)
          "test_nll_ts": "NLL (T-scaled)", "test_ece_ts": "ECE (T-scaled)", "test_brier_ts": "Brier (T-scaled)"}
+
+
+def bounded(metric: str) -> bool:
+    """Whether ``metric`` is a score in [0, 1] where higher is better (accuracy, mAP, AUROC): its differences
+    read in points, and it has a ceiling (two configurations both at 1 cannot be told apart)."""
+    return metric in NAMES and metric not in LOWER_IS_BETTER
+
+
+def arm_name(policy: object, pairing: object) -> str:
+    """A study arm's name (``plan.yaml``): ``schedule``; ``beta+label_kernel`` under a pairing of its own."""
+    return str(policy) if pairing in (None, "random") else f"{policy}+{pairing}"
 
 
 def fmt(x: float | None, nd: int = 4) -> str:
@@ -50,6 +63,27 @@ class Run:
     @property
     def seed(self) -> object:
         return self.config.get("seed")
+
+    @property
+    def arm(self) -> str | None:
+        """The study arm this run ran (its λ policy, and its pairing where not random); None without a config."""
+        lam = self.config.get("lam")
+        return arm_name(lam.get("name"), (self.config.get("pairing") or {}).get("name")) if lam else None
+
+    @property
+    def control_of(self) -> str | None:
+        """The arm whose strength this run matches (``study.control_of``, with ``study.control_of_pairing``);
+        None for a run that is no control."""
+        study = self.config.get("study") or {}
+        of = study.get("control_of")
+        return arm_name(of.get("name"), (study.get("control_of_pairing") or {}).get("name")) \
+            if isinstance(of, dict) else None
+
+    @property
+    def fingerprints(self) -> dict | None:
+        """``{"train": hash, "val": hash or None, "test": hash}``: what data the run saw; None in older records."""
+        fp = (self.summary.get("dataset") or {}).get("fingerprint")
+        return fp if isinstance(fp, dict) else None
 
     def value(self, metric: str) -> float | None:
         """Final value of ``metric`` (from ``final``, or ``final_val`` for val_*, else the summary's top
@@ -84,6 +118,11 @@ class Config:
         return self.flat.get("lam.name")
 
     @property
+    def arm(self) -> str:
+        """The study arm these runs ran (``schedule``, ``beta+label_kernel``)."""
+        return arm_name(self.lam, self.pairing)
+
+    @property
     def pairing(self) -> str:
         """The pairing's name (records that predate the key: random, classic mixup's)."""
         return self.flat.get("pairing.name", "random")
@@ -105,3 +144,70 @@ class Config:
     def lam_options(self) -> dict:
         """This configuration's ``lam.*`` keys, flat (``{"lam.name": "distance", "lam.temperature": 0.5, ...}``)."""
         return {k: v for k, v in self.flat.items() if k.startswith("lam.")}
+
+
+# ----------------------------------------------------------------------------- grouping and wording shared by the reports
+
+FLIP = {"better": "worse", "worse": "better"}
+TUNED_KEYS = ("tuned", "tuned_transfer")  # where a run's λ values came from: not what defines its method
+
+
+def _short(v: object) -> object:
+    """A float with more than 6 significant digits (a solved α*, a sampled τ) at 6, for labels."""
+    return float(f"{v:.6g}") if isinstance(v, float) and len(repr(v)) > 8 else v
+
+
+def matched_policy(control: Config, configs: list[Config]) -> Config | None:
+    """The configuration whose strength ``control`` matches: its lam config is the control's
+    ``study.control_of`` and every non-λ key is the same."""
+    want = flatten({"lam": control.control_of or {}})
+    pairing = next((p for r in control.runs if isinstance(p := (r.config.get("study") or {}).get("control_of_pairing"),
+                                                          dict)), None)
+
+    def same_rest(c: Config) -> bool:  # under random pairing, a control of a method with its own pairing
+        if pairing is None:
+            return non_lam(c) == non_lam(control)
+        return without_pairing(c) == without_pairing(control) and \
+            {k: v for k, v in c.flat.items() if k.startswith("pairing.")} == flatten({"pairing": pairing})
+    return next((c for c in configs if c.control_of is None and c.lam_options() == want and same_rest(c)), None)
+
+
+def non_lam(c: Config) -> dict:
+    """The keys that are not the λ policy's: ``lam.*``, and ``tuned``/``tuned_transfer`` (where the lam values
+    came from)."""
+    return {k: v for k, v in c.flat.items() if not k.startswith("lam.") and k not in TUNED_KEYS}
+
+
+def references(c: Config, ref: str, configs: list[Config]) -> list[Config]:
+    """The configurations of policy ``ref`` that ``c`` is compared with: those with the same non-λ keys; where
+    ``c`` runs under a pairing of its own and none does (C-Mixup: beta under ``label_kernel``), ``ref`` under
+    random pairing with the same other keys. A reference is not compared with its own policy's configurations
+    under the same keys."""
+    refs = [b for b in configs if b.lam == ref and b.control_of is None]
+    same = [] if c.lam == ref and c.control_of is None else [b for b in refs if non_lam(b) == non_lam(c)]
+    if same or c.pairing == "random":
+        return same
+    return [b for b in refs if b.pairing == "random" and without_pairing(b) == without_pairing(c)]
+
+
+def without_pairing(c: Config) -> dict:
+    return {k: v for k, v in non_lam(c).items() if not k.startswith("pairing.")}
+
+
+def ceiling_text(row: dict) -> str:
+    """What a comparison at the ceiling (``row["ceiling"]``) does not show, in every report that has one."""
+    a, b = row["ceiling"]
+    return (f"{row['label']} vs {row['ref_label']} on {NAMES.get(row['metric'], row['metric'])}: {a:.3f} vs {b:.3f} "
+            "is no evidence of equality: the test cannot tell these apart")
+
+
+def _space_text(space: dict) -> str:
+    def one(key: str, spec: dict) -> str:
+        if "choices" in spec:
+            return f"{key} ∈ {{{', '.join(map(str, spec['choices']))}}}"
+        return f"{key} ∈ [{spec['low']:g}, {spec['high']:g}]" + (" log-uniform" if spec.get("log") else " uniform")
+    return "; ".join(one(k, v) for k, v in (space or {}).items()) or "nothing to tune"
+
+
+def _finite(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -233,8 +233,10 @@ class Study:
         from .report import main as report_main
 
         def write(queue: Queue, it: Item) -> None:
-            report_main([str(self.folder / "compare"), "--out", str(self.folder / "report")])
-            queue.finish(it, 1.0)
+            status = report_main([str(self.folder / "compare"), "--out", str(self.folder / "report")])
+            queue.finish(it, 1.0 if status == 0 else None)
+            if status != 0:  # its one line (runs that saw different data ...) is above
+                sys.exit(status)
 
         self._work("report", [Item("report")], lambda it: [], write, "report")
         say(f"report: {self.folder / 'report' / 'report.md'}")
