@@ -61,8 +61,6 @@ KILL_RUN = ("data=digits", "data.train_subset=72", "data.batch_size=32", "model=
             "trainer.progress=false", "optim=sgd")
 EPOCHS = 3
 KILL_SEED = 6
-N_KILLS = 28  # runs killed at random points in the default tier (each kind below twice) ...
-N_DOUBLE = 6  # ... of which this many are killed again in their re-run: N_KILLS + N_DOUBLE kills
 # More points, opt-in (about 2 s a kill here): MIXLAB_KILL_POINTS=120 pytest tests/test_faults.py -m slow
 N_KILLS_SLOW = int(os.environ.get("MIXLAB_KILL_POINTS", "0"))
 N_DOUBLE_SLOW = N_KILLS_SLOW // 4
@@ -72,7 +70,8 @@ RECORDS = ("last.pt", "metrics.jsonl", "last_epoch.json", "summary.json")
 # n-th temp file of `file` complete, before its rename; "after" right after that rename.
 KINDS = (("step", None), ("eval", None),
          *((what, f) for what in ("write", "rename", "after") for f in RECORDS))
-assert N_KILLS % len(KINDS) == 0
+N_KILLS = len(KINDS)  # runs killed at random points in the default tier (each kind once; more: MIXLAB_KILL_POINTS) ...
+N_DOUBLE = 4  # ... of which this many are killed again in their re-run: N_KILLS + N_DOUBLE kills
 
 HELPER = r'''
 """Run mixlab's CLI and SIGKILL it at a chosen moment. `serve`: read jobs (JSON lines) on stdin,
