@@ -103,6 +103,7 @@ SPEC: dict[str, Spec] = {
     "eval.ood": Spec(str, strings="digits", null=True),
     "eval.corruptions": BOOL,
     "eval.corruption_samples": integer(1, null=True),
+    "eval.corruption_form": choice("auto", "mnist_c", "cifar10_c", "imagenet_c", "v1"),
     "trainer.test_every": integer(0),  # names that do not import fail too, one line (tests/test_readme.py)
     "smoothing": number(0, 1, open="hi"),
     "trainer.epochs": integer(1),
@@ -126,6 +127,7 @@ SPEC: dict[str, Spec] = {
     "model.layers": integer(1, 1000),
     "model.heads": integer(1, 1024, extra=(3, 5, 7, 96)),  # transformer's dim (128) must be a multiple
     "model.ff": integer(1, 65536),
+    "model.mask_mix": choice("soft", "union"),
     "data.seq_len": integer(8, 100_000),
     "data.canvas": integer(64, 1024),
     "data.max_objects": integer(1, 50),
@@ -153,6 +155,7 @@ SPEC: dict[str, Spec] = {
     "pairing.solver": choice("auto", "exact", "sinkhorn"),
     "pairing.per_sample": BOOL,
     "pairing.sigma": number(0, open="lo"),
+    "pairing.partners": choice("batch", "set"),
     "lam.alpha": number(0.01, 1000),
     "lam.alpha_start": number(0.01, 1000),
     "lam.alpha_end": number(0.01, 1000),
@@ -170,6 +173,7 @@ SPEC: dict[str, Spec] = {
     "lam.shape": choice("linear", "cosine"),
     "lam.tau_max": number(0, open="lo"),
     "lam.tau_std": number(0, open="lo"),
+    "lam.warp": choice("inverse_cdf", "cdf"),
     "optim.lr": number(0, open="lo"),
     "optim.betas": list_of(number(0, 1, open="hi"), extra=([0.9], [0.9, 0.99, 0.999])),
     "optim.momentum": number(0, 1, open="hi", extra=(0, 0.0)),  # sgd's nesterov=true needs momentum > 0

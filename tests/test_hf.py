@@ -262,6 +262,7 @@ def online(monkeypatch):
     for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_text, "hub_unreachable", lambda *a, **k: None)  # as if the Hub answered (no network here)
 
 
 @pytest.mark.parametrize(

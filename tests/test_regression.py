@@ -96,6 +96,7 @@ def test_eval_corruptions_records_every_corruption_and_severity(fashion_root, tm
     train(cfg, tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     table = summary["corruptions"]
+    assert summary["corruption_form"] == "mnist_c"  # eval.corruption_form=auto on grey images
     assert list(table) == list(CORRUPTIONS) and all([r["severity"] for r in v] == [1, 2, 3, 4, 5] for v in table.values())
     accs = [r["acc"] for v in table.values() for r in v]
     assert summary["final"]["test_corruption_acc"] == pytest.approx(sum(accs) / 60)

@@ -69,6 +69,36 @@ def beta_icdf_lower(q: Tensor, a: Tensor | float, *, grid: int = 1024) -> Tensor
     return s_q.pow(1.0 / p).reshape(shape)
 
 
+def beta_cdf_lower(t: Tensor, a: Tensor | float, *, grid: int = 1024) -> Tensor:
+    """The CDF F(t) of the symmetric Beta(a, a) at ``t`` in [0, ½], elementwise, in float64, in [0, ½].
+
+    The forward twin of :func:`beta_icdf_lower`, read off the same table: the grid ``s`` (with
+    t = s^(1/p)) and ``F^(1/e)`` on it, interpolated linearly in s at s = t^p. Near t = 0,
+    F ~ C·t^a = C·s^(a/p), so F^(1/e) (e = a/p) is linear in s there. Against
+    ``scipy.stats.beta.cdf``, for a in [0.01, 1000]: absolute error below 2e-5, and for a <= 1
+    (where F is steep at the ends) relative error below 1e-5 down to t = 1e-300, so a Beta(0.01, 0.01)
+    draw 1e-40 from an end keeps its digits (tests/test_fidelity_lam.py). For t > ½ use symmetry,
+    F(1 − t) = 1 − F(t).
+    """
+    t = t.double()
+    shape = t.shape
+    if isinstance(a, (int, float)):
+        (s, c, p, e), t = _scalar_table(float(a), grid, str(t.device)), t.reshape(1, -1)
+    else:
+        a64 = a.to(device=t.device, dtype=torch.float64)
+        if a64.numel() == 1:
+            a64, t = a64.reshape(1), t.reshape(1, -1)
+        else:
+            a64, t = a64.expand(shape).reshape(-1), t.reshape(-1, 1)
+        s, c, p, e = _table(a64, grid)
+    s_t = t.clamp(0.0, 0.5).pow(p)
+    k = torch.searchsorted(s, s_t.contiguous()).clamp(1, grid - 1)
+    c0, c1 = c.gather(1, k - 1), c.gather(1, k)
+    s0, s1 = s.gather(1, k - 1), s.gather(1, k)
+    c_t = c0 + (c1 - c0) * ((s_t - s0) / (s1 - s0).clamp_min(1e-300)).clamp(0.0, 1.0)
+    return c_t.pow(e).clamp(0.0, 0.5).reshape(shape)
+
+
 def _table(a64: Tensor, grid: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Grid ``s`` (n, grid), transformed CDF ``F^(1/e)`` on it, and the exponents p, e (n, 1)."""
     p = a64.clamp(max=1.0)[:, None]
@@ -125,6 +155,19 @@ def beta_alpha_for_strength(strength: float) -> float:
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if beta_strength(math.exp(mid)) < strength else (lo, mid)
     return math.exp(0.5 * (lo + hi))
+
+
+def unmixed_self_pairs(lam: Tensor, partner: Tensor, own: Tensor | None = None) -> Tensor:
+    """λ as applied: 1 where a sample is its own partner, ``lam`` elsewhere, (B,).
+
+    x_i blended with itself is x_i whatever λ_i, so a self-pair made no blend and its strength
+    min(λ, 1 − λ) is 0. ``random`` and ``label_kernel`` pairings draw self-pairs (C-Mixup weighs the
+    sample itself highest), and counting them at the drawn λ overstated the strength the training loop
+    records. ``own``: what ``partner`` holds for "itself" at each row, by default the row's position
+    (its position in the gathered batch under ``pairing_scope=global``; its dataset index where
+    partners are dataset indices)."""
+    own = torch.arange(lam.shape[0], device=partner.device) if own is None else own
+    return torch.where(partner == own.to(partner.device), torch.ones_like(lam), lam)
 
 
 def _check_positive(name: str, value: float) -> float:
@@ -276,19 +319,38 @@ class Distance(Policy):
         return torch.exp(-d.square())
 
 
+SK_WARPS = ("inverse_cdf", "cdf")  # lam.warp of sk; conf/lambda/sk.yaml, config.RULES
+
+
 @LAMBDAS.register("sk")
 class SimilarityKernel(Policy):
     """SK-Mixup (Bouniot et al., "Tailoring Mixup to Data for Calibration", ICLR 2025).
 
     d̃_i = d_i / d̄ with d̄ the mean distance over all pairs of the batch;
-    τ_i = τ_max · exp(−(d̃_i − 1) / (2 τ_std²)); λ_i = ω_τ(λ'_i) = F⁻¹_{Beta(τ_i, τ_i)}(λ'_i)
-    with λ'_i ~ Beta(α, α) (the paper's code, torch-uncertainty's inverse-Beta-CDF warping).
-    Similar pairs (small d̃, large τ) get λ near ½ (strong mixing); distant pairs (small τ) get
-    λ near 0 or 1 (weak mixing). For α = 1, λ_i ~ Beta(τ_i, τ_i) exactly; for τ_i = 1 the warp
-    is the identity and λ_i ~ Beta(α, α). τ is clipped to [0.01, 1000], where ``beta_icdf`` is
-    accurate. The paper divides by the mean of the chosen pairs' distances, which equals the
-    all-pairs mean in expectation under its random permutation and, unlike it, keeps the
-    meaning of d̃ under distance-based pairings.
+    τ_i = τ_max · exp(−(d̃_i − 1) / (2 τ_std²)), and λ'_i ~ Beta(α, α) warped by τ_i. ``warp``:
+
+    - ``inverse_cdf`` (default): λ_i = F⁻¹_{Beta(τ_i, τ_i)}(λ'_i). The form of the authors' published
+      configurations: every ``sk_mixup.yaml`` of their official code (github.com/qbouniot/sim_kernel_mixup,
+      ``classification/experiments/classification/*/configs/*/sk_mixup.yaml``) sets
+      ``warping: inverse_beta_cdf``, i.e. ``KernelMixup.__call__`` in
+      ``classification/torch_uncertainty/transforms/mixup.py`` with ``scipy.stats.beta.ppf`` at
+      ``sim_gauss_kernel(d / d.mean(), inverse_cdf=True)``. For α = 1, λ_i ~ Beta(τ_i, τ_i) exactly.
+    - ``cdf``: λ_i = F_{Beta(w_i, w_i)}(λ'_i) with w_i = 1/τ_i: ``KernelMixup``'s own default
+      (``warping="beta_cdf"``) in that file, and the only form of torch-uncertainty
+      (0.13.0, ``torch_uncertainty/transforms/mixup.py``, ``WarpingMixup.forward`` with ``sim_gauss_kernel``
+      and ``beta_warping``; ``mixtype="kernel_warping"``). torch-uncertainty normalises the distance
+      inside its kernel as τ_max·exp(−(d − 1)/(2τ_std²·d̄)), which is this τ_i only where d̄ = 1;
+      elsewhere it is τ_i·exp(−(1 − 1/d̄)/(2τ_std²)), i.e. τ_max scaled by about e^(−1/(2τ_std²))
+      (0.14 at τ_std = ½) for raw squared distances (d̄ ≫ 1). mixlab uses the authors' d̃ in both forms.
+
+    Both send similar pairs (small d̃, large τ, small w) towards λ = ½ (strong mixing) and distant ones
+    towards 0 or 1, and both leave λ' alone where τ_i = 1. They differ in how far: at the defaults, on
+    standardised digits in batches of 128, the inverse form's mean strength is 1.7% below the CDF form's
+    under random pairing and 12% below under ``pairing=farthest`` (d̃ > 1; tests/test_fidelity_lam.py).
+    τ (inverse) and w (cdf) are clipped to [0.01, 1000], where ``beta_icdf`` and
+    :func:`beta_cdf_lower` are accurate. The reference code divides by the mean of the chosen pairs'
+    distances, which equals the all-pairs mean in expectation under its random permutation and, unlike
+    it, keeps the meaning of d̃ under distance-based pairings.
 
     The base draw λ' is warped through its distance to the nearer end (float64), never through
     a float32 value: λ' = 1 − 1e-9 rounds to 1.0 in float32, and ω_τ(1.0) = 1 where
@@ -296,26 +358,34 @@ class SimilarityKernel(Policy):
     """
 
     def __init__(self, *, alpha: float = 1.0, tau_max: float = 1.0, tau_std: float = 0.5,
-                 metric: str = "sqeuclidean", space: str = "input") -> None:
+                 metric: str = "sqeuclidean", space: str = "input", warp: str = "inverse_cdf") -> None:
         self.alpha = _check_alpha("alpha", alpha)
         self.tau_max = _check_positive("tau_max", tau_max)
         self.tau_std = _check_positive("tau_std", tau_std)
         self.metric = _check_choice("metric", metric, METRICS)
         self.space = _check_choice("space", space, SPACES)
+        self.warp = _check_choice("warp", warp, SK_WARPS)
+
+    def kernel(self, d: Tensor, scale: Tensor | float | None = None) -> Tensor:
+        """τ_max · exp(−(d̃ − 1)/(2 τ_std²)) of each pair, unclipped, with d̃ = d / ``scale`` (by default
+        the mean of ``d`` itself, the paper's choice)."""
+        d_norm = d / (d.mean() if scale is None else torch.as_tensor(scale, device=d.device)).clamp_min(1e-12)
+        return self.tau_max * torch.exp(-(d_norm - 1.0) / (2.0 * self.tau_std**2))
 
     def tau(self, d: Tensor, scale: Tensor | float | None = None) -> Tensor:
-        """The warping parameter τ_i of each pair from its raw distance d_i (B,), with d̃ = d / ``scale``
-        (by default the mean of ``d`` itself, the paper's choice)."""
-        d_norm = d / (d.mean() if scale is None else torch.as_tensor(scale, device=d.device)).clamp_min(1e-12)
-        return (self.tau_max * torch.exp(-(d_norm - 1.0) / (2.0 * self.tau_std**2))).clamp(0.01, 1000.0)
+        """The warping parameter τ_i of each pair from its raw distance d_i (B,): the kernel, clipped."""
+        return self.kernel(d, scale).clamp(0.01, 1000.0)
 
     def __call__(self, x, partner, *, features=None, generator=None, **_: object) -> Tensor:
         z = _space(x, features, self.space, "lambda 'sk'")
-        tau = self.tau(pair_distance(z, z.index_select(0, partner), self.metric),
-                       batch_distance_scale(z, self.metric, "mean"))
+        d, scale = pair_distance(z, z.index_select(0, partner), self.metric), batch_distance_scale(z, self.metric, "mean")
         u = _rand((x.shape[0],), generator, x.device).double()
-        # λ' = t or 1 − t with t = F⁻¹_α(min(u, 1 − u)) ≤ ½; by symmetry ω_τ(1 − t) = 1 − ω_τ(t).
-        warped = beta_icdf_lower(beta_icdf_lower(torch.minimum(u, 1.0 - u), self.alpha), tau)
+        # λ' = t or 1 − t with t = F⁻¹_α(min(u, 1 − u)) ≤ ½; both warps are odd about ½: ω(1 − t) = 1 − ω(t).
+        t = beta_icdf_lower(torch.minimum(u, 1.0 - u), self.alpha)
+        if self.warp == "inverse_cdf":
+            warped = beta_icdf_lower(t, self.tau(d, scale))
+        else:
+            warped = beta_cdf_lower(t, (1.0 / self.kernel(d, scale).double()).clamp(0.01, 1000.0))
         return torch.where(u > 0.5, 1.0 - warped, warped).float()
 
 

@@ -13,11 +13,24 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .lam import LAMBDAS, NoMix, Policy
+from .lam import LAMBDAS, AutoMix, Beta, Constant, Loss, NoMix, Policy, Schedule
 from .pairing import PAIRINGS, _check_choice, _rand, float32_region
 from .registry import Registry
 
 MIXERS: Registry = Registry("mixer")
+
+# λ policies whose draw never looks at the partner (its input, features or distance to the sample): the only
+# ones a pairing that draws partners from the training set can run with, since those partners are not rows of
+# the batch the policy is called on. A policy may declare ``reads_pair``; these built-in ones read no pair.
+PAIR_BLIND = (NoMix, Constant, Beta, AutoMix, Loss, Schedule)
+
+
+def reads_pair(policy: object) -> bool:
+    """Whether a λ policy (or its class) reads the pair: its ``reads_pair`` where it declares one; otherwise
+    False for the built-in ``PAIR_BLIND`` ones and True for any other (the safe guess)."""
+    declared = getattr(policy, "reads_pair", None)
+    cls = policy if isinstance(policy, type) else type(policy)
+    return bool(declared) if declared is not None else cls not in PAIR_BLIND
 
 
 def _check_pair_args(x: Tensor, partner: Tensor, lam: Tensor, what: str) -> None:
@@ -176,8 +189,11 @@ class Mixed:
 
     partner: Tensor  # (B,) int64, into the batch, or into ``pool`` when that is set
     lam: Tensor  # (B,) float32
-    pool: tuple[Tensor, Tensor] | None = None  # scope='global': the gathered (x, y) ``partner`` indexes
+    # the (x, y) ``partner`` indexes: scope='global', the gathered batch; a set-level pairing, the training set
+    pool: tuple[Tensor, Tensor] | None = None
     target: Tensor | None = None  # the mixed targets ỹ the call returned
+    own: Tensor | None = None  # (B,) what ``partner`` holds where a row drew itself (None: the row's position)
+    from_set: bool = False  # ``pool`` is the training set (partners are dataset indices), not a batch
 
 
 class Mix:
@@ -207,6 +223,13 @@ class Mix:
     draw the same global pairing), and each process mixes its own rows with partners from any
     process; ``mix.last.partner`` then indexes ``mix.last.pool``. No gradient flows into the
     gathered rows: right for input mixup and CutMix, not for manifold mixup (hidden states).
+
+    A pairing that draws partners from the whole training set (``needs_train_set``: ``label_kernel`` with
+    ``partners='set'``, C-Mixup's official form) needs ``setup(num_samples=N, train_set=(x_train, y_train))``
+    and ``index=`` on every call: partner j is a dataset index, its row ``x_train[j]`` is fetched as the set
+    holds it, and ``mix.last`` records ``pool=(x_train, y_train)`` and ``own=index`` (j equal to a row's own
+    index is a self-pair). Only λ policies that do not read the pair run with it (``reads_pair``), and
+    neither ``scope='global'`` nor mixing hidden states (the set holds inputs) does.
     """
 
     def __init__(self, lam: str = "beta", pairing: str = "random", mixer: str = "input", *,
@@ -226,13 +249,28 @@ class Mix:
         if scope == "global" and (gather is None or shared_generator is None):
             raise ValueError("scope='global' needs gather= (all processes' rows) and shared_generator=")
         self.gather, self.rank, self.scope, self.shared_generator = gather, rank, scope, shared_generator
+        if self.needs_train_set and reads_pair(self.lam_policy):
+            blind = ", ".join(n for n in LAMBDAS.names() if not reads_pair(LAMBDAS.get(n)))
+            raise ValueError(f"lambda={lam}: reads the pair, but pairing={pairing} draws partners from the training "
+                             f"set (partners=set), not the batch the policy sees; expected a λ policy that does not "
+                             f"read the pair ({blind}) or partners=batch")
+        if self.needs_train_set and scope == "global":
+            raise ValueError(f"scope='global': not supported with pairing={pairing}, which draws partners from the "
+                             "training set (partners=set), not the gathered batch; expected local")
+        self.train_set: tuple[Tensor, Tensor] | None = None
         self.last: Mixed | None = None
+
+    @property
+    def needs_train_set(self) -> bool:
+        """Whether the pairing draws partners from the training set (``setup`` then needs ``train_set``)."""
+        return bool(getattr(self.pairing, "needs_train_set", False))
 
     def sample(self, x: Tensor, y: Tensor | None = None, *, features: Tensor | None = None,
                index: Tensor | None = None, progress: float | None = None,
                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Draw ``(partner, lam)`` for a batch, without mixing anything (from ``generator``, by
-        default the one ``Mix`` was built with)."""
+        default the one ``Mix`` was built with). ``partner`` indexes the batch, or the training set
+        (dataset indices) where the pairing draws from it (``needs_train_set``)."""
         if isinstance(self.lam_policy, NoMix):
             b = x.shape[0]
             return torch.arange(b, device=x.device), torch.ones(b, device=x.device)
@@ -241,7 +279,10 @@ class Mix:
         g, x = (self.generator if generator is None else generator), x.detach()
         features = None if features is None else features.detach()
         with float32_region(x.device):  # distances, assignments and λ in float32 under any autocast
-            partner = self.pairing(x, y, features=features, generator=g)
+            if self.needs_train_set:
+                partner = self.pairing.draw_from_set(y, self._train_set(y)[1], generator=g)
+            else:
+                partner = self.pairing(x, y, features=features, generator=g)
             lam = self.lam_policy(x, partner, features=features, index=index, progress=progress, generator=g)
         return partner, lam
 
@@ -249,6 +290,8 @@ class Mix:
                  progress: float | None = None) -> tuple[Tensor, Tensor]:
         if self.scope == "global" and not isinstance(self.lam_policy, NoMix):
             return self._mix_global(x, y, features=features, index=index, progress=progress)
+        if self.needs_train_set and not isinstance(self.lam_policy, NoMix):
+            return self._mix_from_set(x, y, features=features, index=index, progress=progress)
         partner, lam = self.sample(x, y, features=features, index=index, progress=progress)
         x_mix, lam = (x, lam) if isinstance(self.lam_policy, NoMix) else self.mixer(x, partner, lam, generator=self.generator)
         y_mix = self._mix_targets(y, partner, lam)
@@ -265,15 +308,46 @@ class Mix:
                                            generator=self.shared_generator)
         mine = slice(self.rank * b, (self.rank + 1) * b)
         partner, lam = partner_all[mine], lam_all[mine]
-        # Mix [own rows; their partners' rows] with partner i -> B + i (the second half with itself,
-        # λ = 1) and keep the first half: any mixer works unchanged and the own rows keep their gradient.
+        x_mix, y_mix, lam = self._mix_with_rows(x, y, xs.index_select(0, partner), ys.index_select(0, partner), lam)
+        own = torch.arange(b, device=partner.device) + self.rank * b  # this process's rows in the gathered batch
+        self.last = Mixed(partner, lam, pool=(xs, ys), target=y_mix, own=own)
+        return x_mix, y_mix
+
+    def _mix_from_set(self, x: Tensor, y: Tensor, *, features: Tensor | None, index: Tensor | None,
+                      progress: float | None) -> tuple[Tensor, Tensor]:
+        if index is None:
+            raise ValueError(f"pairing {type(self.pairing).__name__} draws partners from the training set: Mix "
+                             "needs index=(B,), the batch's dataset indices (a partner equal to one is a self-pair); "
+                             "got None")
+        train_x, train_y = self._train_set(y)
+        partner, lam = self.sample(x, y, features=features, index=index, progress=progress)
+        # The partners' rows as the training set holds them: a batch's augmentation (if any) is not applied to them.
+        xp = train_x.index_select(0, partner.to(train_x.device)).to(device=x.device, dtype=x.dtype)
+        yp = train_y.index_select(0, partner.to(train_y.device)).to(y.device)
+        x_mix, y_mix, lam = self._mix_with_rows(x, y, xp, yp, lam)
+        self.last = Mixed(partner, lam, pool=(train_x, train_y), target=y_mix, own=index, from_set=True)
+        return x_mix, y_mix
+
+    def _mix_with_rows(self, x: Tensor, y: Tensor, xp: Tensor, yp: Tensor,
+                       lam: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Mix each row i with the partner row ``xp[i]``, ``yp[i]`` (rows from outside the batch): returns
+        ``(x_mix, y_mix, lam_applied)``. Mixes [own rows; partner rows] with partner i -> B + i (the second
+        half with itself, λ = 1) and keeps the first half: any mixer works unchanged and the own rows keep
+        their gradient."""
+        b = x.shape[0]
         rows = torch.arange(b, 2 * b, device=x.device).repeat(2)
-        x_mix, lam2 = self.mixer(torch.cat([x, xs.index_select(0, partner)]), rows,
-                                 torch.cat([lam, torch.ones_like(lam)]), generator=self.generator)
-        y_pair = torch.cat([y, ys.index_select(0, partner)])
-        y_mix = self._mix_targets(y_pair, rows, lam2)[:b]
-        self.last = Mixed(partner, lam2[:b], pool=(xs, ys), target=y_mix)
-        return x_mix[:b], y_mix
+        x_mix, lam2 = self.mixer(torch.cat([x, xp]), rows, torch.cat([lam, torch.ones_like(lam)]),
+                                 generator=self.generator)
+        y_mix = self._mix_targets(torch.cat([y, yp]), rows, lam2)[:b]
+        return x_mix[:b], y_mix, lam2[:b]
+
+    def _train_set(self, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self.train_set is None or y is None:
+            raise ValueError(f"pairing {type(self.pairing).__name__} draws partners from the training set: it needs "
+                             "Mix.setup(train_set=(x_train, y_train)) and the batch's targets y; got "
+                             f"train_set={'given' if self.train_set is not None else 'None'}, "
+                             f"y={'given' if y is not None else 'None'}")
+        return self.train_set
 
     def _mix_targets(self, y: Tensor, partner: Tensor, lam: Tensor) -> Tensor:
         return mix_box_targets(y, partner, lam) if self.boxes else mix_targets(y, partner, lam, self.num_classes,
@@ -302,9 +376,20 @@ class Mix:
             entropy = None if entropy is None else self.gather(entropy.reshape(-1))
         self.lam_policy.observe(loss, index, target_entropy=entropy)
 
-    def setup(self, *, num_samples: int) -> None:
+    def setup(self, *, num_samples: int, train_set: tuple[Tensor, Tensor] | None = None) -> None:
         """Tell the λ policy the training-set size (per-sample state is allocated once) and the
-        number of classes this ``Mix`` was built with."""
+        number of classes this ``Mix`` was built with; and, for a pairing that draws partners from the
+        training set (``needs_train_set``), give that set: ``train_set=(x_train, y_train)``, the N rows a
+        batch's ``index`` points into, inputs in the representation the batches have (not copied)."""
+        if self.needs_train_set:
+            if train_set is None:
+                raise ValueError(f"pairing {type(self.pairing).__name__} draws partners from the training set: setup "
+                                 "needs train_set=(x_train, y_train); got None")
+            tx, ty = train_set
+            if tx.shape[:1] != (num_samples,) or ty.shape[:1] != (num_samples,):
+                raise ValueError(f"train_set should hold num_samples={num_samples} inputs and targets, but got shapes "
+                                 f"{tuple(tx.shape)} and {tuple(ty.shape)}")
+            self.train_set = (tx, ty)
         self.lam_policy.setup(num_samples=num_samples, num_classes=self.num_classes)
 
     def state_dict(self) -> dict:

@@ -140,7 +140,13 @@ class Pairing:
     sample ``i`` is mixed with ``partner[i]``. Draw randomness only from ``generator`` (and without
     a host sync, so a GPU never waits); options are keyword-only constructor arguments, so that
     ``PAIRINGS.build`` rejects a misspelled one. Register with ``@PAIRINGS.register("name")``.
+
+    ``needs_train_set``: the pairing draws partners from the whole training set, not the batch, through
+    ``draw_from_set(y, train_targets, *, generator) -> (B,) dataset indices``; ``Mix`` then needs
+    ``setup(train_set=(x_train, y_train))`` and fetches the partners' rows by index.
     """
+
+    needs_train_set = False
 
     def __call__(self, x: Tensor, y: Tensor | None = None, *, features: Tensor | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
@@ -410,18 +416,48 @@ def sinkhorn_assignment(cost: Tensor, *, iters: int = 20, tau_end: float = 1e-2,
     return partner
 
 
+def _target_sq_distance(t: Tensor, pool: Tensor) -> Tensor:
+    """‖t_i − pool_j‖² (B, N) float32: regression values (B,)/(B, k) and soft targets (B, C) as vectors,
+    class indices (B,) as one-hot (2 across classes, 0 within)."""
+    if not t.is_floating_point():
+        return 2.0 * (t[:, None] != pool[None, :]).float()
+    t, pool = t.float().reshape(t.shape[0], -1), pool.float().reshape(pool.shape[0], -1)
+    return torch.cdist(t, pool).square()
+
+
+LABEL_KERNEL_PARTNERS = ("batch", "set")  # where label_kernel's partners come from
+
+
 @PAIRINGS.register("label_kernel")
 class LabelKernelPairing(Pairing):
-    """C-Mixup's pairing (Yao et al. 2022): sample i's partner is drawn from the batch with probability
-    ∝ exp(−‖y_i − y_j‖² / (2σ²)), so samples with close targets are mixed more often. Targets: regression
-    values (B,) or (B, k), soft targets (B, C), or class indices (B,), taken as one-hot (‖y_i − y_j‖² is 0
-    within a class and 2 across, so this is a soft same-class pairing). As in C-Mixup the sample itself is
-    a candidate (its weight is the largest, 1). Drawn by the Gumbel-max trick, without a host sync."""
+    """C-Mixup's pairing (Yao et al. 2022, "C-Mixup: Improving Generalization in Regression"): sample i's
+    partner j is drawn with probability ∝ exp(−‖y_i − y_j‖² / (2σ²)), so samples with close targets are
+    mixed more often. Targets: regression values (B,) or (B, k), soft targets (B, C), or class indices (B,),
+    taken as one-hot (‖y_i − y_j‖² is 0 within a class and 2 across, so this is a soft same-class pairing).
+    As in C-Mixup the sample itself is a candidate (its weight is the largest, 1). Drawn by the Gumbel-max
+    trick, without a host sync.
 
-    def __init__(self, *, sigma: float = 1.0) -> None:
+    Where the partners come from. The official code (github.com/huaxiuyao/C-Mixup, ``src/algorithm.py``):
+    ``get_mixup_sample_rate`` gives each training sample i the probabilities P(j | i) over the *whole
+    training set* (a Gaussian ``KernelDensity`` of bandwidth σ fitted on y_i, evaluated at every y_j and
+    normalised), and ``train`` draws ``idx_2`` from them (``np.random.choice``) and fetches ``x_train[idx_2]``
+    by index (``--mixtype kde``). Its RCF-MNIST command (``src/main.sh``: ``--mixtype random --batch_type 1``)
+    draws instead from the batch plus as many uniformly drawn training samples (``get_batch_kde_mixup_idx``
+    via ``get_batch_kde_mixup_batch``). ``partners='batch'`` (the default, mixlab's earlier and only form
+    before the option) draws from the batch: calling this pairing. ``partners='set'`` is the official form:
+    ``Mix`` draws with :meth:`draw_from_set` (dataset indices) and fetches the partners' inputs from the
+    training set it was given (``Mix.setup(train_set=...)``); calling the pairing still draws from the batch.
+
+    λ: the official ``train`` draws one λ ~ Beta(α, α) per batch (``np.random.beta`` once per iteration),
+    which is ``lambda=beta lam.per_sample=false``; mixlab's ``beta`` draws one per sample by default.
+    """
+
+    def __init__(self, *, sigma: float = 1.0, partners: str = "batch") -> None:
         if not (is_number(sigma) and 0 < sigma < float("inf")):
             raise ValueError(f"sigma={sigma!r}: expected a number > 0 (the kernel's bandwidth, in target units)")
         self.sigma = float(sigma)
+        self.partners = _check_choice("partners", partners, LABEL_KERNEL_PARTNERS)
+        self.needs_train_set = self.partners == "set"
 
     def __call__(self, x: Tensor, y: Tensor | None = None, *, features: Tensor | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
@@ -430,14 +466,27 @@ class LabelKernelPairing(Pairing):
                              f"{None if y is None else tuple(y.shape)} (boxes have no kernel between them)")
         with float32_region(x.device):
             t = y.to(x.device)
-            if not t.is_floating_point():  # class indices as one-hot: ‖e_a − e_b‖² = 2 across classes, 0 within
-                sq = 2.0 * (t[:, None] != t[None, :]).float()
-            else:
-                t = t.float().reshape(t.shape[0], -1)
-                sq = torch.cdist(t, t).square()
-            logits = -sq / (2.0 * self.sigma ** 2)
-            u = _rand(tuple(logits.shape), generator, x.device).clamp_(min=1e-12, max=1 - 1e-7)
-            return (logits - torch.log(-torch.log(u))).argmax(1)
+            return self._draw(t, t, generator)
+
+    def draw_from_set(self, y: Tensor, train_targets: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """C-Mixup's set-level draw (``--mixtype kde``): each sample's partner among *all* N training samples,
+        P(j | i) = exp(−‖y_i − t_j‖²/(2σ²)) / Σ_j' exp(−‖y_i − t_j'‖²/(2σ²)), returned as (B,) indices into
+        ``train_targets`` (N,) or (N, k), i.e. dataset indices: the partners' inputs are then fetched by index
+        (``x_train.index_select(0, j)``), and j equals the sample's own dataset index where it drew itself.
+        ``y``: the batch's targets, of the same kind as ``train_targets``. O(B·N) memory; no host sync.
+        """
+        if y.dim() > 2 or train_targets.dim() != y.dim() or y.is_floating_point() != train_targets.is_floating_point() \
+                or (y.dim() == 2 and y.shape[1] != train_targets.shape[1]):
+            raise ValueError(f"label_kernel.draw_from_set needs batch and training-set targets of one kind, (B,) and "
+                             f"(N,) or (B, k) and (N, k); got {y.dtype} {tuple(y.shape)} and {train_targets.dtype} "
+                             f"{tuple(train_targets.shape)}")
+        with float32_region(y.device):
+            return self._draw(y, train_targets.to(y.device), generator)
+
+    def _draw(self, t: Tensor, pool: Tensor, generator: torch.Generator | None) -> Tensor:
+        logits = -_target_sq_distance(t, pool) / (2.0 * self.sigma ** 2)
+        u = _rand(tuple(logits.shape), generator, t.device).clamp_(min=1e-12, max=1 - 1e-7)
+        return (logits - torch.log(-torch.log(u))).argmax(1)
 
 
 @PAIRINGS.register("optimal")

@@ -100,6 +100,8 @@ RULES: dict[str, Rule] = {
     "eval.test": BOOL,
     "eval.corruptions": BOOL,
     "eval.corruption_samples": ("null or an integer >= 1", lambda v: v is None or (_is_int(v) and v >= 1)),
+    # the severity tables and formulas of the corrupted sets (mixlab/data/corruptions.py): auto by image kind
+    "eval.corruption_form": _one_of("auto", "mnist_c", "cifar10_c", "imagenet_c", "v1"),
     "eval.ood": ("null or digits (sklearn's handwritten digits, resized: far out-of-distribution for images)",
                  lambda v: v is None or v == "digits"),
     "data.batch_size": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
@@ -138,6 +140,12 @@ RULES: dict[str, Rule] = {
     "logger.mode": _one_of(*WANDB_MODES),
     "logger.tags": ("a list of strings", lambda v: _is_list(v) and all(isinstance(t, str) for t in v)),
     "logger.images": BOOL,
+    # sk's warp (engine.lam.SK_WARPS; the constructor checks it too): before anything is built, in one line
+    "lam.warp": _one_of("inverse_cdf", "cdf"),
+    # how a text model reads a blend's padding (models.text.MASK_MIXES; the constructor checks it too)
+    "model.mask_mix": _one_of("soft", "union"),
+    # where label_kernel's partners come from (engine.pairing.LABEL_KERNEL_PARTNERS; the constructor checks it too)
+    "pairing.partners": _one_of("batch", "set"),
 }
 
 
@@ -229,7 +237,9 @@ def _transferred(cfg: DictConfig, path: str, settings: Any) -> list[str] | None:
         return None  # an older tuning.json: under what settings its trials ran is unknown
     transfer = cfg.get("tuned_transfer", False)
     check_rule("tuned_transfer", transfer)  # read before validate() runs: a bad value must not pass for false
-    diff = differences(settings, tuning_settings(_resolved(cfg)))
+    # keys added since (ADDED) read as their old behaviour, as in fingerprint()
+    old = {k: v for k, v in with_added(settings).items() if not _under(k, VOLATILE + TUNING_FREE)}
+    diff = differences(old, tuning_settings(_resolved(cfg)))
     if diff and not transfer:
         shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
         raise ConfigError(f"tuned={path!r}: made under other settings ({shown}); expected a run under the same "
@@ -341,13 +351,38 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
 ADDED = {"trainer.val_every": 1, "eval.ood": None, "eval.corruptions": False, "eval.corruption_samples": None,
          "data.crop_padding": 0, "data.hflip": False,  # now defaults of every data set (text had none)
          "trainer.streams": "shared", "eval.test": True,  # records made before the streams were separated drew pairing and λ from data order
-         "tuned_transfer": False}
+         "tuned_transfer": False,
+         "eval.corruption_form": "v1",  # records made before the reference forms used mixlab's first mix
+         "model.mask_mix": "union",  # text runs before it read a blend's padding as the OR of the masks
+         "lam.warp": "inverse_cdf",  # sk runs before the option warped through the inverse Beta CDF (its default)
+         "pairing.partners": "batch"}  # label_kernel runs before the option drew partners from the batch
+# a component's option ADDED: only the components that take it (an image model has no ``mask_mix``)
+ADDED_FOR = {"model.mask_mix": ("model.name", ("textcnn", "transformer")), "lam.warp": ("lam.name", ("sk",)),
+             "pairing.partners": ("pairing.name", ("label_kernel",))}
+
+
+def with_added(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flat config with the ``ADDED`` keys it lacks, at their old values (a component's option only where
+    the run's component takes it)."""
+    def applies(key: str) -> bool:
+        if key not in ADDED_FOR:
+            return True
+        name, takers = ADDED_FOR[key]
+        return flat.get(name) in takers
+
+    return {**{k: v for k, v in ADDED.items() if applies(k)}, **flat}
+
+
+# keys that change nothing while their switch is off: not part of a run's identity then
+INERT_UNLESS = {"eval.corruption_form": "eval.corruptions"}
 
 
 def fingerprint(resolved: dict) -> dict[str, Any]:
-    """What identifies a run: the resolved config, flattened, without the ``VOLATILE`` keys (``ADDED``
-    keys a record predates count as their old behaviour)."""
-    return {k: v for k, v in {**ADDED, **flatten(resolved)}.items() if not _under(k, VOLATILE)}
+    """What identifies a run: the resolved config, flattened, without the ``VOLATILE`` keys and the keys
+    whose switch is off (``INERT_UNLESS``); ``ADDED`` keys a record predates count as their old behaviour."""
+    flat = with_added(flatten(resolved))
+    return {k: v for k, v in flat.items()
+            if not _under(k, VOLATILE) and (k not in INERT_UNLESS or flat.get(INERT_UNLESS[k]))}
 
 
 def config_difference(old: dict, new: dict) -> list[str]:

@@ -26,9 +26,9 @@ from torchvision.utils import make_grid, save_image
 
 from ..data import Batches, Dataset, dataset_from_config
 from ..data.base import DEFAULT_ROOT
-from ..data.corruptions import corrupted_sets
+from ..data.corruptions import corrupted_sets, resolve_form
 from ..data.ood import ood_inputs
-from ..engine.lam import LAMBDAS
+from ..engine.lam import LAMBDAS, unmixed_self_pairs
 from ..engine.mixing import MIXERS, Mix
 from ..engine.pairing import PAIRINGS, _lowest_top_bidder, batch_distance_scale, pair_distance
 from ..models import MODELS, MixModel, build_model
@@ -167,6 +167,7 @@ class Parts:
     mix_at: int | None = None  # a fixed mix point (text with mixer=input: 0, the embeddings); None: drawn per step
     ood: Tensor | None = None  # eval.ood: the out-of-distribution inputs scored after the last epoch
     corrupted: dict | None = None  # eval.corruptions: (corruption, severity) -> uint8 test images in [0, 255]
+    corruption_form: str | None = None  # the form they were made in (mnist_c, cifar10_c, imagenet_c, v1)
     stop: dict | None = None  # the run's stop flag, read between evaluation batches too
 
 
@@ -327,13 +328,19 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
     classification = task.has_classes
     if getattr(PAIRINGS.get(cfg.pairing.name), "needs_classes", False) and not classification:
         raise ConfigError(f"pairing={cfg.pairing.name!r}: needs class labels, but data={ds.name!r} is regression")
-    mix = Mix(lam=cfg.lam.name, pairing=cfg.pairing.name, mixer=cfg.mixer.name,
-              num_classes=ds.num_classes if classification else None, lam_kwargs=options(cfg.lam),
-              pairing_kwargs=options(cfg.pairing), mixer_kwargs=options(cfg.mixer),
-              smoothing=cfg.smoothing if classification else 0.0, generator=generators.get("mix", generators["data"]),
-              gather=d.gather if d.world > 1 else None, rank=d.rank, scope=scope if d.world > 1 else "local",
-              shared_generator=generators.get("mix_global", generators["data"]), boxes=task.mixes_boxes)
-    mix.setup(num_samples=ds.n_train)
+    try:  # the options are checked; what is left is their combination (a λ policy that reads the pair, ...)
+        mix = Mix(lam=cfg.lam.name, pairing=cfg.pairing.name, mixer=cfg.mixer.name,
+                  num_classes=ds.num_classes if classification else None, lam_kwargs=options(cfg.lam),
+                  pairing_kwargs=options(cfg.pairing), mixer_kwargs=options(cfg.mixer),
+                  smoothing=cfg.smoothing if classification else 0.0,
+                  generator=generators.get("mix", generators["data"]), gather=d.gather if d.world > 1 else None,
+                  rank=d.rank, scope=scope if d.world > 1 else "local",
+                  shared_generator=generators.get("mix_global", generators["data"]), boxes=task.mixes_boxes)
+    except ValueError as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    # A pairing that draws partners from the training set gets it: the tensors the batches are cut from, so a
+    # partner's row is what a batch holds for that index (crop/flip augmentation, if any, is not applied to it).
+    mix.setup(num_samples=ds.n_train, train_set=(ds.x_train, ds.y_train) if mix.needs_train_set else None)
     with component_errors("optim"):
         optimizer, scheduler = build_optimizer(cfg.optim.name, model.parameters(), steps_per_epoch=len(batches),
                                                epochs=cfg.trainer.epochs, **options(cfg.optim))
@@ -345,6 +352,15 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
     if inside and scope == "global":
         raise ConfigError(f"trainer.pairing_scope='global': not supported with model={cfg.model.name}, which mixes inside "
                           "the model (embeddings are not gathered across processes); expected local")
+    if mix.needs_train_set and scope == "global":
+        raise ConfigError(f"trainer.pairing_scope='global': not supported with pairing={cfg.pairing.name} "
+                          "pairing.partners=set (partners come from the training set, not the gathered batch); "
+                          "expected local")
+    if mix.needs_train_set and (manifold or inside):
+        where = f"mixer={cfg.mixer.name}" if manifold else f"model={cfg.model.name}"
+        raise ConfigError(f"{where}: mixes hidden states, but pairing={cfg.pairing.name} pairing.partners=set fetches "
+                          "its partners' inputs from the training set; expected mixer=input or cutmix on a model that "
+                          "mixes its inputs, or pairing.partners=batch")
     uses_features = any(getattr(part, "space", "input") == "feature" for part in (mix.lam_policy, mix.pairing))
     forward = torch.compile(model) if cfg.trainer.compile else model
     eval_forward = forward
@@ -357,16 +373,19 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
     if (cfg.get("eval") or {}).get("ood") is not None:
         with component_errors("eval"):
             ood = ood_inputs(cfg.eval.ood, ds)
-    corrupted = None
+    corrupted, form = None, None
     if (cfg.get("eval") or {}).get("corruptions"):
         with component_errors("eval"):
             ds.require_image_classifier("eval.corruptions=True", "false")
         n = cfg.eval.get("corruption_samples") or ds.n_test
         root = Path(cfg.data.root).expanduser() if cfg.data.get("root") else DEFAULT_ROOT
-        corrupted = corrupted_sets(ds.unnormalise(ds.x_test[:n]), root / "corruptions" / ds.name)
+        # which reference's formulas and severity tables: auto resolves by image kind (grey, 32x32 colour, larger)
+        with component_errors("eval"):
+            form = resolve_form(cfg.eval.get("corruption_form", "v1"), tuple(ds.x_test[:1].shape))
+        corrupted = corrupted_sets(ds.unnormalise(ds.x_test[:n]), root / "corruptions" / ds.name, form=form)
     return Parts(ds, model, forward, eval_forward, mix, batches, optimizer, scheduler, generators, device,
                  _auto(cfg.trainer.amp, device), channels_last, manifold or inside, needs_features, d, bank, task,
-                 0 if inside and not manifold else None, ood, corrupted)
+                 0 if inside and not manifold else None, ood, corrupted, corruption_form=form)
 
 
 @torch.no_grad()
@@ -399,9 +418,10 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
     sums = torch.zeros(4, device=dev, dtype=torch.float64)  # loss, correct, same-class pairs, pair distance
     n = 0  # samples seen: known on the host, so never copied to the device
     lams: list[Tensor] = []
+    applied: list[Tensor] = []  # λ with self-pairs at 1: what the strength counts
     images: Tensor | None = None
     boxes: Tensor | None = None  # detection: the blends' boxes, drawn on them
-    probe: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # the first batch's pairs, for λ against distance
+    probe: tuple[Tensor, ...] | None = None  # the first batch's pairs, for λ against distance
     t0 = time.perf_counter()
     for step, (x, y, index) in enumerate(p.batches):
         if p.channels_last:
@@ -447,11 +467,12 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
         if step == 0:  # what the λ policy measured distances in: the hidden state, its features, or x
             feature_space = getattr(p.mix.lam_policy, "space", "") == "feature"
             space = (held["f"] if feature_space else held["h"]) if p.manifold else features if feature_space else x
-            # (the rows, what partner indexes: the gathered batch under pairing_scope=global, partner, λ)
-            probe = (space.detach(), (last.pool[0] if last.pool is not None else space).detach(), last.partner,
-                     last.lam.detach())
+            # (the rows, what partner indexes: the gathered batch under pairing_scope=global, the training set
+            # under a set-level pairing, partner, λ, and the batch whose typical distance scales the pairs')
+            pool = (last.pool[0] if last.pool is not None else space).detach()
+            probe = (space.detach(), pool, last.partner, last.lam.detach(), space.detach() if last.from_set else pool)
         n += y.shape[0]
-        px, py = last.pool if last.pool is not None else (x, y)  # pairing_scope=global: the gathered batch
+        px, py = last.pool if last.pool is not None else (x, y)  # the gathered batch, or the training set
         if p.model.mixes_inside:  # token ids have no distance: text's pairs are measured where they are mixed
             pair_d = pair_distance(held["h"], held["h"].index_select(0, last.partner))
         else:
@@ -461,6 +482,9 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
         correct = p.task.correct(out, y_mix)
         sums += torch.stack([loss.detach() * y.shape[0], correct, same, pair_d.sum()]).double()
         lams.append(last.lam.detach())
+        # a sample paired with itself made no blend: its strength is 0 whatever λ it drew ("itself": its
+        # position in the gathered batch under pairing_scope=global, its dataset index under a set-level pairing)
+        applied.append(unmixed_self_pairs(last.lam.detach(), last.partner, last.own))
         if (step + 1) % log_every == 0 or step + 1 == steps:
             if d.world == 1:
                 s, seen, stopping = sums.tolist(), n, False  # the one host sync per log interval
@@ -485,19 +509,22 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
            "train_seconds": seconds, "images_per_second": seen / seconds}
     if topped_up is not None:  # trainer.features=cache: the share of rows the end-of-epoch pass refreshed
         row["feature_cache_topped_up"] = topped_up / p.ds.n_train
-    row.update(lam_stats(d.gather(torch.cat(lams))))
+    row.update(lam_stats(d.gather(torch.cat(lams))))  # the λ drawn
+    row.update({k: v for k, v in lam_stats(d.gather(torch.cat(applied))).items() if k.startswith("lam_strength")})
     return {"row": row, "images": images, "boxes": boxes, "lam_vs_distance": _lam_vs_distance(p.mix.lam_policy, *probe)}
 
 
-def _lam_vs_distance(policy: object, z: Tensor, pool: Tensor, partner: Tensor, lam: Tensor, most: int = 256) -> dict:
+def _lam_vs_distance(policy: object, z: Tensor, pool: Tensor, partner: Tensor, lam: Tensor, batch: Tensor,
+                     most: int = 256) -> dict:
     """Up to ``most`` pairs of an epoch's first (full) batch for the report's λ-against-distance picture:
     each pair's distance (row i of ``z`` to row partner[i] of ``pool``) as the λ policy saw it — its
-    metric and space, divided by its statistic over the batch ``pool`` (``distance``'s ``normalize``,
-    ``sk``'s all-pairs mean; Euclidean over the mean for the others)."""
+    metric and space, divided by its statistic over ``batch`` (``pool``, or the batch itself where ``pool``
+    is the training set: ``distance``'s ``normalize``, ``sk``'s all-pairs mean; Euclidean over the mean
+    for the others)."""
     metric, how = getattr(policy, "metric", "euclidean"), getattr(policy, "normalize", "mean")
     dist = pair_distance(z, pool.index_select(0, partner), metric)
     if how != "none":
-        dist = dist / batch_distance_scale(pool, metric, how).clamp_min(1e-12)
+        dist = dist / batch_distance_scale(batch, metric, how).clamp_min(1e-12)
     return {"distance": dist[:most].tolist(), "lam": lam[:most].float().tolist(), "metric": metric,
             "normalize": how, "batch": int(partner.shape[0])}
 
@@ -797,6 +824,7 @@ def _evaluate_and_record(p: Parts, cfg: DictConfig, run_dir: Path, log: MetricsL
         test.update({"temperature": ts["temperature"], **{f"test_{k}_ts": ts[k] for k in ("nll", "ece", "brier")}})
     if p.corrupted is not None and test_logits is not None:  # eval.corruptions: the corrupted test sets
         extras["corruptions"], means = _corruption_table(p)
+        extras["corruption_form"] = p.corruption_form
         test.update(means)
     if p.ood is not None and test_logits is not None:  # eval.ood: the test set against the OOD set
         ood = ood_metrics(test_logits, p.task.join(_outputs(p, p.ood)))

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..run.config import flatten
+from ..run.config import fingerprint
 
 # Metrics where a smaller value is the better one (the rest: higher is better).
 LOWER_IS_BETTER = ({f"{split}_{m}" for split in ("test", "val") for m in ("nll", "ece", "aece", "brier", "mse", "mae")}
@@ -160,7 +160,10 @@ def _short(v: object) -> object:
 def matched_policy(control: Config, configs: list[Config]) -> Config | None:
     """The configuration whose strength ``control`` matches: its lam config is the control's
     ``study.control_of`` and every non-λ key is the same."""
-    want = flatten({"lam": control.control_of or {}})
+    def recorded(group: str, node: dict) -> dict:  # as a run's config reads, keys it predates at their old values
+        return {k: v for k, v in fingerprint({group: node}).items() if k.startswith(f"{group}.")}
+
+    want = recorded("lam", control.control_of or {})
     pairing = next((p for r in control.runs if isinstance(p := (r.config.get("study") or {}).get("control_of_pairing"),
                                                           dict)), None)
 
@@ -168,7 +171,7 @@ def matched_policy(control: Config, configs: list[Config]) -> Config | None:
         if pairing is None:
             return non_lam(c) == non_lam(control)
         return without_pairing(c) == without_pairing(control) and \
-            {k: v for k, v in c.flat.items() if k.startswith("pairing.")} == flatten({"pairing": pairing})
+            {k: v for k, v in c.flat.items() if k.startswith("pairing.")} == recorded("pairing", pairing)
     return next((c for c in configs if c.control_of is None and c.lam_options() == want and same_rest(c)), None)
 
 

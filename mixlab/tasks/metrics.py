@@ -99,8 +99,12 @@ def classification_metrics(logits: Tensor, labels: Tensor, *, n_bins: int = 15) 
       equal-width bins (0, 1/n_bins], …, ((n_bins−1)/n_bins, 1]; conf 0 goes to the first bin
     - ``brier`` = 1/N Σ_i Σ_c (p_ic − [c = y_i])²                         in [0, 2]
     - ``aece``  = the same sum over ``n_bins`` *equal-mass* bins instead (adaptive ECE, Nixon et al.
-      2019): the samples sorted by conf (stably) and cut as ``numpy.array_split`` cuts, the first
-      N mod n_bins bins one sample larger; robust to the pile-up of confidences near 1
+      2019, "Measuring Calibration in Deep Learning": confidence ranges that each hold N/n_bins
+      predictions); robust to the pile-up of confidences near 1. The ranges are cut where
+      ``numpy.array_split`` cuts the sorted confidences (the first N mod n_bins bins one sample
+      larger) and are right-closed, so equal confidences share one bin, the one their run starts
+      in (a bin after it may be left empty): the value depends on the (conf, correct) pairs only,
+      never on the order of the rows
 
     One device-to-host transfer at the end.
     """
@@ -118,14 +122,18 @@ def classification_metrics(logits: Tensor, labels: Tensor, *, n_bins: int = 15) 
 
 
 def _equal_mass_sums(conf: Tensor, correct: Tensor, n_bins: int) -> Tensor:
-    """Per equal-mass bin (``numpy.array_split`` of the samples sorted by conf): (count, Σ conf, Σ correct)."""
+    """Per equal-mass bin: (count, Σ conf, Σ correct). A sample's bin is the one ``numpy.array_split`` gives
+    the place where its run of equal confidences starts in the sorted confidences: ties never straddle two
+    bins. Summed in the order of the (conf, correct) pairs, so that no order of the rows changes a bit."""
     n = conf.shape[0]
-    order = torch.sort(conf, stable=True).indices
+    by_correct = torch.sort(correct, stable=True).indices
+    order = by_correct[torch.sort(conf[by_correct], stable=True).indices]  # by (conf, correct)
+    conf, correct = conf[order], correct[order]
+    first = torch.searchsorted(conf, conf)  # where each sample's run of equal confidences starts
     q, r = divmod(n, n_bins)
-    rank = torch.arange(n, device=conf.device)
-    big = r * (q + 1)  # the first r bins hold q + 1 samples, the rest q
-    bins = torch.where(rank < big, rank // (q + 1), r + (rank - big) // max(q, 1))
-    stacked = torch.stack([torch.ones_like(conf), conf, correct], 1).double()[order]
+    big = r * (q + 1)  # the first r bins hold q + 1 places, the rest q
+    bins = torch.where(first < big, first // (q + 1), r + (first - big) // max(q, 1))
+    stacked = torch.stack([torch.ones_like(conf), conf, correct], 1).double()
     return F.one_hot(bins, n_bins).double().T @ stacked  # deterministic on every device, as _bin_sums
 
 
