@@ -186,14 +186,14 @@ def test_no_go_stops_before_the_comparison(tmp_path):
 
 
 def test_a_study_through_submitits_local_executor_completes(tmp_path):
-    """Each job a process of its own, as on a SLURM cluster (hydra/launcher=submitit_slurm)."""
+    """Each job a process of its own, as on a SLURM cluster (hydra/launcher=submitit_slurm): a one-arm study,
+    tuning and comparison (2 jobs), to keep the suite short."""
     r = study("s", "experiment=digits_study", "model=mlp", "model.hidden=[32]", "~model.width", "trainer.epochs=2",
-              "data.train_subset=150", "study.arms=[none,beta]", "study.trials=1", "study.tuning_seeds=[0]",
-              "study.eval_seeds=[100]", "hydra/launcher=submitit_local", cwd=tmp_path)
+              "data.train_subset=150", "study.arms=[beta]", "study.go=always", "study.trials=1",
+              "study.tuning_seeds=[0]", "study.eval_seeds=[100]", "hydra/launcher=submitit_local", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     runs = records(tmp_path / "s")
-    assert sorted(runs) == ["compare/lambda=beta,seed=100", "compare/lambda=none,seed=100",
-                            "tuning/beta/trial_0/seed=0", "tuning/none/trial_0/seed=0"]
+    assert sorted(runs) == ["compare/lambda=beta,seed=100", "tuning/beta/trial_0/seed=0"]
     assert all(v["status"] == "completed" for v in runs.values())
     assert (tmp_path / "s" / ".submitit").is_dir() or any((tmp_path / "s").rglob("*_submitted.pkl"))
     assert (tmp_path / "s" / "report" / "report.md").exists()
