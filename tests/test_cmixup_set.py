@@ -16,6 +16,7 @@ import pytest
 import torch
 from scipy import stats
 
+from mixlab.engine.lam import LAMBDAS
 from mixlab.engine.mixing import Mix
 from mixlab.run.config import ConfigError, fingerprint
 
@@ -205,3 +206,20 @@ def test_a_tabular_regression_run_with_set_partners_trains_and_records_its_stren
     assert 0 < row["lam_strength"] <= 0.5 and np.isfinite(row["train_loss"]) and row["pair_distance"] > 0
     probe = json.loads((tmp_path / "run" / "last_epoch.json").read_text())["lam_vs_distance"]
     assert probe["batch"] == 32 and len(probe["distance"]) == 32 and all(np.isfinite(probe["distance"]))
+
+
+def test_only_a_policy_that_says_so_itself_counts_as_not_reading_the_pair():
+    """``reads_pair`` is read from the class's own body: a subclass of a pair-blind policy (which may read
+    the pair) is taken to read it unless it says otherwise."""
+    from mixlab.engine.lam import Beta
+    from mixlab.engine.mixing import reads_pair
+
+    class Mine(Beta):
+        pass
+
+    class Declared(Beta):
+        reads_pair = False
+
+    assert not reads_pair(Beta) and reads_pair(Mine) and not reads_pair(Declared)
+    assert sorted(n for n in LAMBDAS.names() if not reads_pair(LAMBDAS.get(n))) == [
+        "automix", "beta", "constant", "loss", "none", "schedule"]

@@ -189,9 +189,14 @@ class Policy:
     ``dynamic``: whether λ depends on the pair, the model's state or the training time (True, the
     default, for a new policy) rather than being a fixed draw or value; ``python -m mixlab.controls``
     adds a strength-matched Beta control next to each dynamic policy of a comparison.
+
+    ``reads_pair``: whether the draw looks at the partner (its input, features or distance to the sample).
+    Read from the class's own body only (``mixing.reads_pair``): a policy that does not say is taken to
+    read it, a subclass included, and cannot run with partners drawn from outside the batch.
     """
 
     dynamic = True
+    reads_pair = True
 
     def __call__(self, x: Tensor, partner: Tensor, *, features: Tensor | None = None, index: Tensor | None = None,
                  progress: float | None = None, generator: torch.Generator | None = None) -> Tensor:
@@ -216,6 +221,8 @@ class Policy:
 class NoMix(Policy):
     """λ = 1: no mixing, the ERM baseline."""
 
+    reads_pair = False  # its draw never looks at the partner
+
     dynamic = False
 
     def __call__(self, x, partner, **_: object) -> Tensor:
@@ -229,6 +236,8 @@ class Constant(Policy):
     Seed 002 trains with 0.2 given to the *partner* (x̂_i = 0.8·x_i + 0.2·x_j), which is
     ``value=0.8`` here (the default): mixlab's λ is always the sample's own weight.
     """
+
+    reads_pair = False  # its draw never looks at the partner
 
     dynamic = False
 
@@ -249,6 +258,8 @@ class Beta(Policy):
     (:func:`beta_alpha_for_strength`): fixed mixup as strong, on average, as a dynamic policy
     that measured s, so a comparison can separate "dynamic" from "how much".
     """
+
+    reads_pair = False  # its draw never looks at the partner
 
     dynamic = False
 
@@ -272,6 +283,8 @@ class AutoMix(Policy):
     ``nearest``, ``offset``, ``same_class`` and other pairings that are not, only this one keeps
     every sample dominant in its own mixed example.
     """
+
+    reads_pair = False  # its draw never looks at the partner
 
     def __call__(self, x, partner, *, generator=None, **_: object) -> Tensor:
         eps = _rand((x.shape[0],), generator, x.device)
@@ -412,6 +425,8 @@ class Loss(Policy):
     standardised regression targets).
     """
 
+    reads_pair = False  # its draw never looks at the partner
+
     def __init__(self, *, map: str = "inverse", temperature: float = 1.0, momentum: float = 0.9,
                  per_sample: bool = False, signal: str = "excess", init_loss: float | None = None,
                  num_samples: int | None = None, num_classes: int | None = None) -> None:
@@ -480,6 +495,8 @@ class Schedule(Policy):
     The default goes from strong mixing (α = 1, λ uniform) to weak (α = 0.1, λ near 0 or 1),
     separating "dynamic by time" from "dynamic by pair" in sweeps. ``progress`` must be passed.
     """
+
+    reads_pair = False  # its draw never looks at the partner
 
     def __init__(self, *, alpha_start: float = 1.0, alpha_end: float = 0.1, shape: str = "linear",
                  per_sample: bool = True) -> None:

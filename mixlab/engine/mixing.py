@@ -13,24 +13,17 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .lam import LAMBDAS, AutoMix, Beta, Constant, Loss, NoMix, Policy, Schedule
+from .lam import LAMBDAS, NoMix, Policy
 from .pairing import PAIRINGS, _check_choice, _rand, float32_region
 from .registry import Registry
 
 MIXERS: Registry = Registry("mixer")
 
-# λ policies whose draw never looks at the partner (its input, features or distance to the sample): the only
-# ones a pairing that draws partners from the training set can run with, since those partners are not rows of
-# the batch the policy is called on. A policy may declare ``reads_pair``; these built-in ones read no pair.
-PAIR_BLIND = (NoMix, Constant, Beta, AutoMix, Loss, Schedule)
-
-
 def reads_pair(policy: object) -> bool:
-    """Whether a λ policy (or its class) reads the pair: its ``reads_pair`` where it declares one; otherwise
-    False for the built-in ``PAIR_BLIND`` ones and True for any other (the safe guess)."""
-    declared = getattr(policy, "reads_pair", None)
+    """Whether a λ policy (or its class) reads the pair: ``reads_pair`` as its own class declares it (not
+    inherited: a subclass may read what its parent did not), True where it does not say (the safe guess)."""
     cls = policy if isinstance(policy, type) else type(policy)
-    return bool(declared) if declared is not None else cls not in PAIR_BLIND
+    return bool(vars(cls).get("reads_pair", True))
 
 
 def _check_pair_args(x: Tensor, partner: Tensor, lam: Tensor, what: str) -> None:
