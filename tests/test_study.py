@@ -22,7 +22,8 @@ from .test_config import compose_cfg
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
 SMALL = ["experiment=digits_study", "model=mlp", "model.hidden=[32]", "~model.width", "trainer.epochs=3",
-         "data.train_subset=150", "study.trials=2", "study.arms=[none,beta,schedule]", "study.eval_seeds=[100,101]"]
+         "data.train_subset=150", "study.trials=2", "study.arms=[none,beta,schedule]", "study.eval_seeds=[100,101]",
+         "study.controls={schedule:[strength,reversed],beta:[stop_late]}"]
 
 
 def study(folder: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -64,8 +65,11 @@ def test_the_one_command_runs_every_phase_from_its_plan(done):
     first_run = min(p.stat().st_mtime_ns for p in done.rglob(".hydra/config.yaml"))
     assert (done / "plan.yaml").stat().st_mtime_ns <= first_run  # written before the first run
     assert [a["arm"] for a in plan["arms"]] == ["none", "beta", "schedule"] and plan["hash"]
-    assert plan["primary_family"] == ["schedule vs beta on test_acc", "schedule vs its control on test_acc"]
-    assert [c["of"] for c in plan["controls"]] == ["schedule"]
+    assert plan["primary_family"] == ["schedule vs beta on test_acc", "schedule vs its strength control on test_acc",
+                                      "schedule vs its reversed control on test_acc",
+                                      "schedule vs beta's stop_late control on test_acc"]
+    assert [(c["of"], c["kind"]) for c in plan["controls"]] == [("beta", "stop_late"), ("schedule", "strength"),
+                                                               ("schedule", "reversed")]
     # tuning: the declared budget per arm, on the tuning seeds, never reading the test set
     runs = records(done)
     tuning = {k: v for k, v in runs.items() if k.startswith("tuning/")}
@@ -85,12 +89,20 @@ def test_the_one_command_runs_every_phase_from_its_plan(done):
     # comparison on the evaluation seeds, with the tuned values; controls of every dynamic arm
     compare = {k: v for k, v in runs.items() if k.startswith("compare/")}
     assert all(v["status"] == "completed" and v["config"]["seed"] in (100, 101) for v in compare.values())
-    arms = sorted((v["config"]["lam"]["name"], (v["config"]["study"].get("control_of") or {}).get("name", ""))
-                  for v in compare.values())
-    assert arms == sorted([(a, "") for a in ("none", "beta", "schedule") for _ in range(2)] + [("beta", "schedule")] * 2)
+    arms = sorted((v["config"]["lam"]["name"], (v["config"]["study"].get("control_of") or {}).get("name", ""),
+                   v["config"]["study"].get("control_kind", "")) for v in compare.values())
+    assert arms == sorted([(a, "", "") for a in ("none", "beta", "schedule") for _ in range(2)]
+                          + [("beta", "schedule", "strength"), ("schedule", "schedule", "reversed"),
+                             ("beta", "beta", "stop_late")] * 2)
     for v in compare.values():
-        if v["config"]["lam"]["name"] == "beta" and not v["config"]["study"].get("control_of"):
-            assert v["config"]["lam"]["alpha"] == tuned["beta"]["lam.alpha"]
+        c = v["config"]
+        if c["study"].get("control_kind") != "strength":  # the arm's tuned values, its own or its control's
+            for key, value in tuned.get(c["lam"]["name"], {}).items():
+                assert c["lam"][key.split(".", 1)[1]] == value
+        if c["study"].get("control_kind") in ("reversed", "stop_late"):  # ... under the control's one change
+            assert c["study"]["control_of"] == {**c["lam"]}
+            assert (c["trainer"]["reverse_time"], c["trainer"]["mix_until"]) == \
+                ((True, 1.0) if c["study"]["control_kind"] == "reversed" else (False, 0.75))
     assert (done / "report" / "report.md").read_text().startswith("# mixlab report")
 
 

@@ -179,7 +179,7 @@ def test_the_plans_family_is_the_holm_family_and_a_comparison_it_cannot_make_is_
     assert table[("lam=none", "lam=beta")]["family"] == "primary"
     assert table[("lam=schedule", "lam=beta")]["family"] == "primary"
     lead = section(md, "Verdict of the pre-registered primary family")
-    assert "schedule vs its control on test_acc: not computed — no run of the control of schedule in these " \
+    assert "schedule vs its control on test_acc: not computed — no run of the strength control of schedule in these " \
            "records" in lead
     assert "Holm ran over 2 test(s), not the 3 planned" in lead
 
@@ -198,7 +198,7 @@ def test_the_plan_its_budgets_seeds_decisions_and_every_deviation_are_stated(tmp
     assert f"plan.yaml (hash {plan['hash']}) was written before the first run by: {plan['command']} — at git " \
            "commit 0123456789ab." in text
     assert "| schedule | schedule | random | yes | lam.alpha_start ∈ [0.1, 4] log-uniform | 2 | " \
-           "trial 0: lam.alpha_start=1.0, lam.alpha_end=0.1 (val_acc 0.9400) | planned |" in text
+           "trial 0: lam.alpha_start=1.0, lam.alpha_end=0.1 (val_acc 0.9400) | strength |" in text
     assert "| beta | beta | random | no | lam.alpha ∈ [0.05, 4] log-uniform | 2 | trial 1: lam.alpha=0.6" in text
     assert "tuning seed [0, 1]" in text and "Evaluation: seeds [100, 101, 102] (disjoint from the tuning seeds)" in text
     assert "go/no-go reference_beats_none — go (go.json, on validation val_acc: beta 0.9400, none 0.9100)" in text
@@ -287,7 +287,7 @@ def test_runs_missing_failed_or_outside_the_plan_are_warned(tmp_path):
     warnings = section(report(compare, tmp_path), "Warnings")
     assert "- Runs missing against the plan (1 of 12: every arm and every planned control on every evaluation " \
            "seed): arm schedule, seed 102." in warnings
-    assert "- Planned runs that did not complete (1): the control of schedule, seed 100 " \
+    assert "- Planned runs that did not complete (1): the strength control of schedule, seed 100 " \
            "(lambda=beta,matched_to=schedule,seed=100: failed)." in warnings
     assert "- Runs outside the plan (1: an arm, control or seed it does not list): lambda=none,seed=7." in warnings
 

@@ -193,10 +193,14 @@ class Policy:
     ``reads_pair``: whether the draw looks at the partner (its input, features or distance to the sample).
     Read from the class's own body only (``mixing.reads_pair``): a policy that does not say is taken to
     read it, a subclass included, and cannot run with partners drawn from outside the batch.
+
+    ``reads_time``: whether the draw depends on ``progress`` (the fraction of training done); only such a
+    policy can run with its clock reversed (``Mix(reverse_time=True)``, the time-reversal control).
     """
 
     dynamic = True
     reads_pair = True
+    reads_time = False
 
     def __call__(self, x: Tensor, partner: Tensor, *, features: Tensor | None = None, index: Tensor | None = None,
                  progress: float | None = None, generator: torch.Generator | None = None) -> Tensor:
@@ -497,6 +501,7 @@ class Schedule(Policy):
     """
 
     reads_pair = False  # its draw never looks at the partner
+    reads_time = True
 
     def __init__(self, *, alpha_start: float = 1.0, alpha_end: float = 0.1, shape: str = "linear",
                  per_sample: bool = True) -> None:

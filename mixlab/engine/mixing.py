@@ -223,6 +223,12 @@ class Mix:
     holds it, and ``mix.last`` records ``pool=(x_train, y_train)`` and ``own=index`` (j equal to a row's own
     index is a self-pair). Only λ policies that do not read the pair run with it (``reads_pair``), and
     neither ``scope='global'`` nor mixing hidden states (the set holds inputs) does.
+
+    Two switches on the clock, for controls that ask whether *when* a policy mixes matters: ``mix_until=f``
+    turns mixing off (λ = 1 for every row: each sample is its own blend, its target its own label) from
+    ``progress`` f on, whatever the policy drew (the draws still happen, so the random streams stay those of
+    the run without it); ``reverse_time=True`` hands the policy ``1 − progress`` (a schedule then runs from
+    its end value back to its start; only a policy that ``reads_time``). Both need ``progress=``.
     """
 
     def __init__(self, lam: str = "beta", pairing: str = "random", mixer: str = "input", *,
@@ -230,8 +236,16 @@ class Mix:
                  mixer_kwargs: dict | None = None, smoothing: float = 0.0,
                  generator: torch.Generator | None = None, gather: Callable[[Tensor], Tensor] | None = None,
                  rank: int = 0, scope: str = "local", shared_generator: torch.Generator | None = None,
-                 boxes: bool = False) -> None:
+                 boxes: bool = False, mix_until: float = 1.0, reverse_time: bool = False) -> None:
         self.lam_policy = LAMBDAS.build(lam, **(lam_kwargs or {}))
+        if not (isinstance(mix_until, (int, float)) and 0.0 < mix_until <= 1.0):
+            raise ValueError(f"mix_until={mix_until!r}: expected a number in (0, 1] (the fraction of training "
+                             "after which mixing is off; 1: mix throughout)")
+        if reverse_time and not getattr(self.lam_policy, "reads_time", False):
+            timed = ", ".join(n for n in LAMBDAS.names() if getattr(LAMBDAS.get(n), "reads_time", False))
+            raise ValueError(f"reverse_time=True: lambda={lam} does not depend on the training time, so it has no "
+                             f"clock to reverse; expected a policy that does ({timed})")
+        self.mix_until, self.reverse_time = float(mix_until), bool(reverse_time)
         self.pairing = PAIRINGS.build(pairing, **(pairing_kwargs or {}))
         self.mixer = MIXERS.build(mixer, **(mixer_kwargs or {}))
         self.num_classes, self.smoothing, self.generator = num_classes, smoothing, generator
@@ -276,7 +290,13 @@ class Mix:
                 partner = self.pairing.draw_from_set(y, self._train_set(y)[1], generator=g)
             else:
                 partner = self.pairing(x, y, features=features, generator=g)
-            lam = self.lam_policy(x, partner, features=features, index=index, progress=progress, generator=g)
+            if (self.reverse_time or self.mix_until < 1.0) and progress is None:
+                raise ValueError("mix_until/reverse_time: the clock switches need progress= (the fraction of "
+                                 "training done) on every call; got None")
+            clock = 1.0 - progress if self.reverse_time else progress
+            lam = self.lam_policy(x, partner, features=features, index=index, progress=clock, generator=g)
+            if progress is not None and progress >= self.mix_until:
+                lam = torch.ones_like(lam)  # mixing off: every row its own blend
         return partner, lam
 
     def __call__(self, x: Tensor, y: Tensor, *, features: Tensor | None = None, index: Tensor | None = None,

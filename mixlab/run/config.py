@@ -71,6 +71,16 @@ RULES: dict[str, Rule] = {
                       lambda v: v is None or (isinstance(v, str) and ("://" in v or (v.startswith("journal:")
                                                                                     and len(v) > 8)))),
     "study.go": _one_of("reference_beats_none", "always"),
+    # a mapping arm -> its controls (strength | reversed | stop_late); an arm it leaves out: strength if dynamic
+    "study.controls": ("null, or a mapping from arms to lists of controls (strength | reversed | stop_late), e.g. "
+                       "{schedule: [strength, reversed], beta: [stop_late]}",
+                       lambda v: v is None or isinstance(v, dict) and all(_is_list(k) and set(k) <= {"strength", "reversed",
+                                                                                       "stop_late"}
+                                                             and len(set(k)) == len(k) for k in v.values())),
+    "study.stop_late_at": ("a number in (0, 1): the fraction of training after which the stop_late control stops "
+                           "mixing", lambda v: _is_num(v) and not isinstance(v, bool) and 0 < v < 1),
+    "study.control_kind": ("null, or which control this run is: strength | reversed | stop_late (python -m mixlab.study)",
+                           lambda v: v in (None, "strength", "reversed", "stop_late")),
     "study.control_of": ("null, or the lam config this run is the strength-matched control of (python -m mixlab.controls)",
                          lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("name"), str))),
     "study.control_of_pairing": ("null, or the pairing config of the method a random-pairing control matches "
@@ -97,6 +107,9 @@ RULES: dict[str, Rule] = {
     "trainer.streams": _one_of("separate", "shared"),
     "trainer.test_every": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
     "trainer.val_every": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "trainer.mix_until": ("a number in (0, 1] (1: mix throughout)",
+                          lambda v: _is_num(v) and not isinstance(v, bool) and 0 < v <= 1),
+    "trainer.reverse_time": BOOL,
     "eval.test": BOOL,
     "eval.corruptions": BOOL,
     "eval.corruption_samples": ("null or an integer >= 1", lambda v: v is None or (_is_int(v) and v >= 1)),
@@ -355,7 +368,8 @@ ADDED = {"trainer.val_every": 1, "eval.ood": None, "eval.corruptions": False, "e
          "eval.corruption_form": "v1",  # records made before the reference forms used mixlab's first mix
          "model.mask_mix": "union",  # text runs before it read a blend's padding as the OR of the masks
          "lam.warp": "inverse_cdf",  # sk runs before the option warped through the inverse Beta CDF (its default)
-         "pairing.partners": "batch"}  # label_kernel runs before the option drew partners from the batch
+         "pairing.partners": "batch",  # label_kernel runs before the option drew partners from the batch
+         "trainer.mix_until": 1.0, "trainer.reverse_time": False}  # runs before the clock switches mixed throughout
 # a component's option ADDED: only the components that take it (an image model has no ``mask_mix``)
 ADDED_FOR = {"model.mask_mix": ("model.name", ("textcnn", "transformer")), "lam.warp": ("lam.name", ("sk",)),
              "pairing.partners": ("pairing.name", ("label_kernel",))}

@@ -248,6 +248,11 @@ def check(cfg: DictConfig) -> None:
             registry.build(node.name, **options(node))  # validates the options; Mix builds its own
     with component_errors("model"):
         MODELS.check(cfg.model.name, **options(cfg.model))
+    trainer = cfg.get("trainer") or {}
+    if trainer.get("reverse_time") and not getattr(LAMBDAS.get(cfg.lam.name), "reads_time", False):
+        timed = ", ".join(n for n in LAMBDAS.names() if getattr(LAMBDAS.get(n), "reads_time", False))
+        raise ConfigError(f"trainer.reverse_time=true: lambda={cfg.lam.name} does not depend on the training time "
+                          f"(nothing to reverse); expected false, or a λ policy that does ({timed})")
     evals = cfg.get("eval") or {}
     for key in ("corruptions", "ood"):
         if not evals.get("test", True) and evals.get(key):
@@ -335,7 +340,8 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
                   smoothing=cfg.smoothing if classification else 0.0,
                   generator=generators.get("mix", generators["data"]), gather=d.gather if d.world > 1 else None,
                   rank=d.rank, scope=scope if d.world > 1 else "local",
-                  shared_generator=generators.get("mix_global", generators["data"]), boxes=task.mixes_boxes)
+                  shared_generator=generators.get("mix_global", generators["data"]), boxes=task.mixes_boxes,
+                  mix_until=cfg.trainer.mix_until, reverse_time=cfg.trainer.reverse_time)
     except ValueError as e:
         raise ConfigError(str(e).splitlines()[0]) from None
     # A pairing that draws partners from the training set gets it: the tensors the batches are cut from, so a

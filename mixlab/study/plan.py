@@ -25,6 +25,22 @@ PLAN = "plan.yaml"
 HASHED = ("overrides", "arms", "tuning", "evaluation", "primary_family", "controls", "decisions", "config")
 
 
+CONTROL_TEXT = {
+    "strength": "fixed Beta of the arm's training-time mixing strength (the mean over its comparison runs of each "
+                "run's mean min(λ, 1−λ)), under random pairing, on the same evaluation seeds",
+    "reversed": "the arm with its tuned values and its clock reversed (trainer.reverse_time=true: a schedule runs "
+                "from its end value back to its start), on the same evaluation seeds",
+    "stop_late": "the arm with its tuned values and mixing switched off from {at:g} of training on "
+                 "(trainer.mix_until={at:g}), on the same evaluation seeds",
+}
+
+
+def reads_time(policy: str) -> bool:
+    from ..engine.lam import LAMBDAS
+
+    return bool(getattr(LAMBDAS.get(policy), "reads_time", False))
+
+
 def is_dynamic(policy: str) -> bool:
     from ..engine.lam import LAMBDAS
 
@@ -51,21 +67,39 @@ def make_plan(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     if s.go == "reference_beats_none" and "none" not in arms:
         raise ConfigError(f"study.go=reference_beats_none: needs the arm none in study.arms={arms}; expected it "
                           "added, or study.go=always")
+    declared = dict(s.get("controls") or {})
+    unknown = sorted(set(declared) - set(arms))
+    if unknown:
+        raise ConfigError(f"study.controls: names {unknown}, not in study.arms={arms}; expected controls of the arms")
     rows, family, controls = [], [], []
+    stop_at = float(s.get("stop_late_at", 0.75))
+    primary = s.matched == "primary"
     for arm in arms:
         policy, pairing = arm_parts(arm)
         space = arm_space(arm)
         dynamic = is_dynamic(policy)
         rows.append({"arm": arm, "lambda": policy, "pairing": pairing, "dynamic": dynamic, "space": space,
                      "trials": int(s.trials) if space else 1})
+    for row in rows:
+        arm, policy, dynamic = row["arm"], row["lambda"], row["dynamic"]
         # a dynamic arm, or the reference under a pairing of its own (C-Mixup): it may win by mixing more or less
-        if (dynamic or (policy == s.reference and pairing != "random")) and arm != s.reference:
-            controls.append({"of": arm, "control": "fixed Beta of the arm's training-time mixing strength (the mean "
-                             "over its comparison runs of each run's mean min(λ, 1−λ)), under random pairing, "
-                             "on the same evaluation seeds"})
+        claims = (dynamic or (policy == s.reference and row["pairing"] != "random")) and arm != s.reference
+        kinds = list(declared.get(arm, ["strength"] if claims else []))
+        if "reversed" in kinds and not reads_time(policy):
+            raise ConfigError(f"study.controls.{arm}=[{', '.join(kinds)}]: reversed needs a λ policy that depends "
+                              f"on the training time, and lambda={policy} does not; expected strength or stop_late")
+        for kind in kinds:
+            controls.append({"of": arm, "kind": kind, "control": CONTROL_TEXT[kind].format(at=stop_at),
+                             **({"mix_until": stop_at} if kind == "stop_late" else {})})
+        if claims:
             family.append(f"{arm} vs {s.reference} on {s.metric}")
-            if s.matched == "primary":
-                family.append(f"{arm} vs its control on {s.metric}")
+            if primary:
+                family += [f"{arm} vs its {kind} control on {s.metric}" for kind in kinds]
+    # the reference's own controls (fixed mixup switched off late, ...) are other fixed recipes: every arm that
+    # claims to beat the reference is compared with each of them too
+    for kind in declared.get(s.reference, []) if primary else []:
+        family += [f"{r['arm']} vs {s.reference}'s {kind} control on {s.metric}" for r in rows
+                   if f"{r['arm']} vs {s.reference} on {s.metric}" in family]
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("hydra", None)
     base = {k: v for k, v in fingerprint(resolved).items() if not k.startswith(("lam.", "pairing.", "seed", "tuned"))}

@@ -16,7 +16,9 @@ from .plan import PLAN, plan_hash
 from .runs import FLIP, Config, Run, _finite, _short, _space_text, bounded, ceiling_text, matched_policy
 from .runs import fmt as _f
 
-FAMILY = re.compile(r"^(?P<arm>\S+) vs (?P<ref>its control|\S+) on (?P<metric>\S+)$")  # plan.yaml's primary_family
+# plan.yaml's primary_family: ARM vs REF on METRIC, REF an arm, "its [KIND] control" or "ARM's KIND control"
+FAMILY = re.compile(r"^(?P<arm>\S+) vs (?:its (?:(?P<kind>\w+) )?control|(?P<owner>\S+)'s (?P<okind>\w+) control|"
+                    r"(?P<ref>\S+)) on (?P<metric>\S+)$")
 
 
 def read_study(sweep: Path) -> dict | None:
@@ -59,9 +61,12 @@ def planned_family(plan: dict, configs: list[Config], metric: str) -> list[dict]
             entry["why"] = f"no run of arm {m['arm']} in these records"
         else:
             c = arms[m["arm"]]
-            if m["ref"] == "its control":
-                ref = next((b for b in configs if b.control_of is not None and matched_policy(b, configs) is c), None)
-                entry["why"] = None if ref is not None else f"no run of the control of {m['arm']} in these records"
+            if m["ref"] is None:  # a control: the arm's own, or another arm's (the reference's stop_late)
+                owner, kind = (arms.get(m["owner"]), m["okind"]) if m["owner"] else (c, m["kind"] or "strength")
+                ref = next((b for b in configs if b.control_of is not None and (b.control_kind or "strength") == kind
+                            and owner is not None and matched_policy(b, configs) is owner), None)
+                entry["why"] = None if ref is not None else \
+                    f"no run of the {kind} control of {m['owner'] or m['arm']} in these records"
             else:
                 ref = arms.get(m["ref"])
                 entry["why"] = None if ref is not None else f"no run of arm {m['ref']} in these records"
@@ -145,7 +150,9 @@ def _plan_blocks(study: dict, fingerprints: str) -> list[tuple]:
         head += f" ⚠ tuning.json was made under plan {tuning['plan']}, not this one."
     chosen = tuning.get("chosen") or {}
     trials = {(t.get("lambda"), t.get("trial")): t for t in tuning.get("trials_run") or []}
-    controls = {c.get("of") for c in plan.get("controls") or []}
+    controls: dict[str, list[str]] = {}
+    for c in plan.get("controls") or []:
+        controls.setdefault(c.get("of"), []).append(c.get("kind", "strength"))
     rows = []
     for a in plan["arms"]:
         t = trials.get((a.get("arm"), chosen.get(a.get("arm"))))
@@ -155,7 +162,7 @@ def _plan_blocks(study: dict, fingerprints: str) -> list[tuple]:
             + f" ({t.get('objective_key') or 'objective'} {_f(t.get('objective'))})")
         rows.append([a.get("arm"), a.get("lambda"), a.get("pairing"), "yes" if a.get("dynamic") else "no",
                      _space_text(a.get("space")), a.get("trials"), pick,
-                     "planned" if a.get("arm") in controls else "—"])
+                     ", ".join(controls[a.get("arm")]) if a.get("arm") in controls else "—"])
     t_seeds, e_seeds = list(tu.get("seeds") or []), list(ev.get("seeds") or [])
     shared = sorted(set(map(str, t_seeds)) & set(map(str, e_seeds)))
     seeds = (f"Tuning: {tu.get('sampler')} search (search seed {tu.get('search_seed')}) on the validation split, each "
@@ -171,12 +178,12 @@ def _plan_blocks(study: dict, fingerprints: str) -> list[tuple]:
         outcome = ("no check, by design" if rule == "always" else
                    "⚠ its outcome was not recorded (no go.json beside plan.yaml)")
     decisions = (f"Decision rules: go/no-go {rule} — {outcome}. Correction: {dec.get('correction')}, α = "
-                 f"{dec.get('alpha')}; the comparison of each dynamic arm with its strength-matched control is "
+                 f"{dec.get('alpha')}; the comparison of each dynamic arm with its planned controls is "
                  f"{dec.get('matched')}.")
     devs = [str(d) for d in plan.get("deviations") or []]
     return [("h2", "The plan it was run under"), ("p", head),
             ("table", ["arm", "λ policy", "pairing", "dynamic", "search space", "tuning budget (trials)",
-                       "chosen (validation score, mean over the tuning seeds)", "strength-matched control"], rows),
+                       "chosen (validation score, mean over the tuning seeds)", "planned controls"], rows),
             ("p", seeds), ("p", decisions),
             *([("p", f"Deviations from the plan ({len(devs)}):"), ("ul", devs)] if devs else
               [("p", "Deviations from the plan: none recorded in plan.yaml.")]),
@@ -245,19 +252,21 @@ def _coverage(study: dict, runs: list[Run], sweep: Path) -> list[str]:
     evaluation seed."""
     plan = study["plan"]
     seeds = list((plan.get("evaluation") or {}).get("seeds") or [])
-    want = [(a.get("arm"), None) for a in plan["arms"]] + [(None, c.get("of")) for c in plan.get("controls") or []]
+    want = [(a.get("arm"), None, None) for a in plan["arms"]] + \
+        [(None, c.get("of"), c.get("kind", "strength")) for c in plan.get("controls") or []]
     found: dict[tuple, list[Run]] = {}
     unplaced = []
     for r in runs:
         if not r.config:
             unplaced.append(_rel(r, sweep))
         else:
-            found.setdefault((None, r.control_of, r.seed) if r.control_of else (r.arm, None, r.seed), []).append(r)
+            found.setdefault((None, r.control_of, r.control_kind, r.seed) if r.control_of else
+                             (r.arm, None, None, r.seed), []).append(r)
     missing, lost = [], []
-    for arm, of in want:
-        what = f"arm {arm}" if of is None else f"the control of {of}"
+    for arm, of, kind in want:
+        what = f"arm {arm}" if of is None else f"the {kind} control of {of}"
         for s in seeds:
-            mine = found.pop((arm, of, s), [])
+            mine = found.pop((arm, of, kind, s), [])
             if not mine:
                 missing.append(f"{what}, seed {s}")
             elif not any(r.status == "completed" for r in mine):

@@ -34,7 +34,7 @@ from ..run.config import fingerprint  # noqa: E402
 from .figures import (fig_boundaries, fig_curves, fig_final, fig_lam_distance, fig_lam_hist,  # noqa: E402
                       fig_lam_strength, fig_mixed, fig_paired, fig_reliability, curve_name, fig_corruptions)
 from .runs import (FLIP, LOWER_IS_BETTER, NAMES, Config, Run, _short, _space_text, bounded,  # noqa: E402
-                   TUNED_KEYS, ceiling_text, matched_policy, non_lam, references)
+                   CONTROL_KINDS, TUNED_KEYS, ceiling_text, matched_policy, non_lam, references)
 from .plan_report import (_fingerprint_note, _plan_blocks, _study_warnings, _verdict_lead,  # noqa: E402
                           check_fingerprints, planned_family, read_study)
 from .runs import fmt as _f  # noqa: E402
@@ -115,19 +115,25 @@ def group_runs(runs: list[Run]) -> list[Config]:
         by_key.setdefault(json.dumps(flat, sort_keys=True, default=str), Config("", flat)).runs.append(r)
     configs = list(by_key.values())
     vary = varying_keys([c.flat for c in configs])
+    # a key a declared control changes (trainer.mix_until) is said by the control's own tag, not by every label
+    by_control = {k for kind in CONTROL_KINDS.values() for k in kind["keys"]}
     # ``tuned`` (the file the λ values came from) names a configuration only where its values do not
-    for keys in ([k for k in vary if k not in TUNED_KEYS], vary):
+    for keys in ([k for k in vary if k not in TUNED_KEYS and k not in by_control], [k for k in vary if k not in TUNED_KEYS],
+                 vary):
         for c in configs:
             # a key this configuration leaves unset (null: lam.strength of a tuned beta) says nothing about it
             parts = [f"{k.removesuffix('.name')}={_short(c.flat[k])}" for k in keys if c.flat.get(k) is not None]
             c.label = " ".join(parts) or (f"lam={c.lam}" if c.lam else "all runs")
-        if len({c.label for c in configs}) == len(configs):
+        labels = [(c.label, c.control_kind, json.dumps(c.control_of, sort_keys=True, default=str)) for c in configs]
+        if len(set(labels)) == len(configs):
             break
-    for c in configs:  # a strength-matched control says whose strength it matches
+    for c in configs:  # a control says whose control it is (a strength-matched one: whose strength it matches)
         if c.control_of is not None:
             target = matched_policy(c, configs)
-            c.label += (f" [matched to {target.label}]" if target is not None else
-                        f" [matched to lam={c.control_of.get('name')}, not in these records]")
+            said = f"{target.label}" if target is not None else f"lam={c.control_of.get('name')}, not in these records"
+            kind = c.control_kind or "strength"
+            c.label += f" [matched to {said}]" if kind == "strength" else \
+                f" [{CONTROL_KINDS[kind]['name']} control of {said}]"
     for c in configs:
         for r in c.runs:
             r.label = c.label
@@ -165,11 +171,18 @@ def compare(configs: list[Config], metric: str, baseline: str = "beta", primary:
                              "ceiling": ceiling(metric, c.values(metric), b.values(metric), pc["seeds"]), **pc})
     for b in configs:
         c = matched_policy(b, configs) if b.control_of is not None else None
-        if c is not None:
-            pc = paired_comparison(c.values(metric), b.values(metric), higher_is_better=hib)
-            rows.append({"label": c.label, "lam": c.lam, "ref": "matched", "ref_label": b.label, "metric": metric,
-                         "control": False, "claim": matched == "primary" and c.dynamic,
-                         "ceiling": ceiling(metric, c.values(metric), b.values(metric), pc["seeds"]), **pc})
+        if c is None:
+            continue
+        kind = b.control_kind or "strength"
+        # a control of the reference (fixed mixup switched off late) is another fixed recipe: every dynamic
+        # configuration compared with the reference is compared with it too
+        vs = [c] + ([d for d in configs if d.control_of is None and d.dynamic and c in references(d, baseline, configs)]
+                    if c.lam == baseline and kind != "strength" else [])
+        for d in vs:
+            pc = paired_comparison(d.values(metric), b.values(metric), higher_is_better=hib)
+            rows.append({"label": d.label, "lam": d.lam, "ref": "matched", "ref_label": b.label, "metric": metric,
+                         "kind": kind, "control": False, "claim": matched == "primary" and d.dynamic,
+                         "ceiling": ceiling(metric, d.values(metric), b.values(metric), pc["seeds"]), **pc})
     for row in rows:
         claim = row.pop("claim")
         if planned is not None:
@@ -232,9 +245,12 @@ def build_table(configs: list[Config], metric: str, others: list[str], compariso
             row[m] = mean_ci(list(c.values(m).values()))[:2]
         row["lam_strength"] = mean_ci([r.epoch_mean("lam_strength") for r in c.done])[:2]
         if any(x["ref"] == "matched" for x in comparisons):
-            hit = [(x["verdict"], x["diff"]) for x in comparisons if x["label"] == c.label and x["ref"] == "matched"]
+            hit = [(x["verdict"], x["diff"], x.get("kind", "strength"), x["ref_label"]) for x in comparisons
+                   if x["label"] == c.label and x["ref"] == "matched"]
+            kinds = {k for _, _, k, _ in hit}
             row["vs matched"] = ("(control)" if c.control_of is not None else "; ".join(
-                v + (f" (Δ {d:+.4f})" if v in FLIP else "") for v, d in hit) or "—")
+                (f"vs {ref}: " if kinds != {"strength"} else "") + v + (f" (Δ {d:+.4f})" if v in FLIP else "")
+                for v, d, _, ref in hit) or "—")
         for ref in refs:
             hit = [(x["verdict"], x["diff"]) for x in comparisons if x["label"] == c.label and x["ref"] == ref]
             # the reference itself; a reference policy under a pairing of its own (C-Mixup) is compared with it
@@ -330,7 +346,7 @@ def _md(blocks: list[tuple]) -> str:
         elif b[0] == "ul":
             out += [f"- {item}" for item in b[1]] + [""]
         else:
-            out += [{"h1": "# ", "h2": "## ", "p": ""}[b[0]] + b[1], ""]
+            out += [{"h1": "# ", "h2": "## ", "p": "", "note": "> "}[b[0]] + b[1], ""]
     return "\n".join(out)
 
 
@@ -350,6 +366,8 @@ def _html(blocks: list[tuple], title: str) -> str:
                        f"<figcaption>{e(b[2])}</figcaption></figure>")
         elif b[0] == "ul":
             out.append("<ul>" + "".join(f"<li>{e(item)}</li>" for item in b[1]) + "</ul>")
+        elif b[0] == "note":
+            out.append(f"<blockquote>{e(b[1])}</blockquote>")
         else:
             out.append(f"<{b[0]}>{e(b[1])}</{b[0]}>")
     return "\n".join(out + ["</body></html>"])
@@ -382,12 +400,14 @@ def _status_line(runs: list[Run]) -> str:
 
 def _text_blocks(sweep: Path, runs: list[Run], table_block: tuple, comps: dict[str, list[dict]], n_text: str,
                  budget: str, metric: str, baseline: str, study: tuple[list, list, list[str]] | None = None,
-                 alpha: float = 0.05) -> list[tuple]:
+                 alpha: float = 0.05, note: str | None = None) -> list[tuple]:
     """Header, evidence, the configuration table, one comparison table per metric, the failed runs. ``study``:
-    (the verdict, which leads; the plan and the warnings, after the header; the planned family's text)."""
+    (the verdict, which leads; the plan and the warnings, after the header; the planned family's text).
+    ``note``: one line set off right after the title (``--note``: a superseded report says so)."""
     name = NAMES.get(metric, metric)
     lead, plan, planned = study if study is not None else ([], [], None)
-    blocks: list[tuple] = [("h1", f"mixlab report: {sweep}"), *lead, ("p", f"{_status_line(runs)}. Budget: {budget}."),
+    blocks: list[tuple] = [("h1", f"mixlab report: {sweep}"), *([("note", note)] if note else []), *lead,
+                           ("p", f"{_status_line(runs)}. Budget: {budget}."),
                            *plan, ("h2", "What the evidence supports"),
                            *_evidence(comps, n_text, budget, baseline, planned, alpha),
                            ("h2", f"Configurations (sorted by mean {name}; not a ranking, see the verdicts)"),
@@ -562,10 +582,12 @@ def result_kind(done: list[Run]) -> str:
 
 
 def write_report(sweep: str | Path, out: str | Path | None = None, baseline: str | None = None,
-                 metric: str | None = None) -> tuple[Path, str]:
+                 metric: str | None = None, note: str | None = None) -> tuple[Path, str]:
     """Write report.md, report.html and figures/ for ``sweep`` into ``out``; returns (md path, table).
     ``baseline``/``metric`` (the primary comparison) default to what the study's plan.yaml declared, else
-    to what the runs declared (``study.*``)."""
+    to what the runs declared (``study.*``). ``note``: one line shown right after the title of both files."""
+    if note is not None and (not note.strip() or "\n" in note or "\r" in note):
+        raise ValueError(f"--note={note!r}: expected one non-empty line")
     sweep = Path(sweep)
     out = Path(out) if out is not None else sweep
     runs = load_runs(sweep)
@@ -622,7 +644,7 @@ def write_report(sweep: str | Path, out: str | Path | None = None, baseline: str
         _plan_blocks(study, _fingerprint_note(checked, blind)) + _study_warnings(study, configs, comps, runs, sweep),
         [f["text"] for f in family])
     blocks = _text_blocks(sweep, runs, ("table", columns, rows), comps, n_text, _budget(configs), metric, baseline,
-                          parts, alpha)
+                          parts, alpha, note=note)
     blocks += _robustness(configs)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     blocks.append(("h2", "Figures"))
@@ -645,9 +667,12 @@ def main(argv: list[str] | None = None) -> int:
                                                      "study.reference, else beta)")
     ap.add_argument("--metric", default=None, help="the primary metric (default: the runs' study.metric, else "
                                                    "test_acc; test_mse for regression)")
+    ap.add_argument("--note", default=None, metavar="TEXT",
+                    help="one line set off as a notice right after the title of report.md and report.html, "
+                         "e.g. 'Superseded by docs/results/<study>: <why>' (default: none)")
     args = ap.parse_args(argv)
     try:
-        md, table = write_report(args.sweep, args.out, args.baseline, args.metric)
+        md, table = write_report(args.sweep, args.out, args.baseline, args.metric, note=args.note)
     except (FileNotFoundError, ValueError) as e:
         print(f"mixlab.report: error: {e}", file=sys.stderr)
         return 2

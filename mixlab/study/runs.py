@@ -80,6 +80,12 @@ class Run:
             if isinstance(of, dict) else None
 
     @property
+    def control_kind(self) -> str | None:
+        """Which control this run is (``study.control_kind``; a record without it: ``strength``, the only kind
+        there was); None for a run that is no control."""
+        return ((self.config.get("study") or {}).get("control_kind") or "strength") if self.control_of else None
+
+    @property
     def fingerprints(self) -> dict | None:
         """``{"train": hash, "val": hash or None, "test": hash}``: what data the run saw; None in older records."""
         fp = (self.summary.get("dataset") or {}).get("fingerprint")
@@ -135,6 +141,11 @@ class Config:
                     None)
 
     @property
+    def control_kind(self) -> str | None:
+        """Which control these runs are (``CONTROL_KINDS``); None for a configuration that is no control."""
+        return next((k for r in self.runs if (k := r.control_kind)), None)
+
+    @property
     def dynamic(self) -> bool:
         """Whether the λ policy is dynamic (``Policy.dynamic``, recorded as ``lam_dynamic``; older records:
         every policy but none, constant and beta)."""
@@ -149,6 +160,13 @@ class Config:
 # ----------------------------------------------------------------------------- grouping and wording shared by the reports
 
 FLIP = {"better": "worse", "worse": "better"}
+# The controls a study can declare for an arm (``study.controls``): what each changes beyond the arm's λ config
+# (the keys its runs differ in from the arm's, besides ``lam.*``) and how the report names it.
+CONTROL_KINDS = {
+    "strength": {"keys": (), "name": "strength-matched Beta"},   # fixed Beta of the arm's mean mixing strength
+    "reversed": {"keys": ("trainer.reverse_time",), "name": "time-reversed"},  # the arm with its clock reversed
+    "stop_late": {"keys": ("trainer.mix_until",), "name": "mixing off late"},  # the arm, unmixed at the end
+}
 TUNED_KEYS = ("tuned", "tuned_transfer")  # where a run's λ values came from: not what defines its method
 
 
@@ -158,8 +176,8 @@ def _short(v: object) -> object:
 
 
 def matched_policy(control: Config, configs: list[Config]) -> Config | None:
-    """The configuration whose strength ``control`` matches: its lam config is the control's
-    ``study.control_of`` and every non-λ key is the same."""
+    """The configuration ``control`` is the control of: its lam config is the control's ``study.control_of``
+    and every other key is the same, but those the control's kind changes (``CONTROL_KINDS``)."""
     def recorded(group: str, node: dict) -> dict:  # as a run's config reads, keys it predates at their old values
         return {k: v for k, v in fingerprint({group: node}).items() if k.startswith(f"{group}.")}
 
@@ -167,9 +185,14 @@ def matched_policy(control: Config, configs: list[Config]) -> Config | None:
     pairing = next((p for r in control.runs if isinstance(p := (r.config.get("study") or {}).get("control_of_pairing"),
                                                           dict)), None)
 
+    own = CONTROL_KINDS.get(control.control_kind or "strength", {"keys": ()})["keys"]
+
+    def rest(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k not in own}
+
     def same_rest(c: Config) -> bool:  # under random pairing, a control of a method with its own pairing
         if pairing is None:
-            return non_lam(c) == non_lam(control)
+            return rest(non_lam(c)) == rest(non_lam(control))
         return without_pairing(c) == without_pairing(control) and \
             {k: v for k, v in c.flat.items() if k.startswith("pairing.")} == recorded("pairing", pairing)
     return next((c for c in configs if c.control_of is None and c.lam_options() == want and same_rest(c)), None)

@@ -129,7 +129,8 @@ class Study:
 
             def jobs_of(it: Item, arm: str = arm) -> list[list[str]]:
                 return [self.base + arm_overrides(arm) + [f"{p}={v!r}" for p, v in it.attrs["drawn"].items()]
-                        + ["eval.test=false", f"seed={s}", self._study_run("tuning", arm),
+                        + ["eval.test=false", "eval.corruptions=false", "eval.ood=null", f"seed={s}",
+                           self._study_run("tuning", arm),
                            _subdir(f"tuning/{arm}/{it.key}/seed={s}")] for s in seeds]
 
             def finish(queue: Queue, it: Item, row: dict = row) -> None:
@@ -205,27 +206,47 @@ class Study:
                    f"{len(self.plan['evaluation']['seeds'])} seed(s)")
 
     def controls(self) -> None:
-        """Phase 4: each planned control, from the training-time strength of its arm's comparison runs."""
+        """Phase 4: each planned control (``plan.yaml``'s ``controls``), whatever its arm's results: a
+        strength-matched Beta from the training-time strength of the arm's comparison runs; the arm itself
+        with its clock reversed or its mixing off late, from its tuned values, seed by seed."""
         from .controls import plan as control_plan
 
-        wanted = {c["of"] for c in self.plan["controls"]}
-        todo, skipped = control_plan(self.folder / "compare")
+        planned = [(c["of"], c.get("kind", "strength"), c) for c in self.plan["controls"]]
         jobs: dict[str, list[str]] = {}
-        for job in todo:
-            config = job["config"]
-            of = config["study"]["control_of"]["name"]
-            pairing = (config["study"].get("control_of_pairing") or {}).get("name", "random")
-            if (of if pairing == "random" else f"{of}+{pairing}") not in wanted:
+        if any(kind == "strength" for _, kind, _ in planned):
+            todo, skipped = control_plan(self.folder / "compare")
+            for job in todo:
+                config = job["config"]
+                of = config["study"]["control_of"]["name"]
+                pairing = (config["study"].get("control_of_pairing") or {}).get("name", "random")
+                arm = of if pairing == "random" else f"{of}+{pairing}"
+                if (arm, "strength") not in {(a, k) for a, k, _ in planned}:
+                    continue
+                extra = [f"+study.control_of={_literal(config['study']['control_of'])}", "+study.control_kind=strength"]
+                if config["study"].get("control_of_pairing"):
+                    extra += ["pairing=random",
+                              f"+study.control_of_pairing={_literal(config['study']['control_of_pairing'])}"]
+                name = Path(job["dir"]).name
+                jobs[name] = self.base + ["lambda=beta", f"lam.strength={job['strength']}", f"seed={job['seed']}",
+                                          *extra, self._study_run("control", arm), _subdir(f"compare/{name}")]
+            for line in skipped:
+                say(f"no control for {line}")
+        tuned = os.path.relpath(self.folder / TUNED)
+        for arm, kind, control in planned:
+            if kind == "strength":
                 continue
-            extra = [f"+study.control_of={_literal(config['study']['control_of'])}"]
-            if config["study"].get("control_of_pairing"):
-                extra += ["pairing=random", f"+study.control_of_pairing={_literal(config['study']['control_of_pairing'])}"]
-            name = Path(job["dir"]).name
-            jobs[name] = self.base + ["lambda=beta", f"lam.strength={job['strength']}", f"seed={job['seed']}", *extra,
-                                      self._study_run("control", of if pairing == "random" else f"{of}+{pairing}"),
-                                      _subdir(f"compare/{name}")]
-        for line in skipped:
-            say(f"no control for {line}")
+            change = ["trainer.reverse_time=true"] if kind == "reversed" else [f"trainer.mix_until={control['mix_until']!r}"]
+            for s in self.plan["evaluation"]["seeds"]:
+                own = arm_overrides(arm) + [f"seed={s}"]
+                ran = read_json(self.folder / "compare" / job_dir(own) / "summary.json") or {}
+                if ran.get("status") != "completed":
+                    say(f"no {kind} control of {arm} at seed {s}: its comparison run did not complete")
+                    continue
+                name = job_dir(own + change)
+                # the arm's tuned values under the control's change (recorded in tuning.transferred)
+                jobs[name] = self.base + own + change + [
+                    f"tuned={tuned}", "tuned_transfer=true", f"+study.control_of={_literal(ran['config']['lam'])}",
+                    f"+study.control_kind={kind}", self._study_run("control", arm), _subdir(f"compare/{name}")]
         self._runs("controls", jobs, f"controls: {len(jobs)} run(s)")
 
     def report(self) -> None:
