@@ -6,7 +6,7 @@ A study folder (``python -m mixlab.study DIR``) holds more than its records: che
 blends, locks, Hydra's ``hydra.yaml`` (which names the machine's folders) and the Optuna storage. The copy keeps
 what the report and a reader need — ``plan.yaml``, ``tuning.json``, ``tuned.yaml``, ``go.json`` and, for every
 run folder under ``compare/`` and ``tuning/``, ``summary.json``, ``metrics.jsonl``, ``.hydra/config.yaml`` and
-``.hydra/overrides.yaml`` — in the same layout, so that ``python -m mixlab.report DST/compare --out DST/report``
+``.hydra/overrides.yaml`` (and a compared run's ``mixed_examples.png``) — in the same layout, so that ``python -m mixlab.report DST/compare --out DST/report``
 regenerates the report from the copy (done here once ``compare/`` exists). Run it again as the study goes on:
 it replaces the copy. It refuses a copy in which a kept file names an absolute folder.
 """
@@ -35,13 +35,14 @@ def publish(src: Path, dst: Path) -> list[Path]:
             copied.append(dst / name)
     for summary in sorted(src.glob("compare/*/summary.json")) + sorted(src.glob("tuning/*/trial_*/seed=*/summary.json")):
         run = summary.parent
-        for name in KEEP_RUN:
+        # a compared run's picture of its blends: the report shows one per configuration
+        for name in KEEP_RUN + (("mixed_examples.png",) if run.parent.name == "compare" else ()):
             if (run / name).is_file():
                 target = dst / run.relative_to(src) / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(run / name, target)
                 copied.append(target)
-    named = [str(p) for p in copied if ABSOLUTE.search(p.read_text(encoding="utf-8"))]
+    named = [str(p) for p in copied if p.suffix != ".png" and ABSOLUTE.search(p.read_text(encoding="utf-8"))]
     if named:
         raise SystemExit(f"publish_study: {len(named)} copied file(s) name an absolute folder, e.g. {named[0]}; "
                          "expected the study run from the repository root with relative folders")

@@ -598,6 +598,27 @@ def test_every_committed_result_regenerates_from_its_records_or_is_marked_supers
             assert re.search(rf"^## {re.escape(d.name)} .*\(SUPERSEDED", index, re.M), f"{d}: no records/"
 
 
+def test_every_committed_study_regenerates_its_report_and_the_side_by_side_from_its_records(tmp_path, monkeypatch):
+    # A study committed by scripts/publish_study.py: docs/results/<name>/<study>/ holds plan.yaml, tuning.json,
+    # compare/ (the records) and report/, written from the copy run from the repository root; studies side by side
+    # (python -m mixlab.study.sizes) write <name>/sizes.md from the same folders, in the order it names them.
+    from mixlab.study.report import main as report_main
+    from mixlab.study.sizes import main as sizes_main
+
+    monkeypatch.chdir(ROOT)
+    studies = sorted(p.parent for p in Path("docs/results").glob("*/*/plan.yaml")
+                     if (p.parent / "report" / "report.md").is_file())
+    for d in studies:
+        out = tmp_path / d.parent.name / d.name
+        assert report_main([str(d / "compare"), "--out", str(out)]) == 0
+        assert (out / "report.md").read_text() == (d / "report" / "report.md").read_text(), d
+    for top in sorted({d.parent for d in studies}):
+        if (top / "sizes.md").is_file():
+            named = re.search(r"python -m mixlab\.study\.sizes (.+?) --out OUT", (top / "sizes.md").read_text())[1]
+            assert sizes_main([*named.split(), "--out", str(tmp_path / top.name)]) == 0
+            assert (tmp_path / top.name / "sizes.md").read_text() == (top / "sizes.md").read_text(), top
+
+
 def test_no_committed_record_names_a_path_of_the_machine_it_ran_on():
     """Records that travel (issue 24): no string in a committed record, and no run-folder name, is an
     absolute path. Before: rcf_small's and scenes_small's tuned= and folder names held /work/rcf/... ."""

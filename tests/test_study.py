@@ -218,3 +218,22 @@ def test_a_stopped_study_prints_the_study_command_that_resumes_it(tmp_path, monk
     argv = ["-m", "hydra/sweeper=study", "hydra.sweep.dir=s", "experiment=digits_study", "study.trials=2"]
     assert resume_command(argv, str(tmp_path / "s"), multirun=True).split()[1:] == [
         "-m", "mixlab.study", "s", "experiment=digits_study", "study.trials=2"]
+
+
+def test_publishing_a_study_copies_its_records_not_its_weights_and_the_report_regenerates(done, tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "publish_study.py"), str(done), "pub"], cwd=tmp_path,
+                       env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    pub = tmp_path / "pub"
+    kept = {p.relative_to(pub) for p in pub.rglob("*") if p.is_file()}
+    assert not any(p.suffix in (".pt", ".db") or p.name == "hydra.yaml" or p.parts[0] == "tuning" and p.suffix == ".png"
+                   for p in kept)
+    for name in ("summary.json", "metrics.jsonl", ".hydra/config.yaml"):
+        runs = sorted(p.relative_to(done) for p in done.glob(f"compare/*/{name}"))
+        runs += sorted(p.relative_to(done) for p in done.glob(f"tuning/*/trial_*/seed=*/{name}"))
+        assert runs and all((pub / p).read_bytes() == (done / p).read_bytes() for p in runs)
+    for name in ("plan.yaml", "tuning.json", "tuned.yaml"):
+        assert (pub / name).read_bytes() == (done / name).read_bytes()
+    # the report made from the copy is the study's own, but for the folder its title names
+    ours, theirs = ((d / "report" / "report.md").read_text().split("\n", 1) for d in (pub, done))
+    assert ours[0] == "# mixlab report: pub/compare" and ours[1] == theirs[1]
