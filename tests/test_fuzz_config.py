@@ -94,6 +94,11 @@ SPEC: dict[str, Spec] = {
     "study.search_seed": integer(0),
     "study.storage": Spec(str, strings=r"(?s)(.*://.*|journal:.+)", null=True),
     "study.go": choice("reference_beats_none", "always"),
+    "study.controls": Spec(dict, null=True, extra=({"schedule": ["later"]}, {"schedule": "strength"},
+                                                   {"beta": ["stop_late", "stop_late"]})),
+    "study.stop_late_at": number(0, 1, open="lohi"),
+    "trainer.mix_until": number(0, 1, open="lo"),
+    "trainer.reverse_time": BOOL,
     "eval.test": BOOL,
     "trainer.streams": choice("separate", "shared"),
     "data.val_size": integer(0),
@@ -156,6 +161,10 @@ SPEC: dict[str, Spec] = {
     "pairing.per_sample": BOOL,
     "pairing.sigma": number(0, open="lo"),
     "pairing.partners": choice("batch", "set"),
+    "mixer.decay_power": number(0),
+    "mixer.scale": list_of(number(0, 1, open="lo"), null=True, extra=([0.1], [0.1, 0.5, 0.8], [0.8, 0.1], [])),
+    "mixer.sigma": number(0, 1),
+    "mixer.cells": integer(1, 64),
     "lam.alpha": number(0.01, 1000),
     "lam.alpha_start": number(0.01, 1000),
     "lam.alpha_end": number(0.01, 1000),
@@ -201,7 +210,7 @@ def invalid(s: Spec) -> st.SearchStrategy:
         bad.append(st.booleans())
     if s.kind is not list:
         bad.append(st.lists(st.integers(0, 9), max_size=3))
-    if s.kind in (bool, str, list):
+    if s.kind in (bool, str, list, dict):
         bad.append(st.integers())
     if s.kind is not float:
         bad.append(st.floats())  # an integer key takes no float, not even 2.0
@@ -233,10 +242,13 @@ def composed(*overrides: str) -> DictConfig:
     return compose_cfg(*overrides)  # composing is the slow part: once per option
 
 
+MAPPINGS = {"study.controls"}  # keys whose value is itself a mapping (arm -> controls): one key, fuzzed whole
+
+
 def leaf_keys(node: dict, prefix: str = "") -> list[str]:
     keys: list[str] = []
     for k, v in node.items():
-        if isinstance(v, dict):
+        if isinstance(v, dict) and prefix + k not in MAPPINGS:
             keys += leaf_keys(v, f"{prefix}{k}.")
         elif k != "name":  # the group option itself: Hydra checks it against the files
             keys.append(prefix + k)
