@@ -3,3 +3,4 @@
 Pure tensors: it imports nothing else of mixlab (``tests/test_report.py`` checks the import graph),
 so it can be used on its own, in any training loop (README: "Use the engine in your own loop").
 """
+from . import masks  # noqa: E402,F401 - registers the mask mixers (fmix, resizemix, ...) into mixing.MIXERS

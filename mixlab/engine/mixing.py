@@ -102,7 +102,9 @@ class Mixer:
 
     Deterministic given ``(partner, lam)`` (randomness of its own, like CutMix's box, only from
     ``generator``); returns the λ it actually applied, which the targets use. Register with
-    ``@MIXERS.register("name")``.
+    ``@MIXERS.register("name")``. A mixer that only handles images (B, C, H, W) sets ``needs_images = True``
+    (CutMix and the mask mixers of ``mixlab.engine.masks``); the training loop then refuses it for token
+    ids and flat inputs in one line, before training.
     """
 
     def __call__(self, x: Tensor, partner: Tensor, lam: Tensor, *,
@@ -133,6 +135,8 @@ class CutMix(Mixer):
 
     Shape contract: x is (B, C, H, W).
     """
+
+    needs_images = True  # the training loop refuses it where the inputs are not (B, C, H, W) images
 
     def __call__(self, x: Tensor, partner: Tensor, lam: Tensor, *,
                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:

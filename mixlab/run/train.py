@@ -352,9 +352,14 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
                                                epochs=cfg.trainer.epochs, **options(cfg.optim))
     manifold = cfg.mixer.name == "manifold"
     inside = bool(getattr(model, "mixes_inside", False))  # text: inputs are mixed after the model's embedding
-    if inside and cfg.mixer.name == "cutmix":
-        raise ConfigError(f"mixer=cutmix: needs images, but model={cfg.model.name} embeds token ids; expected mixer=input "
-                          "(the embedded sequences, wordMixup) or manifold (a hidden layer, e.g. the sentence embedding)")
+    needs_images = bool(getattr(MIXERS.get(cfg.mixer.name), "needs_images", False))  # cutmix, fmix, ...: (B, C, H, W)
+    if inside and needs_images:
+        raise ConfigError(f"mixer={cfg.mixer.name}: needs images, but model={cfg.model.name} embeds token ids; expected "
+                          "mixer=input (the embedded sequences, wordMixup) or manifold (a hidden layer, e.g. the "
+                          "sentence embedding)")
+    if needs_images and len(ds.input_shape) != 3:
+        raise ConfigError(f"mixer={cfg.mixer.name}: needs images (C, H, W), but data={ds.name} has inputs of shape "
+                          f"{tuple(ds.input_shape)}; expected mixer=input or manifold")
     if inside and scope == "global":
         raise ConfigError(f"trainer.pairing_scope='global': not supported with model={cfg.model.name}, which mixes inside "
                           "the model (embeddings are not gathered across processes); expected local")
