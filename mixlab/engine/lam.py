@@ -183,6 +183,18 @@ def _check_alpha(name: str, value: float) -> float:
     return float(value)
 
 
+def reads_time(policy: object) -> bool:
+    """Whether a λ policy (a registered name, a class or an instance) depends on the training time (its
+    ``reads_time``): only such a policy has a clock to reverse."""
+    cls = LAMBDAS.get(policy) if isinstance(policy, str) else policy if isinstance(policy, type) else type(policy)
+    return bool(getattr(cls, "reads_time", False))
+
+
+def timed_policies() -> list[str]:
+    """The registered λ policies that depend on the training time (for the messages that name them)."""
+    return [n for n in LAMBDAS.names() if reads_time(n)]
+
+
 class Policy:
     """Base class: stateless by default. ``observe`` and ``setup`` are no-ops unless overridden.
 

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .lam import LAMBDAS, NoMix, Policy
+from .lam import LAMBDAS, NoMix, Policy, reads_time, timed_policies
 from .pairing import PAIRINGS, _check_choice, _rand, float32_region
 from .registry import Registry
 
@@ -245,10 +245,9 @@ class Mix:
         if not (isinstance(mix_until, (int, float)) and 0.0 < mix_until <= 1.0):
             raise ValueError(f"mix_until={mix_until!r}: expected a number in (0, 1] (the fraction of training "
                              "after which mixing is off; 1: mix throughout)")
-        if reverse_time and not getattr(self.lam_policy, "reads_time", False):
-            timed = ", ".join(n for n in LAMBDAS.names() if getattr(LAMBDAS.get(n), "reads_time", False))
+        if reverse_time and not reads_time(self.lam_policy):
             raise ValueError(f"reverse_time=True: lambda={lam} does not depend on the training time, so it has no "
-                             f"clock to reverse; expected a policy that does ({timed})")
+                             f"clock to reverse; expected a policy that does ({', '.join(timed_policies())})")
         self.mix_until, self.reverse_time = float(mix_until), bool(reverse_time)
         self.pairing = PAIRINGS.build(pairing, **(pairing_kwargs or {}))
         self.mixer = MIXERS.build(mixer, **(mixer_kwargs or {}))

@@ -28,7 +28,7 @@ from ..data import Batches, Dataset, dataset_from_config
 from ..data.base import DEFAULT_ROOT
 from ..data.corruptions import corrupted_sets, resolve_form
 from ..data.ood import ood_inputs
-from ..engine.lam import LAMBDAS, unmixed_self_pairs
+from ..engine.lam import LAMBDAS, reads_time, timed_policies, unmixed_self_pairs
 from ..engine.mixing import MIXERS, Mix
 from ..engine.pairing import PAIRINGS, _lowest_top_bidder, batch_distance_scale, pair_distance
 from ..models import MODELS, MixModel, build_model
@@ -249,10 +249,9 @@ def check(cfg: DictConfig) -> None:
     with component_errors("model"):
         MODELS.check(cfg.model.name, **options(cfg.model))
     trainer = cfg.get("trainer") or {}
-    if trainer.get("reverse_time") and not getattr(LAMBDAS.get(cfg.lam.name), "reads_time", False):
-        timed = ", ".join(n for n in LAMBDAS.names() if getattr(LAMBDAS.get(n), "reads_time", False))
+    if trainer.get("reverse_time") and not reads_time(cfg.lam.name):
         raise ConfigError(f"trainer.reverse_time=true: lambda={cfg.lam.name} does not depend on the training time "
-                          f"(nothing to reverse); expected false, or a λ policy that does ({timed})")
+                          f"(nothing to reverse); expected false, or a λ policy that does ({', '.join(timed_policies())})")
     evals = cfg.get("eval") or {}
     for key in ("corruptions", "ood"):
         if not evals.get("test", True) and evals.get(key):
@@ -309,7 +308,7 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
             raise ConfigError(f"model={cfg.model.name}: detection's mAP needs torchmetrics and pycocotools ({e}); "
                               "expected `pip install mixlab[detection]`") from None
         for key, bad, why in (("mixer.name", cfg.mixer.name not in ("input",), "expected input (blends whole images; "
-                                                                              "cutmix and manifold are not for boxes)"),
+                                                                              "the other mixers cut or blend parts of images, not boxes)"),
                               ("data.crop_padding", bool(cfg.data.get("crop_padding", 0)), "expected 0 (crops would "
                                                                                          "move boxes)"),
                               ("data.hflip", bool(cfg.data.get("hflip", False)), "expected false (flips would move boxes)"),

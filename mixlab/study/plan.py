@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from ..engine.lam import reads_time
 from ..run.config import ConfigError, fingerprint, flatten, import_plugins
 from ..run.records import atomic_write_bytes, git_info
 from .tune import arm_parts, arm_space
@@ -33,12 +34,6 @@ CONTROL_TEXT = {
     "stop_late": "the arm with its tuned values and mixing switched off from {at:g} of training on "
                  "(trainer.mix_until={at:g}), on the same evaluation seeds",
 }
-
-
-def reads_time(policy: str) -> bool:
-    from ..engine.lam import LAMBDAS
-
-    return bool(getattr(LAMBDAS.get(policy), "reads_time", False))
 
 
 def is_dynamic(policy: str) -> bool:
