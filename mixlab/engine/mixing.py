@@ -105,7 +105,14 @@ class Mixer:
     ``@MIXERS.register("name")``. A mixer that only handles images (B, C, H, W) sets ``needs_images = True``
     (CutMix and the mask mixers of ``mixlab.engine.masks``); the training loop then refuses it for token
     ids and flat inputs in one line, before training.
+
+    ``needs``: what else the mixer reads, each given to it as a keyword argument of the same name by whoever
+    calls ``Mix`` (the training step computes it; it never branches on a mixer's name). Known needs:
+    ``"input_grad"``: the gradient of the batch's clean loss (each sample against its own target) with respect
+    to the input, (B, ...) like ``x``: one more forward and backward pass per step, for saliency (PuzzleMix).
     """
+
+    needs: tuple[str, ...] = ()
 
     def __call__(self, x: Tensor, partner: Tensor, lam: Tensor, *,
                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -267,6 +274,10 @@ class Mix:
         if self.needs_train_set and scope == "global":
             raise ValueError(f"scope='global': not supported with pairing={pairing}, which draws partners from the "
                              "training set (partners=set), not the gathered batch; expected local")
+        if getattr(self.mixer, "needs", ()) and (self.needs_train_set or scope == "global"):
+            raise ValueError(f"mixer={mixer}: reads {list(self.mixer.needs)} of the batch it mixes, but its partners "
+                             f"come from {'the training set' if self.needs_train_set else 'other processes'}; "
+                             "expected partners from the batch (pairing.partners=batch, trainer.pairing_scope=local)")
         self.train_set: tuple[Tensor, Tensor] | None = None
         self.last: Mixed | None = None
 
@@ -302,14 +313,24 @@ class Mix:
                 lam = torch.ones_like(lam)  # mixing off: every row its own blend
         return partner, lam
 
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """What the mixer reads besides the batch (``Mixer.needs``); none when nothing is mixed."""
+        return () if isinstance(self.lam_policy, NoMix) else tuple(getattr(self.mixer, "needs", ()))
+
     def __call__(self, x: Tensor, y: Tensor, *, features: Tensor | None = None, index: Tensor | None = None,
-                 progress: float | None = None) -> tuple[Tensor, Tensor]:
+                 progress: float | None = None, **side: Tensor) -> tuple[Tensor, Tensor]:
+        missing = [k for k in self.needs if k not in side]
+        if missing or set(side) - set(self.needs):
+            raise ValueError(f"mixer {type(self.mixer).__name__} needs {list(self.needs)} as keyword arguments of Mix, "
+                             f"got {sorted(side)}")
         if self.scope == "global" and not isinstance(self.lam_policy, NoMix):
             return self._mix_global(x, y, features=features, index=index, progress=progress)
         if self.needs_train_set and not isinstance(self.lam_policy, NoMix):
             return self._mix_from_set(x, y, features=features, index=index, progress=progress)
         partner, lam = self.sample(x, y, features=features, index=index, progress=progress)
-        x_mix, lam = (x, lam) if isinstance(self.lam_policy, NoMix) else self.mixer(x, partner, lam, generator=self.generator)
+        x_mix, lam = (x, lam) if isinstance(self.lam_policy, NoMix) else \
+            self.mixer(x, partner, lam, generator=self.generator, **side)
         y_mix = self._mix_targets(y, partner, lam)
         self.last = Mixed(partner, lam, target=y_mix)
         return x_mix, y_mix
@@ -364,6 +385,11 @@ class Mix:
                              f"train_set={'given' if self.train_set is not None else 'None'}, "
                              f"y={'given' if y is not None else 'None'}")
         return self.train_set
+
+    def clean_targets(self, y: Tensor) -> Tensor:
+        """Each sample's own target, as the mixed ones are made (one-hot with the label smoothing; boxes at weight 1)."""
+        b = y.shape[0]
+        return self._mix_targets(y, torch.arange(b, device=y.device), torch.ones(b, device=y.device))
 
     def _mix_targets(self, y: Tensor, partner: Tensor, lam: Tensor) -> Tensor:
         return mix_box_targets(y, partner, lam) if self.boxes else mix_targets(y, partner, lam, self.num_classes,

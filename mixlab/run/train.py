@@ -356,6 +356,10 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
         raise ConfigError(f"mixer={cfg.mixer.name}: needs images, but model={cfg.model.name} embeds token ids; expected "
                           "mixer=input (the embedded sequences, wordMixup) or manifold (a hidden layer, e.g. the "
                           "sentence embedding)")
+    unknown = [n for n in getattr(MIXERS.get(cfg.mixer.name), "needs", ()) if n not in SIDE]
+    if unknown:
+        raise ConfigError(f"mixer={cfg.mixer.name}: needs {unknown}, which the training step does not provide; "
+                          f"expected needs among {sorted(SIDE)}")
     if needs_images and len(ds.input_shape) != 3:
         raise ConfigError(f"mixer={cfg.mixer.name}: needs images (C, H, W), but data={ds.name} has inputs of shape "
                           f"{tuple(ds.input_shape)}; expected mixer=input or manifold")
@@ -416,6 +420,20 @@ def loss_per_sample(out: Tensor, target: Tensor, task: Task) -> Tensor:
     return task.loss_per_sample(out, target)
 
 
+def _input_grad(p: Parts, x: Tensor, y: Tensor) -> Tensor:
+    """The gradient of the batch's clean loss (each sample against its own target, summed) with respect to
+    ``x``: one more forward and backward pass, which leaves the parameters' gradients as they were."""
+    xg = x.detach().requires_grad_(True)
+    target = p.mix.clean_targets(y)
+    loss = loss_per_sample(p.task.forward(p.forward, xg, target), target, p.task).sum()
+    (grad,) = torch.autograd.grad(loss, xg)
+    return grad.detach()
+
+
+# what a mixer may need besides the batch (``Mixer.needs``), each computed by the training step
+SIDE = {"input_grad": _input_grad}
+
+
 def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: object | None,
                 stop: dict | None = None) -> dict:
     """One pass over the training set. Statistics stay on the device; the host reads them every
@@ -455,7 +473,8 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
                 out = p.forward(x, mix_at=at, mix=mix_hidden)
                 y_mix = held["y"]
             else:
-                x_mix, y_mix = p.mix(x, y, features=features, index=index, progress=progress)
+                side = {need: SIDE[need](p, x, y) for need in p.mix.needs}  # what the mixer reads (PuzzleMix: ∇x)
+                x_mix, y_mix = p.mix(x, y, features=features, index=index, progress=progress, **side)
                 if images is None and epoch == 1:
                     images = x_mix[:32].detach()
                     boxes = y_mix[:32].detach() if p.task.mixes_boxes else None
