@@ -84,6 +84,7 @@ class Study:
         self.launcher: Any = None
         self.storage: Any = None
         self.job_idx = 0
+        self.ran: dict[str, int] = {}  # items this process ran, by phase
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.hydra_context, self.config = hydra_context, config
@@ -120,6 +121,7 @@ class Study:
         plan, log, tuned, chosen = self.plan, [], {}, {}
         lower = self._lower()
         seeds = plan["tuning"]["seeds"]
+        work = []
         for row in plan["arms"]:
             arm = row["arm"]
             dists = {k: _distribution(spec) for k, spec in row["space"].items()}
@@ -138,8 +140,16 @@ class Study:
                 queue.finish(it, r["objective"], values=r["values"], objectives=r["objectives"],
                              objective_key=r["objective_key"])
 
-            self._work(arm, items, jobs_of, finish, f"tuning {arm}: {len(items)} trial(s) x {len(seeds)} seed(s)",
-                       direction="minimize" if lower else "maximize")
+            work.append((row, items, jobs_of, finish))
+        # every arm's open trials first, then wait for those other processes hold: a copy of the command that
+        # finds an arm's last trials taken goes on to the next arm instead of idling until they finish
+        for wait in (False, True):
+            for row, items, jobs_of, finish in work:
+                self._work(row["arm"], items, jobs_of, finish,
+                           f"tuning {row['arm']}: {len(items)} trial(s) x {len(seeds)} seed(s)",
+                           direction="minimize" if lower else "maximize", wait=wait)
+        for row, items, _, _ in work:
+            arm = row["arm"]
             rows = [self._trial_row(row, it.attrs["k"], it.attrs["drawn"]) for it in items]
             scored = [r for r in rows if r["objective"] is not None]
             if not scored:
@@ -213,14 +223,15 @@ class Study:
 
         planned = [(c["of"], c.get("kind", "strength"), c) for c in self.plan["controls"]]
         jobs: dict[str, list[str]] = {}
-        if any(kind == "strength" for _, kind, _ in planned):
+        strength = {arm for arm, kind, _ in planned if kind == "strength"}
+        if strength:
             todo, skipped = control_plan(self.folder / "compare")
             for job in todo:
                 config = job["config"]
                 of = config["study"]["control_of"]["name"]
                 pairing = (config["study"].get("control_of_pairing") or {}).get("name", "random")
                 arm = of if pairing == "random" else f"{of}+{pairing}"
-                if (arm, "strength") not in {(a, k) for a, k, _ in planned}:
+                if arm not in strength:
                     continue
                 extra = [f"+study.control_of={_literal(config['study']['control_of'])}", "+study.control_kind=strength"]
                 if config["study"].get("control_of_pairing"):
@@ -279,9 +290,10 @@ class Study:
         check(cfg)
 
     def _work(self, phase: str, items: list[Item], jobs_of: Callable[[Item], list[list[str]]],
-              finish: Callable[[Queue, Item], None], what: str, direction: str = "maximize") -> None:
+              finish: Callable[[Queue, Item], None], what: str, direction: str = "maximize", wait: bool = True) -> None:
         """Claim the phase's items from the study's storage, a few at a time, run their jobs and record
-        them, until no item is left to any process (waiting for those another process holds)."""
+        them, until no item is left to any process (waiting for those another process holds; without
+        ``wait``, until none is left to claim)."""
         if self.storage is None:
             self.storage = open_storage(self.plan_storage())
         queue = Queue(self.storage, f"{self.folder.name}/{phase}", self.plan["hash"], items, direction=direction)
@@ -301,14 +313,15 @@ class Study:
                 ran += [it.key for it in mine]
                 continue
             others = queue.others()
-            if not others:
+            if not others or not wait:
                 break
             if not told:
                 say(f"{what}: waiting for {len(others)} item(s) another process holds: {'; '.join(others[:3])}")
                 told = True
             time.sleep(POLL_S)
-        if len(ran) < len(items):
-            say(f"{what}: this process ran {len(ran)} of {len(items)} item(s)")
+        self.ran[phase] = self.ran.get(phase, 0) + len(ran)
+        if wait and self.ran[phase] < len(items):
+            say(f"{what}: this process ran {self.ran[phase]} of {len(items)} item(s)")
 
     def _runs(self, phase: str, jobs: dict[str, list[str]], what: str) -> None:
         """A phase of one job per item (the comparison, the controls)."""
