@@ -11,8 +11,10 @@ Cases, for a (B, C, H, W) float batch with 10 classes:
   mix_inputs        mix_inputs(x, partner, lam) with precomputed partner and λ
   Mix(λ=…)          the full call (pairing + λ + mixer + targets), each λ policy, random pairing
   Mix(pairing=…)    the full call, each pairing, beta λ
+  Mix(mixer=…)      the full call, each image mixer (cutmix, fmix, ...), beta λ, random pairing
   timm elem/batch   timm.data.Mixup(mixup_alpha=1, cutmix_alpha=0, mode=…, label_smoothing=0)
   torchvision       torchvision.transforms.v2.MixUp(alpha=1, num_classes=10)
+  timm CutMix       timm.data.Mixup(mixup_alpha=0, cutmix_alpha=1, mode="elem"): CutMix's peer
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import torch
 from torch.utils.benchmark import Timer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mixlab import LAMBDAS, PAIRINGS, Mix, mix_inputs  # noqa: E402
+from mixlab import LAMBDAS, MIXERS, PAIRINGS, Mix, mix_inputs  # noqa: E402
 
 NUM_CLASSES = 10
 # Options that make a policy do its real work in a benchmark (defaults otherwise).
@@ -75,6 +77,13 @@ def build_cases(x: torch.Tensor, y: torch.Tensor, args) -> dict[str, callable]:
     for name in PAIRINGS.names():
         if name != "random":
             cases[f"Mix(lam=beta, pairing={name})"] = full("beta", name)
+    if x.dim() == 4:  # every image mixer, beta λ, random pairing (what it needs besides the batch: given, not timed)
+        for name in MIXERS.names():
+            if name in ("input", "manifold"):
+                continue
+            mix = Mix(lam="beta", mixer=name, num_classes=NUM_CLASSES, generator=torch.Generator(device=dev).manual_seed(1))
+            side = {need: torch.randn_like(x) for need in mix.needs}
+            cases[f"Mix(lam=beta, mixer={name})"] = (lambda mix=mix, side=side: mix(x, y, progress=0.5, **side))
 
     if not args.no_oracles:
         try:
@@ -85,6 +94,10 @@ def build_cases(x: torch.Tensor, y: torch.Tensor, args) -> dict[str, callable]:
                 # timm mixes in place: keep x's values bounded by mixing a scratch batch.
                 scratch = x.clone()
                 cases[f"timm Mixup(mode={mode})"] = (lambda m=m, s=scratch: m(s, y))
+            if x.dim() == 4:
+                m = Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, mode="elem", label_smoothing=0.0, num_classes=NUM_CLASSES)
+                scratch = x.clone()
+                cases["timm CutMix(mode=elem)"] = (lambda m=m, s=scratch: m(s, y))
         except ImportError:
             print("timm not installed: skipping timm", file=sys.stderr)
         try:
@@ -133,6 +146,11 @@ def ratios(results: dict[str, dict]) -> dict[str, float]:
         if other in med:
             out[f"{other} / mix_inputs"] = med[other] / mi
             out[f"{other} / Mix(beta, random)"] = med[other] / full
+    for name in med:  # each image mixer against input mixing: the same call, another mixer
+        if name.startswith("Mix(lam=beta, mixer="):
+            out[f"{name} / Mix(beta, random)"] = med[name] / full
+    if "timm CutMix(mode=elem)" in med and "Mix(lam=beta, mixer=cutmix)" in med:
+        out["timm CutMix(mode=elem) / Mix(lam=beta, mixer=cutmix)"] = med["timm CutMix(mode=elem)"] / med["Mix(lam=beta, mixer=cutmix)"]
     return out
 
 
