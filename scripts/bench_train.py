@@ -2,7 +2,8 @@
 """Benchmark the training loop: per-step overhead of each λ policy and pairing, end-to-end
 throughput against a plain PyTorch loop, and the wall time of a sweep. Not a test.
 
-  step   Each λ policy (random pairing) and each pairing (beta λ), plus the feature-space
+  step   Each λ policy (random pairing), each pairing (beta λ) and each image mixer (beta λ: its
+         extra passes, PuzzleMix's input gradient, included), plus the feature-space
          variants and manifold mixup, against ``lambda=none`` on the same model and batch.
          Every case is a real ``Parts`` from ``mixlab.run.train.build`` run through
          ``train_epoch`` on synthetic data; rounds are interleaved (round r runs every case
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench_mixing import device_name  # noqa: E402  (scripts/ is on sys.path when run as a script)
-from mixlab import LAMBDAS, PAIRINGS  # noqa: E402
+from mixlab import LAMBDAS, MIXERS, PAIRINGS  # noqa: E402
 from mixlab.run import train as T  # noqa: E402
 from mixlab.data import Dataset, find_fashion_mnist  # noqa: E402
 
@@ -111,6 +112,7 @@ def quantiles(xs: list[float]) -> dict:
 def step_cases(compile: bool = False) -> list[str]:
     cases = [STEP_BASELINE] + [f"lambda={n}" for n in LAMBDAS.names() if n != "none"]
     cases += [f"pairing={n}" for n in PAIRINGS.names() if n != "random"]
+    cases += [f"mixer={n}" for n in MIXERS.names() if n not in ("input", "manifold")]  # beta λ, each image mixer
     # torch.compile is measured, not assumed: the same step compiled, with and without mixing
     extra = ["lambda=none trainer.compile=true", "lambda=beta trainer.compile=true"] if compile else []
     return cases + list(FEATURE_CASES) + extra
