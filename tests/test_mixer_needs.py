@@ -2,6 +2,7 @@
 loop never branches on a mixer's name (issue 27). Known need: the clean loss's input gradient (PuzzleMix)."""
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -73,3 +74,50 @@ def test_a_need_the_step_does_not_provide_is_one_line(spy, tmp_path, monkeypatch
     with pytest.raises(ConfigError) as e:
         run(tmp_path, "mixer=input", "mixer.name=spy_needs", "trainer.epochs=1")
     assert str(e.value).startswith("mixer=spy_needs: needs ['teacher_logits'], which the training step does not")
+
+
+class Learned(torch.nn.Module, Mixer):
+    """A toy learned mixer: a momentum copy of the model (attach / after_step), a weight of its own, state in
+    the checkpoint; it blends nothing and reads the targets (each sample's own)."""
+    needs = ("targets",)
+    log: dict = {}
+
+    def __init__(self):
+        torch.nn.Module.__init__(self)
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def attach(self, model):
+        Learned.log["attached"] = Learned.log.get("attached", 0) + 1
+        self.__dict__["momentum"] = copy.deepcopy(model)  # not a submodule: the toy checkpoints its own state only
+
+    def after_step(self, model):
+        self.steps += 1
+        with torch.no_grad():
+            for a, b in zip(self.momentum.parameters(), model.parameters(), strict=True):
+                a.mul_(0.5).add_(b, alpha=0.5)
+
+    def forward(self, x, partner, lam, *, generator=None, targets=None):
+        Learned.log.setdefault("targets", []).append(targets)
+        return x, torch.ones_like(lam)
+
+
+@pytest.fixture
+def learned():
+    MIXERS.register("learned_spy")(Learned)
+    Learned.log.clear()
+    yield Learned
+    MIXERS._entries.pop("learned_spy", None)
+
+
+def test_a_learned_mixer_meets_its_model_once_updates_after_every_step_and_is_checkpointed(learned, tmp_path):
+    run(tmp_path, "mixer=input", "mixer.name=learned_spy", "trainer.epochs=2", "data.train_subset=96")
+    assert learned.log["attached"] == 1
+    steps = 2 * 3  # 96 images in batches of 32, two epochs
+    assert len(learned.log["targets"]) == steps
+    assert all(t.shape == (32, 10) and torch.equal(t.sum(1), torch.ones(32)) for t in learned.log["targets"])
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert int(ckpt["mix"]["mixer"]["steps"]) == steps and "w" in ckpt["mix"]["mixer"]
+    mix = Mix(lam="beta", num_classes=10, mixer="learned_spy")
+    mix.load_state_dict(ckpt["mix"])  # a resumed run continues the mixer where it was
+    assert int(mix.mixer.steps) == steps

@@ -109,7 +109,14 @@ class Mixer:
     ``needs``: what else the mixer reads, each given to it as a keyword argument of the same name by whoever
     calls ``Mix`` (the training step computes it; it never branches on a mixer's name). Known needs:
     ``"input_grad"``: the gradient of the batch's clean loss (each sample against its own target) with respect
-    to the input, (B, ...) like ``x``: one more forward and backward pass per step, for saliency (PuzzleMix).
+    to the input, (B, ...) like ``x``: one more forward and backward pass per step, for saliency (PuzzleMix);
+    ``"targets"``: each sample's own target, as the mixed ones are made ((B, C) for classes), for a mixer
+    that trains on its blends.
+
+    A *learned* mixer (a mask generator trained beside the classifier, AutoMix's Mix Block) also defines
+    ``attach(model)`` (called once before training: it may keep a momentum copy of the model and its own
+    optimiser), ``after_step(model)`` (after each optimiser step of the model) and ``state_dict`` /
+    ``load_state_dict`` (saved in the run's checkpoint, so a resumed run continues it); ``Mix`` relays them.
     """
 
     needs: tuple[str, ...] = ()
@@ -434,8 +441,24 @@ class Mix:
             self.train_set = (tx, ty)
         self.lam_policy.setup(num_samples=num_samples, num_classes=self.num_classes)
 
+    def attach(self, model: torch.nn.Module) -> None:
+        """Give a learned mixer (one with ``attach``: a mask generator trained beside the classifier) the model
+        it serves, once, before training; a mixer without it needs nothing."""
+        if hasattr(self.mixer, "attach"):
+            self.mixer.attach(model)
+
+    def after_step(self, model: torch.nn.Module) -> None:
+        """After each optimiser step of ``model``: a learned mixer's own update (a momentum copy of the model)."""
+        if hasattr(self.mixer, "after_step"):
+            self.mixer.after_step(model)
+
     def state_dict(self) -> dict:
-        return {"lam": self.lam_policy.state_dict()}
+        state = {"lam": self.lam_policy.state_dict()}
+        if hasattr(self.mixer, "state_dict"):  # a learned mixer: its weights, its optimiser, its momentum copy
+            state["mixer"] = self.mixer.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.lam_policy.load_state_dict(state["lam"])
+        if hasattr(self.mixer, "load_state_dict") and "mixer" in state:
+            self.mixer.load_state_dict(state["mixer"])

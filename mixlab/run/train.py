@@ -346,6 +346,7 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
     # A pairing that draws partners from the training set gets it: the tensors the batches are cut from, so a
     # partner's row is what a batch holds for that index (crop/flip augmentation, if any, is not applied to it).
     mix.setup(num_samples=ds.n_train, train_set=(ds.x_train, ds.y_train) if mix.needs_train_set else None)
+    mix.attach(model)  # a learned mixer (a mask generator trained beside the classifier) meets its model
     with component_errors("optim"):
         optimizer, scheduler = build_optimizer(cfg.optim.name, model.parameters(), steps_per_epoch=len(batches),
                                                epochs=cfg.trainer.epochs, **options(cfg.optim))
@@ -431,7 +432,7 @@ def _input_grad(p: Parts, x: Tensor, y: Tensor) -> Tensor:
 
 
 # what a mixer may need besides the batch (``Mixer.needs``), each computed by the training step
-SIDE = {"input_grad": _input_grad}
+SIDE = {"input_grad": _input_grad, "targets": lambda p, x, y: p.mix.clean_targets(y)}
 
 
 def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: object | None,
@@ -484,6 +485,7 @@ def train_epoch(p: Parts, epoch: int, epochs: int, *, log_every: int, bar: objec
         p.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         p.optimizer.step()
+        p.mix.after_step(p.model)  # a learned mixer's own update (its momentum copy of the model)
         p.scheduler.step()
         p.mix.observe(per_sample.detach(), index)
         if p.bank is not None:
