@@ -165,6 +165,12 @@ SPEC: dict[str, Spec] = {
     "mixer.scale": list_of(number(0, 1, open="lo"), null=True, extra=([0.1], [0.1, 0.5, 0.8], [0.8, 0.1], [])),
     "mixer.sigma": number(0, 1),
     "mixer.cells": integer(1, 64),
+    "mixer.block_num": list_of(integer(1, 64), extra=([],)),
+    "mixer.beta": number(0),
+    "mixer.gamma": number(0, 1),  # above 1 the smoothness may not be submodular (the cut would not be exact)
+    "mixer.eta": number(0),
+    "mixer.neigh_size": integer(1),
+    "mixer.transport": Spec(bool, extra=(True,)),  # the transport step is not implemented
     "lam.alpha": number(0.01, 1000),
     "lam.alpha_start": number(0.01, 1000),
     "lam.alpha_end": number(0.01, 1000),

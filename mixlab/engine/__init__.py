@@ -4,3 +4,4 @@ Pure tensors: it imports nothing else of mixlab (``tests/test_report.py`` checks
 so it can be used on its own, in any training loop (README: "Use the engine in your own loop").
 """
 from . import masks  # noqa: E402,F401 - registers the mask mixers (fmix, resizemix, ...) into mixing.MIXERS
+from . import puzzle  # noqa: E402,F401 - registers puzzlemix (PyMaxflow is imported only when one is built)
