@@ -68,11 +68,21 @@ def make_mix(lam: str, pairing: str = "random", mixer: str = "input", **kw) -> M
     return mix
 
 
+def needs_of(mix: Mix, x, y) -> dict:
+    """What ``mix``'s mixer reads besides the batch (``Mixer.needs``), as the training step would give it."""
+    given = {"input_grad": lambda: torch.randn(x.shape, generator=gen(5)).to(x), "targets": lambda: mix.clean_targets(y)}
+    return {need: given[need]() for need in mix.needs}
+
+
+# A learned mixer (AutoMix's Mix Block) needs a model attached first; tests/test_mixblock.py covers it
+BARE = [n for n in MIXERS.names() if not hasattr(MIXERS.get(n), "attach")]
+
+
 def run_mix(mix: Mix, x, y, *, observe: bool = True):
     b = x.shape[0]
     index = torch.arange(b, device=x.device)
     features = torch.randn(b, 8, generator=gen(3)).to(x.device)
-    x_mix, y_mix = mix(x, y, features=features, index=index, progress=0.3)
+    x_mix, y_mix = mix(x, y, features=features, index=index, progress=0.3, **needs_of(mix, x, y))
     if observe:
         mix.observe(torch.rand(b, generator=gen(4)).to(x.device), index)
     return x_mix, y_mix
@@ -122,10 +132,10 @@ def test_lambda_one_is_identity_and_zero_is_partner_bitwise(b, dtype):
     perm = torch.randperm(b, generator=gen(b + 1))
     assert torch.equal(mix_inputs(x, perm, torch.ones(b)), x)
     assert torch.equal(mix_inputs(x, perm, torch.zeros(b)), x[perm])
-    for name in MIXERS.names():  # every mixer is the identity at λ = 1
-        if name == "cutmix" and x.dim() != 4:
-            continue
-        out, applied = MIXERS.build(name)(x, perm, torch.ones(b), generator=gen())
+    for name in BARE:  # every mixer is the identity at λ = 1
+        mixer = MIXERS.build(name)
+        side = {need: torch.randn(x.shape, generator=gen(5)).to(x) for need in getattr(mixer, "needs", ())}
+        out, applied = mixer(x, perm, torch.ones(b), generator=gen(), **side)
         assert torch.equal(out, x) and torch.equal(applied, torch.ones(b))
 
 
@@ -289,7 +299,7 @@ def test_mix_every_pairing_end_to_end(pairing, b):
     check_mix_output(mix, x, y, *run_mix(mix, x, y))
 
 
-@pytest.mark.parametrize("mixer", MIXERS.names())
+@pytest.mark.parametrize("mixer", BARE)
 def test_mix_every_mixer_with_smoothing(mixer):
     x, y = toy_batch(16)
     mix = make_mix("beta", "random", mixer, smoothing=0.1)
@@ -550,7 +560,7 @@ def test_no_host_sync_every_pairing(pairing, device, monkeypatch):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("mixer", MIXERS.names())
+@pytest.mark.parametrize("mixer", BARE)
 @pytest.mark.parametrize("lam", ["beta", "sk", "loss"])
 def test_no_host_sync_every_mixer(mixer, lam, device, monkeypatch):
     x, y = toy_batch(16, device=device)
@@ -608,8 +618,10 @@ def test_misspelled_constructor_option_is_named():
 def test_every_mixer_returns_float32_lambda_in_range():
     x, _ = toy_batch(9)
     lam = torch.rand(9, generator=gen())
-    for name in MIXERS.names():
-        out, applied = MIXERS.build(name)(x, torch.randperm(9, generator=gen(1)), lam, generator=gen(2))
+    for name in BARE:
+        mixer = MIXERS.build(name)
+        side = {need: torch.randn(x.shape, generator=gen(5)) for need in getattr(mixer, "needs", ())}
+        out, applied = mixer(x, torch.randperm(9, generator=gen(1)), lam, generator=gen(2), **side)
         assert out.shape == x.shape and out.dtype == x.dtype
         assert applied.shape == (9,) and applied.dtype == torch.float32
         assert bool(((applied >= 0) & (applied <= 1)).all())

@@ -105,6 +105,7 @@ class PuzzleMix(Mixer):
 
     needs = ("input_grad",)
     needs_images = True
+    host_sync = True  # the graph cut runs on the host (PyMaxflow): the block energies go there and back
 
     def __init__(self, *, block_num: list[int] = PAPER_BLOCKS, beta: float = 1.2, gamma: float = 0.5,
                  eta: float = 0.2, neigh_size: int = 4, transport: bool = False) -> None:
