@@ -171,6 +171,13 @@ SPEC: dict[str, Spec] = {
     "mixer.eta": number(0),
     "mixer.neigh_size": integer(1),
     "mixer.transport": Spec(bool, extra=(True,)),  # the transport step is not implemented
+    "mixer.stage": integer(0, null=True),  # mixblock: a mix point; one past the model's is refused at attach
+    "mixer.lr": number(0, open="lo"),
+    "mixer.weight_decay": number(0),
+    "mixer.momentum": number(0, 1),
+    "mixer.lam_loss": number(0),
+    "mixer.lam_loss_margin": number(0, 1, open="hi"),
+    "mixer.mixup_margin": number(0, 0.5),
     "lam.alpha": number(0.01, 1000),
     "lam.alpha_start": number(0.01, 1000),
     "lam.alpha_end": number(0.01, 1000),

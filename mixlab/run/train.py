@@ -346,7 +346,8 @@ def build(cfg: DictConfig, d: Dist = Dist()) -> Parts:
     # A pairing that draws partners from the training set gets it: the tensors the batches are cut from, so a
     # partner's row is what a batch holds for that index (crop/flip augmentation, if any, is not applied to it).
     mix.setup(num_samples=ds.n_train, train_set=(ds.x_train, ds.y_train) if mix.needs_train_set else None)
-    mix.attach(model)  # a learned mixer (a mask generator trained beside the classifier) meets its model
+    with component_errors("mixer"):
+        mix.attach(model)  # a learned mixer (a mask generator trained beside the classifier) meets its model
     with component_errors("optim"):
         optimizer, scheduler = build_optimizer(cfg.optim.name, model.parameters(), steps_per_epoch=len(batches),
                                                epochs=cfg.trainer.epochs, **options(cfg.optim))
