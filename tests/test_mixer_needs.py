@@ -42,12 +42,17 @@ class Spy(Mixer):
         return x, torch.ones_like(lam)
 
 
+def registered(name: str, cls):
+    """``cls`` registered as mixer ``name`` for one test, its class-level log emptied."""
+    MIXERS.register(name)(cls)
+    getattr(cls, "seen", getattr(cls, "log", None)).clear()
+    yield cls
+    MIXERS._entries.pop(name, None)
+
+
 @pytest.fixture
 def spy():
-    MIXERS.register("spy_needs")(Spy)
-    Spy.seen.clear()
-    yield Spy
-    MIXERS._entries.pop("spy_needs", None)
+    yield from registered("spy_needs", Spy)
 
 
 def test_the_training_step_gives_a_mixer_what_it_needs(spy, tmp_path):
@@ -104,10 +109,7 @@ class Learned(torch.nn.Module, Mixer):
 
 @pytest.fixture
 def learned():
-    MIXERS.register("learned_spy")(Learned)
-    Learned.log.clear()
-    yield Learned
-    MIXERS._entries.pop("learned_spy", None)
+    yield from registered("learned_spy", Learned)
 
 
 def test_a_learned_mixer_meets_its_model_once_updates_after_every_step_and_is_checkpointed(learned, tmp_path):

@@ -29,19 +29,12 @@ from mixlab.run.config import ConfigError
 from mixlab.run.train import build
 
 from .test_config import ROOT, compose_cfg
+from .test_masks import distinct_images, gen
 from .test_train import run
 
 C = 5
 
 
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def distinct_images(b: int, h: int, w: int, *, seed: int = 0, channels: int = 3) -> torch.Tensor:
-    """float64 images that differ from one another at every pixel (image i in [3i, 3i + 1))."""
-    x = torch.rand(b, channels, h, w, generator=gen(seed), dtype=torch.float64)
-    return x + 3.0 * torch.arange(b, dtype=torch.float64).view(b, 1, 1, 1)
 
 
 def lumpy_grad(b: int, c: int, h: int, w: int, seed: int) -> torch.Tensor:
