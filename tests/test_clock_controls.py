@@ -141,3 +141,16 @@ def test_an_unknown_control_is_refused_by_the_config():
 
     with pytest.raises(ConfigError, match=r"^study.controls="):
         validate(compose_cfg(*STUDY, "study.controls={schedule:[later]}"))
+
+
+def test_an_arm_may_name_its_mixer_after_an_at_sign():
+    from mixlab.study.tune import arm_overrides
+
+    assert arm_overrides("schedule+nearest@fmix") == ["lambda=schedule", "pairing=nearest", "mixer=fmix"]
+    assert arm_overrides("beta@cutmix") == ["lambda=beta", "mixer=cutmix"] and arm_overrides("beta") == ["lambda=beta"]
+    plan = make_plan(compose_cfg(*STUDY[:1], "study.arms=[none,beta,beta@cutmix,schedule@fmix]"), [])
+    rows = {r["arm"]: r for r in plan["arms"]}
+    assert rows["beta@cutmix"]["mixer"] == "cutmix" and rows["beta@cutmix"]["space"] == rows["beta"]["space"]
+    assert "mixer" not in rows["beta"] and rows["schedule@fmix"]["lambda"] == "schedule"
+    with pytest.raises(ConfigError, match="names mixer 'fmx'; expected one of"):
+        make_plan(compose_cfg(*STUDY[:1], "study.arms=[none,beta,beta@fmx]"), [])

@@ -86,7 +86,7 @@ SPEC: dict[str, Spec] = {
     "study.metric": choice("test_acc", "test_nll", "test_ece", "test_brier", "test_mse", "test_mae", "test_nll_ts",
                            "test_ece_ts", "median_last10_acc", "test_map", "test_map50", "test_map75"),
     "study.matched": choice("primary", "exploratory"),
-    "study.arms": list_of(Spec(str, strings=r"\w+(\+\w+)?")),
+    "study.arms": list_of(Spec(str, strings=r"\w+(\+\w+)?(@\w+)?")),
     "study.trials": integer(1),
     "study.tuning_seeds": list_of(integer(0), extra=([], [1, 1])),
     "study.eval_seeds": list_of(integer(0), extra=([], [100, 100])),

@@ -161,12 +161,13 @@ def test_html_is_self_contained_with_every_figure(report):
 
 def write_fake_runs(d: Path, runs: list[tuple[str, int, float, list[float] | None]]) -> None:
     """Hand-made records: (lam, seed, final test_acc, lam_strength per epoch, or None for an older record);
-    ``lam`` may name a pairing too (``beta+label_kernel``)."""
+    ``lam`` may name a pairing too (``beta+label_kernel``), and a mixer (``beta@cutmix``)."""
     for i, (lam, seed, acc, strength) in enumerate(runs):
         (d / str(i)).mkdir(parents=True)
+        lam, _, mixer = lam.partition("@")
         lam, _, pairing = lam.partition("+")
         config = {"seed": seed, "lam": {"name": lam}, "data": {"name": "digits"}, "model": {"name": "mlp"},
-                  **({"pairing": {"name": pairing}} if pairing else {})}
+                  "mixer": {"name": mixer or "input"}, **({"pairing": {"name": pairing}} if pairing else {})}
         summary = {"status": "completed", "config": config, "final": {"test_acc": acc}}
         (d / str(i) / "summary.json").write_text(json.dumps(summary))
         rows = [{"epoch": e + 1, "test_acc": acc, **({} if strength is None else {"lam_strength": s})}
@@ -550,6 +551,19 @@ def test_a_reference_policy_under_its_own_pairing_is_compared_with_it_under_rand
     direct = next(r for r in rows if (r["label"], r["ref_label"]) == ("lam=none pairing=random", "lam=beta pairing=random"))
     said = direct["verdict"] + (f" (Δ {direct['diff']:+.4f})" if direct["verdict"] in FLIP else "")
     assert table["lam=none pairing=random"]["vs beta"] == said
+
+
+def test_a_mixer_of_its_own_is_compared_with_the_reference_under_input_mixing(tmp_path):
+    # CutMix is Beta λ under another mixer: compared with tuned mixup (input mixing, the same other keys); a
+    # dynamic λ under CutMix is compared with Beta under CutMix, where that ran
+    accs = {"beta": [0.90, 0.91, 0.92], "beta@cutmix": [0.92, 0.92, 0.95], "schedule@cutmix": [0.93, 0.92, 0.96]}
+    write_fake_runs(tmp_path / "runs", [(arm, s, a, [0.2, 0.2]) for arm, v in accs.items() for s, a in enumerate(v)])
+    rows = compare(group_runs(load_runs(tmp_path / "runs")), "test_acc", "beta", primary=True)
+    vs_beta = {r["label"]: r for r in rows if r["ref"] == "beta"}
+    assert vs_beta["lam=beta mixer=cutmix"]["ref_label"] == "lam=beta mixer=input"
+    assert vs_beta["lam=beta mixer=cutmix"]["diff"] == pytest.approx(np.mean([0.02, 0.01, 0.03]))
+    assert vs_beta["lam=schedule mixer=cutmix"]["ref_label"] == "lam=beta mixer=cutmix"
+    assert vs_beta["lam=schedule mixer=cutmix"]["diff"] == pytest.approx(np.mean([0.01, 0.0, 0.01]))
 
 
 def test_a_pairing_of_its_own_gets_a_random_pairing_control_of_its_strength(tmp_path):

@@ -58,8 +58,9 @@ RULES: dict[str, Rule] = {
     "study.metric": _one_of("test_acc", "test_nll", "test_ece", "test_brier", "test_mse", "test_mae",
                             "test_nll_ts", "test_ece_ts", "median_last10_acc", "test_map", "test_map50", "test_map75"),
     "study.matched": _one_of("primary", "exploratory"),
-    "study.arms": ("a list of arms: λ policies, a pairing after + (beta+label_kernel)",
-                   lambda v: _is_list(v) and all(isinstance(a, str) and re.fullmatch(r"\w+(\+\w+)?", a) for a in v)),
+    "study.arms": ("a list of arms: λ policies, a pairing after + (beta+label_kernel), a mixer after @ (beta@cutmix)",
+                   lambda v: _is_list(v) and all(isinstance(a, str) and re.fullmatch(r"\w+(\+\w+)?(@\w+)?", a)
+                                                 for a in v)),
     "study.trials": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
     "study.tuning_seeds": ("a non-empty list of distinct integers >= 0",
                            lambda v: _is_list(v) and v and all(_is_int(s) and s >= 0 for s in v) and len(set(v)) == len(v)),

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..engine.lam import reads_time
 from ..run.config import ConfigError, fingerprint, flatten, import_plugins
 from ..run.records import atomic_write_bytes, git_info
-from .tune import arm_parts, arm_space
+from .tune import arm_mixer, arm_parts, arm_space
 
 PLAN = "plan.yaml"
 HASHED = ("overrides", "arms", "tuning", "evaluation", "primary_family", "controls", "decisions", "config")
@@ -73,8 +73,8 @@ def make_plan(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         policy, pairing = arm_parts(arm)
         space = arm_space(arm)
         dynamic = is_dynamic(policy)
-        rows.append({"arm": arm, "lambda": policy, "pairing": pairing, "dynamic": dynamic, "space": space,
-                     "trials": int(s.trials) if space else 1})
+        rows.append({"arm": arm, "lambda": policy, "pairing": pairing, **({"mixer": arm_mixer(arm)} if "@" in arm else {}),
+                     "dynamic": dynamic, "space": space, "trials": int(s.trials) if space else 1})
     for row in rows:
         arm, policy, dynamic = row["arm"], row["lambda"], row["dynamic"]
         # a dynamic arm, or the reference under a pairing of its own (C-Mixup): it may win by mixing more or less

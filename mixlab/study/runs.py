@@ -35,9 +35,11 @@ def bounded(metric: str) -> bool:
     return metric in NAMES and metric not in LOWER_IS_BETTER
 
 
-def arm_name(policy: object, pairing: object) -> str:
-    """A study arm's name (``plan.yaml``): ``schedule``; ``beta+label_kernel`` under a pairing of its own."""
-    return str(policy) if pairing in (None, "random") else f"{policy}+{pairing}"
+def arm_name(policy: object, pairing: object, mixer: object = None) -> str:
+    """A study arm's name (``plan.yaml``): ``schedule``; ``beta+label_kernel`` under a pairing of its own;
+    ``beta@cutmix`` under a mixer other than input mixing."""
+    name = str(policy) if pairing in (None, "random") else f"{policy}+{pairing}"
+    return name if mixer in (None, "input") else f"{name}@{mixer}"
 
 
 def fmt(x: float | None, nd: int = 4) -> str:
@@ -68,7 +70,8 @@ class Run:
     def arm(self) -> str | None:
         """The study arm this run ran (its λ policy, and its pairing where not random); None without a config."""
         lam = self.config.get("lam")
-        return arm_name(lam.get("name"), (self.config.get("pairing") or {}).get("name")) if lam else None
+        return arm_name(lam.get("name"), (self.config.get("pairing") or {}).get("name"),
+                        (self.config.get("mixer") or {}).get("name")) if lam else None
 
     @property
     def control_of(self) -> str | None:
@@ -76,7 +79,8 @@ class Run:
         None for a run that is no control."""
         study = self.config.get("study") or {}
         of = study.get("control_of")
-        return arm_name(of.get("name"), (study.get("control_of_pairing") or {}).get("name")) \
+        return arm_name(of.get("name"), (study.get("control_of_pairing") or {}).get("name"),
+                        (self.config.get("mixer") or {}).get("name")) \
             if isinstance(of, dict) else None
 
     @property
@@ -126,12 +130,17 @@ class Config:
     @property
     def arm(self) -> str:
         """The study arm these runs ran (``schedule``, ``beta+label_kernel``)."""
-        return arm_name(self.lam, self.pairing)
+        return arm_name(self.lam, self.pairing, self.flat.get("mixer.name"))
 
     @property
     def pairing(self) -> str:
         """The pairing's name (records that predate the key: random, classic mixup's)."""
         return self.flat.get("pairing.name", "random")
+
+    @property
+    def mixer(self) -> str:
+        """The mixer's name (records that predate the key: input, classic mixup's)."""
+        return self.flat.get("mixer.name", "input")
 
     @property
     def control_of(self) -> dict | None:
@@ -206,18 +215,23 @@ def non_lam(c: Config) -> dict:
 
 def references(c: Config, ref: str, configs: list[Config]) -> list[Config]:
     """The configurations of policy ``ref`` that ``c`` is compared with: those with the same non-λ keys; where
-    ``c`` runs under a pairing of its own and none does (C-Mixup: beta under ``label_kernel``), ``ref`` under
-    random pairing with the same other keys. A reference is not compared with its own policy's configurations
-    under the same keys."""
+    ``c`` runs under a pairing or a mixer of its own and none does (C-Mixup: beta under ``label_kernel``; CutMix:
+    beta under ``mixer=cutmix``), ``ref`` under random pairing and input mixing with the same other keys. A
+    reference is not compared with its own policy's configurations under the same keys."""
     refs = [b for b in configs if b.lam == ref and b.control_of is None]
     same = [] if c.lam == ref and c.control_of is None else [b for b in refs if non_lam(b) == non_lam(c)]
-    if same or c.pairing == "random":
+    if same or (c.pairing == "random" and c.mixer == "input"):
         return same
-    return [b for b in refs if b.pairing == "random" and without_pairing(b) == without_pairing(c)]
+    return [b for b in refs if b.pairing == "random" and b.mixer == "input" and without_method(b) == without_method(c)]
 
 
 def without_pairing(c: Config) -> dict:
     return {k: v for k, v in non_lam(c).items() if not k.startswith("pairing.")}
+
+
+def without_method(c: Config) -> dict:
+    """``non_lam`` less the pairing's and the mixer's keys: what a method of its own shares with the reference."""
+    return {k: v for k, v in non_lam(c).items() if not k.startswith(("pairing.", "mixer."))}
 
 
 def ceiling_text(row: dict) -> str:

@@ -37,6 +37,7 @@ from ..run.config import ConfigError, flatten, job_dir, tuning_settings
 from ..run.records import atomic_write, atomic_write_json, read_json
 from .plan import make_plan, register
 from .queue import POLL_S, Item, Queue, open_storage
+from .runs import arm_name
 from .tune import arm_overrides
 
 TUNED = "tuned.yaml"
@@ -230,10 +231,12 @@ class Study:
                 config = job["config"]
                 of = config["study"]["control_of"]["name"]
                 pairing = (config["study"].get("control_of_pairing") or {}).get("name", "random")
-                arm = of if pairing == "random" else f"{of}+{pairing}"
+                mixer = (config.get("mixer") or {}).get("name", "input")  # the control keeps its arm's mixer
+                arm = arm_name(of, pairing, mixer)
                 if arm not in strength:
                     continue
                 extra = [f"+study.control_of={_literal(config['study']['control_of'])}", "+study.control_kind=strength"]
+                extra += [f"mixer={mixer}"] * (mixer != "input")
                 if config["study"].get("control_of_pairing"):
                     extra += ["pairing=random",
                               f"+study.control_of_pairing={_literal(config['study']['control_of_pairing'])}"]

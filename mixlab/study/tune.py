@@ -41,24 +41,35 @@ def sample(space: dict[str, dict], rng: np.random.Generator) -> dict[str, Any]:
     return out
 
 
+def arm_mixer(arm: str) -> str:
+    """The mixer an arm names after ``@`` (``beta@cutmix``, ``schedule+nearest@fmix``); ``input`` where it names none."""
+    return arm.partition("@")[2] or "input"
+
+
 def arm_parts(arm: str) -> tuple[str, str]:
-    """``beta+label_kernel`` -> (``beta``, ``label_kernel``); ``schedule`` -> (``schedule``, ``random``)."""
-    policy, _, pairing = arm.partition("+")
+    """``beta+label_kernel`` -> (``beta``, ``label_kernel``); ``schedule`` -> (``schedule``, ``random``); a mixer
+    after ``@`` aside (``arm_mixer``)."""
+    policy, _, pairing = arm.partition("@")[0].partition("+")
     return policy, pairing or "random"
 
 
 def arm_overrides(arm: str) -> list[str]:
-    """``beta`` -> ``[lambda=beta]``; ``beta+label_kernel`` -> ``[lambda=beta, pairing=label_kernel]``."""
+    """``beta`` -> ``[lambda=beta]``; ``beta+label_kernel`` -> ``[lambda=beta, pairing=label_kernel]``;
+    ``beta@cutmix`` -> ``[lambda=beta, mixer=cutmix]``."""
     policy, pairing = arm_parts(arm)
-    return [f"lambda={policy}"] + [f"pairing={pairing}"] * ("+" in arm)
+    return ([f"lambda={policy}"] + [f"pairing={pairing}"] * ("+" in arm)
+            + [f"mixer={arm_mixer(arm)}"] * ("@" in arm))
 
 
 def arm_space(arm: str) -> dict[str, dict]:
     """The search space of a tuning arm: its λ policy's, and its pairing's where the arm names one
-    (``beta+label_kernel``: Beta's α and the kernel's σ together)."""
+    (``beta+label_kernel``: Beta's α and the kernel's σ together); the mixer's options are not searched."""
+    from ..engine.mixing import MIXERS
     from ..engine.pairing import PAIRINGS
 
-    policy, plus, pairing = arm.partition("+")
+    if "@" in arm and arm_mixer(arm) not in MIXERS.names():
+        raise ConfigError(f"--lambdas: {arm!r} names mixer {arm_mixer(arm)!r}; expected one of {sorted(MIXERS.names())}")
+    policy, plus, pairing = arm.partition("@")[0].partition("+")
     spaces = search_spaces()
     if policy not in spaces:
         raise ConfigError(f"--lambdas: {policy!r} has no search space; expected names from {sorted(spaces)} "
