@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 from scipy import stats as sps  # noqa: E402
 
-from .plan_report import planned_family  # noqa: E402
+from .plan_report import _delta, _unit, planned_family  # noqa: E402
 from .report import compare, group_runs, load_runs  # noqa: E402
 from .runs import LOWER_IS_BETTER, NAMES, Config, bounded, matched_policy  # noqa: E402
 from .stats import mean_ci, paired_comparison  # noqa: E402
@@ -136,16 +136,6 @@ def trend(studies: list[dict]) -> list[dict]:
     return out
 
 
-def _pp(x: float | None, metric: str) -> str:
-    if x is None or not math.isfinite(x):
-        return "—"
-    return f"{100 * x:+.2f}" if bounded(metric) else f"{x:+.4f}"
-
-
-def _unit(metric: str) -> str:
-    return " pp" if bounded(metric) else ""
-
-
 def fig_delta(studies: list[dict]) -> plt.Figure:
     """One panel per study: every role's paired difference to the tuned reference (dots: seeds; diamond and
     bar: mean and 95% CI), in points for a score in [0, 1]."""
@@ -239,8 +229,8 @@ def document(studies: list[dict], trends: list[dict], setting: str, figures: lis
             if p.get("n") is None:
                 out.append(f"| {p['comparison']} | — | — | — | — | not computed: {p['why']} |")
             else:
-                out.append(f"| {p['comparison']} | {p['n']} | {_pp(p['diff'], metric)} | [{_pp(p['lo'], metric)}, "
-                           f"{_pp(p['hi'], metric)}] | {p['p_adj']:.3f} | {p['verdict']} |")
+                out.append(f"| {p['comparison']} | {p['n']} | {_delta(p['diff'], metric)} | [{_delta(p['lo'], metric)}, "
+                           f"{_delta(p['hi'], metric)}] | {p['p_adj']:.3f} | {p['verdict']} |")
         out.append("")
     out += ["## Secondary: the trend over the setting (declared before the runs; a description, not corrected)", "",
             f"Least-squares slope of the per-seed differences against log2({setting}), pooled over the studies, "
@@ -250,8 +240,8 @@ def document(studies: list[dict], trends: list[dict], setting: str, figures: lis
         if t["slope"] is None:
             out.append(f"| {t['comparison']} | — | — | {t['why']} |")
         else:
-            out.append(f"| {t['comparison']} | {_pp(t['slope'], metric)} | [{_pp(t['lo'], metric)}, "
-                       f"{_pp(t['hi'], metric)}] | {t['n']} ({t['settings']}) |")
+            out.append(f"| {t['comparison']} | {_delta(t['slope'], metric)} | [{_delta(t['lo'], metric)}, "
+                       f"{_delta(t['hi'], metric)}] | {t['n']} ({t['settings']}) |")
     out += ["", *[f"![{f}](figures/{f})" for f in figures], ""]
     return "\n".join(out)
 
