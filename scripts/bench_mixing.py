@@ -32,6 +32,7 @@ from torch.utils.benchmark import Timer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mixlab import LAMBDAS, MIXERS, PAIRINGS, Mix, mix_inputs  # noqa: E402
+from mixlab.models import build_model  # noqa: E402
 
 NUM_CLASSES = 10
 # Options that make a policy do its real work in a benchmark (defaults otherwise).
@@ -82,7 +83,11 @@ def build_cases(x: torch.Tensor, y: torch.Tensor, args) -> dict[str, callable]:
             if name in ("input", "manifold"):
                 continue
             mix = Mix(lam="beta", mixer=name, num_classes=NUM_CLASSES, generator=torch.Generator(device=dev).manual_seed(1))
+            # a learned mixer serves a model: the small cnn, whose momentum copy's forward is part of the call
+            mix.attach(build_model("cnn", in_shape=tuple(x.shape[1:]), num_classes=NUM_CLASSES).to(dev))
             side = {need: torch.randn_like(x) for need in mix.needs}
+            if "targets" in mix.needs:
+                side["targets"] = torch.nn.functional.one_hot(y, NUM_CLASSES).to(x.dtype)
             cases[f"Mix(lam=beta, mixer={name})"] = (lambda mix=mix, side=side: mix(x, y, progress=0.5, **side))
 
     if not args.no_oracles:

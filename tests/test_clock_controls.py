@@ -154,3 +154,20 @@ def test_an_arm_may_name_its_mixer_after_an_at_sign():
     assert "mixer" not in rows["beta"] and rows["schedule@fmix"]["lambda"] == "schedule"
     with pytest.raises(ConfigError, match="names mixer 'fmx'; expected one of"):
         make_plan(compose_cfg(*STUDY[:1], "study.arms=[none,beta,beta@fmx]"), [])
+
+
+def test_a_mixer_of_its_own_is_in_the_family_against_the_reference_under_its_mixer():
+    # CutMix claims to beat mixup (beta under input mixing); schedule under CutMix claims to beat Beta under CutMix,
+    # which is what the report compares it with; a fixed λ under a mixer gets no strength control (it would be
+    # itself), a dynamic one does and keeps its mixer
+    plan = make_plan(compose_cfg(*STUDY[:1], "study.arms=[none,beta,beta@cutmix,schedule@cutmix,schedule@fmix]"), [])
+    assert plan["primary_family"] == [
+        "beta@cutmix vs beta on test_acc", "schedule@cutmix vs beta@cutmix on test_acc",
+        "schedule@cutmix vs its strength control on test_acc", "schedule@fmix vs beta on test_acc",
+        "schedule@fmix vs its strength control on test_acc"]
+    assert [(c["of"], c["kind"]) for c in plan["controls"]] == [("schedule@cutmix", "strength"),
+                                                                ("schedule@fmix", "strength")]
+    declared = make_plan(compose_cfg(*STUDY[:1], "study.arms=[none,beta,beta@cutmix,schedule@cutmix]",
+                                     "study.controls={schedule@cutmix:[]}"), [])
+    assert declared["controls"] == [] and declared["primary_family"] == [
+        "beta@cutmix vs beta on test_acc", "schedule@cutmix vs beta@cutmix on test_acc"]

@@ -564,6 +564,16 @@ def test_a_mixer_of_its_own_is_compared_with_the_reference_under_input_mixing(tm
     assert vs_beta["lam=beta mixer=cutmix"]["diff"] == pytest.approx(np.mean([0.02, 0.01, 0.03]))
     assert vs_beta["lam=schedule mixer=cutmix"]["ref_label"] == "lam=beta mixer=cutmix"
     assert vs_beta["lam=schedule mixer=cutmix"]["diff"] == pytest.approx(np.mean([0.01, 0.0, 0.01]))
+    # the plan names each of these comparisons in its family, and the report finds each one in its table
+    from mixlab.study.plan import make_plan
+    from mixlab.study.plan_report import planned_family
+
+    plan = make_plan(compose_cfg("experiment=digits_study", "study.arms=[beta,beta@cutmix,schedule@cutmix]",
+                                 "study.go=always", "study.controls={schedule@cutmix:[]}"), [])
+    family = planned_family(plan, group_runs(load_runs(tmp_path / "runs")), "test_acc")
+    assert [(f["text"], f["key"]) for f in family] == [
+        ("beta@cutmix vs beta on test_acc", ("lam=beta mixer=cutmix", "lam=beta mixer=input")),
+        ("schedule@cutmix vs beta@cutmix on test_acc", ("lam=schedule mixer=cutmix", "lam=beta mixer=cutmix"))]
 
 
 def test_a_pairing_of_its_own_gets_a_random_pairing_control_of_its_strength(tmp_path):

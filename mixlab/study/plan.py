@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..engine.lam import reads_time
 from ..run.config import ConfigError, fingerprint, flatten, import_plugins
 from ..run.records import atomic_write_bytes, git_info
+from .runs import arm_name
 from .tune import arm_mixer, arm_parts, arm_space
 
 PLAN = "plan.yaml"
@@ -75,11 +76,19 @@ def make_plan(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         dynamic = is_dynamic(policy)
         rows.append({"arm": arm, "lambda": policy, "pairing": pairing, **({"mixer": arm_mixer(arm)} if "@" in arm else {}),
                      "dynamic": dynamic, "space": space, "trials": int(s.trials) if space else 1})
+    names = [r["arm"] for r in rows]
     for row in rows:
         arm, policy, dynamic = row["arm"], row["lambda"], row["dynamic"]
-        # a dynamic arm, or the reference under a pairing of its own (C-Mixup): it may win by mixing more or less
-        claims = (dynamic or (policy == s.reference and row["pairing"] != "random")) and arm != s.reference
-        kinds = list(declared.get(arm, ["strength"] if claims else []))
+        # a dynamic arm, or the reference under a pairing (C-Mixup) or a mixer (CutMix) of its own, claims to beat
+        # the reference: under the same pairing and mixer where that arm ran (what the report compares it with)
+        own = row["pairing"] != "random" or "mixer" in row
+        claims = (dynamic or (policy == s.reference and own)) and arm != s.reference
+        ref = arm_name(s.reference, row["pairing"], row.get("mixer"))
+        ref = ref if ref in names and ref != arm else s.reference
+        # a fixed λ under a mixer of its own mixes as strongly as its tuned α says: its strength control would be
+        # itself, so it gets none unless declared; a pairing changes the blend's strength (C-Mixup), so it does
+        matched = dynamic or (policy == s.reference and row["pairing"] != "random")
+        kinds = list(declared.get(arm, ["strength"] if claims and matched else []))
         if "reversed" in kinds and not reads_time(policy):
             raise ConfigError(f"study.controls.{arm}=[{', '.join(kinds)}]: reversed needs a λ policy that depends "
                               f"on the training time, and lambda={policy} does not; expected strength or stop_late")
@@ -87,7 +96,7 @@ def make_plan(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
             controls.append({"of": arm, "kind": kind, "control": CONTROL_TEXT[kind].format(at=stop_at),
                              **({"mix_until": stop_at} if kind == "stop_late" else {})})
         if claims:
-            family.append(f"{arm} vs {s.reference} on {s.metric}")
+            family.append(f"{arm} vs {ref} on {s.metric}")
             if primary:
                 family += [f"{arm} vs its {kind} control on {s.metric}" for kind in kinds]
     # the reference's own controls (fixed mixup switched off late, ...) are other fixed recipes: every arm that
