@@ -82,7 +82,12 @@ def build_cases(x: torch.Tensor, y: torch.Tensor, args) -> dict[str, callable]:
         for name in MIXERS.names():
             if name in ("input", "manifold"):
                 continue
-            mix = Mix(lam="beta", mixer=name, num_classes=NUM_CLASSES, generator=torch.Generator(device=dev).manual_seed(1))
+            try:
+                mix = Mix(lam="beta", mixer=name, num_classes=NUM_CLASSES,
+                          generator=torch.Generator(device=dev).manual_seed(1))
+            except ImportError as e:  # an optional package (PyMaxflow for puzzlemix) this machine lacks
+                print(f"bench_mixing: mixer={name} left out: {e}", file=sys.stderr)
+                continue
             # a learned mixer serves a model: the small cnn, whose momentum copy's forward is part of the call
             mix.attach(build_model("cnn", in_shape=tuple(x.shape[1:]), num_classes=NUM_CLASSES).to(dev))
             side = {need: torch.randn_like(x) for need in mix.needs}

@@ -14,6 +14,7 @@ STUDY_SECONDS=${STUDY_SECONDS:-330} EPOCHS=${EPOCHS:-15} JOBS=${JOBS:-6}
 log() { echo "[$(date -u +%T)] $*" | tee -a "$OUT/session.log"; }
 log "device: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null)"
 python -m pip install -q --no-deps --no-index .whl/*.whl 2>&1 | tail -1
+python -m pip install -q --no-deps --no-index --find-links .whl/maxflow PyMaxflow 2>&1 | tail -1  # else puzzlemix is left out
 python -c "import torch, torchvision, mixlab; print(torch.__version__, torchvision.__version__, torch.cuda.get_device_name())" \
     | tee -a "$OUT/session.log"
 DATA=$PWD/data/fashion-mnist  # passed as data.root below
