@@ -236,14 +236,22 @@ def test_adaptive_ece_and_ood_columns_appear_where_the_runs_recorded_them(tmp_pa
 
 
 def test_robustness_table_gives_hendrycks_mce_against_plain_training(tmp_path):
+    # "late": tuned Beta with mixing switched off for the last quarter, a control of beta (issue 26): its own
+    # key (trainer.mix_until) aside, it has plain training's other keys, so it gets an mCE and a "vs none" too
     g = np.random.default_rng(0)
     acc = {(lam, seed): {c: list(g.uniform(0.4, 0.9, 5)) for c in ("gaussian_noise", "fog", "jpeg")}
-           for lam in ("none", "beta") for seed in (0, 1)}
+           for lam in ("none", "beta", "late") for seed in (0, 1)}
+    test_acc = {("none", 0): 0.80, ("none", 1): 0.82, ("beta", 0): 0.85, ("beta", 1): 0.86, ("late", 0): 0.84,
+                ("late", 1): 0.87}
     for i, ((lam, seed), table) in enumerate(acc.items()):
         (tmp_path / "runs" / str(i)).mkdir(parents=True)
-        config = {"seed": seed, "lam": {"name": lam}, "data": {"name": "digits"}, "model": {"name": "mlp"}}
+        config = {"seed": seed, "lam": {"name": lam}, "data": {"name": "digits"}, "model": {"name": "mlp"},
+                  "trainer": {"mix_until": 1.0}}
+        if lam == "late":
+            config.update(lam={"name": "beta"}, trainer={"mix_until": 0.75},
+                          study={"control_of": {"name": "beta"}, "control_kind": "stop_late"})
         mean_acc = float(np.mean([v for per in table.values() for v in per]))
-        final = {"test_acc": 0.9, "test_corruption_acc": mean_acc, "test_corruption_ece": 0.1}
+        final = {"test_acc": test_acc[(lam, seed)], "test_corruption_acc": mean_acc, "test_corruption_ece": 0.1}
         corruptions = {c: [{"severity": k + 1, "acc": a, "nll": 1.0, "ece": 0.1} for k, a in enumerate(per)]
                        for c, per in table.items()}
         (tmp_path / "runs" / str(i) / "summary.json").write_text(json.dumps(
@@ -256,9 +264,16 @@ def test_robustness_table_gives_hendrycks_mce_against_plain_training(tmp_path):
     def err(lam, c):  # seed-averaged error per severity
         return np.mean([1 - np.array(acc[(lam, s)][c]) for s in (0, 1)], axis=0)
 
-    want = np.mean([err("beta", c).sum() / err("none", c).sum() for c in ("gaussian_noise", "fog", "jpeg")])
-    assert float(rows["lam=beta"]["mCE vs none"]) == pytest.approx(want, abs=6e-4)
+    for lam, label in (("beta", "lam=beta"), ("late", "lam=beta [mixing off late control of lam=beta]")):
+        want = np.mean([err(lam, c).sum() / err("none", c).sum() for c in ("gaussian_noise", "fog", "jpeg")])
+        assert float(rows[label]["mCE vs none"]) == pytest.approx(want, abs=6e-4)
     assert float(rows["lam=none"]["mCE vs none"]) == pytest.approx(1.0)
+    # the control against plain training, and against the arm it controls exactly once (one test for Holm)
+    comps = compare(group_runs(load_runs(tmp_path / "runs")), "test_acc", "beta", primary=True)
+    late = "lam=beta [mixing off late control of lam=beta]"
+    vs_none = [r for r in comps if (r["label"], r["ref_label"]) == (late, "lam=none")]
+    assert len(vs_none) == 1 and vs_none[0]["diff"] == pytest.approx(np.mean([0.84 - 0.80, 0.87 - 0.82]))
+    assert len([r for r in comps if {r["label"], r["ref_label"]} == {late, "lam=beta"}]) == 1
     assert (tmp_path / "out" / "figures" / "corruptions.png").stat().st_size > 5000
 
 

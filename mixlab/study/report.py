@@ -34,7 +34,7 @@ from ..run.config import fingerprint  # noqa: E402
 from .figures import (fig_boundaries, fig_curves, fig_final, fig_lam_distance, fig_lam_hist,  # noqa: E402
                       fig_lam_strength, fig_mixed, fig_paired, fig_reliability, curve_name, fig_corruptions)
 from .runs import (FLIP, LOWER_IS_BETTER, NAMES, Config, Run, _short, _space_text, bounded,  # noqa: E402
-                   CONTROL_KINDS, TUNED_KEYS, ceiling_text, matched_policy, non_lam, references)
+                   CONTROL_KINDS, TUNED_KEYS, ceiling_text, matched_policy, references)
 from .plan_report import (_fingerprint_note, _plan_blocks, _study_warnings, _verdict_lead,  # noqa: E402
                           check_fingerprints, planned_family, read_study)
 from .runs import fmt as _f  # noqa: E402
@@ -164,6 +164,8 @@ def compare(configs: list[Config], metric: str, baseline: str = "beta", primary:
             for b in references(c, ref, configs):
                 if any(r["label"] == b.label and r["ref_label"] == c.label for r in rows):
                     continue  # beta vs none is none vs beta again: one test, counted once by Holm
+                if c.control_of is not None and b is matched_policy(c, configs):
+                    continue  # a control against the arm it controls: made below, the arm against its control
                 pc = paired_comparison(c.values(metric), b.values(metric), higher_is_better=hib)
                 rows.append({"label": c.label, "lam": c.lam, "ref": ref, "ref_label": b.label, "metric": metric,
                              "control": c.control_of is not None,
@@ -525,7 +527,8 @@ def mce(errors: dict[str, list[float]], baseline: dict[str, list[float]]) -> flo
 
 def _robustness(configs: list[Config]) -> list[tuple]:
     """The robustness table (eval.corruptions): mean accuracy and ECE over the corrupted sets, and mCE
-    against plain training (``none``) with the same other keys."""
+    against plain training (``none``) with the same other keys (``references``: a control's own keys aside, a
+    mixer of its own against plain training under input mixing)."""
     errs = {c.label: _severity_errors(c) for c in configs}
     if not any(errs.values()):
         return []
@@ -533,8 +536,8 @@ def _robustness(configs: list[Config]) -> list[tuple]:
     for c in configs:
         if errs[c.label] is None:
             continue
-        base = next((b for b in configs if b.lam == "none" and b.control_of is None and non_lam(b) == non_lam(c)
-                     and errs[b.label] is not None), None)
+        base = c if c.lam == "none" and c.control_of is None else next(
+            (b for b in references(c, "none", configs) if errs[b.label] is not None), None)
         acc = [r.value("test_corruption_acc") for r in c.done if r.value("test_corruption_acc") is not None]
         ece = [r.value("test_corruption_ece") for r in c.done if r.value("test_corruption_ece") is not None]
         rows.append([c.label, _n_cell(c), _pm(mean_ci(acc)[:2]), _pm(mean_ci(ece)[:2]),

@@ -194,7 +194,7 @@ def matched_policy(control: Config, configs: list[Config]) -> Config | None:
     pairing = next((p for r in control.runs if isinstance(p := (r.config.get("study") or {}).get("control_of_pairing"),
                                                           dict)), None)
 
-    own = CONTROL_KINDS.get(control.control_kind or "strength", {"keys": ()})["keys"]
+    own = kind_keys(control)
 
     def rest(d: dict) -> dict:
         return {k: v for k, v in d.items() if k not in own}
@@ -213,16 +213,29 @@ def non_lam(c: Config) -> dict:
     return {k: v for k, v in c.flat.items() if not k.startswith("lam.") and k not in TUNED_KEYS}
 
 
+def kind_keys(c: Config) -> tuple[str, ...]:
+    """The keys a control's kind changes in the arm it controls (``CONTROL_KINDS``: a time-reversed control's
+    ``trainer.reverse_time``); none for a strength control or a configuration that is no control."""
+    return CONTROL_KINDS.get(c.control_kind or "strength", {"keys": ()})["keys"] if c.control_of is not None else ()
+
+
 def references(c: Config, ref: str, configs: list[Config]) -> list[Config]:
-    """The configurations of policy ``ref`` that ``c`` is compared with: those with the same non-λ keys; where
+    """The configurations of policy ``ref`` that ``c`` is compared with: those with the same non-λ keys (a
+    control's own keys aside: fixed mixup switched off late is compared with fixed mixup and with none); where
     ``c`` runs under a pairing or a mixer of its own and none does (C-Mixup: beta under ``label_kernel``; CutMix:
     beta under ``mixer=cutmix``), ``ref`` under random pairing and input mixing with the same other keys. A
     reference is not compared with its own policy's configurations under the same keys."""
+    own = kind_keys(c)
+
+    def rest(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k not in own}
+
     refs = [b for b in configs if b.lam == ref and b.control_of is None]
-    same = [] if c.lam == ref and c.control_of is None else [b for b in refs if non_lam(b) == non_lam(c)]
+    same = [] if c.lam == ref and c.control_of is None else [b for b in refs if rest(non_lam(b)) == rest(non_lam(c))]
     if same or (c.pairing == "random" and c.mixer == "input"):
         return same
-    return [b for b in refs if b.pairing == "random" and b.mixer == "input" and without_method(b) == without_method(c)]
+    return [b for b in refs if b.pairing == "random" and b.mixer == "input"
+            and rest(without_method(b)) == rest(without_method(c))]
 
 
 def without_pairing(c: Config) -> dict:
