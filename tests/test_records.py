@@ -383,3 +383,24 @@ def test_versions() -> None:
     assert v["mixlab"] == mixlab.__version__
     assert all(x is None or isinstance(x, str) for x in v.values())
     json.dumps(v)
+
+
+def test_runs_of_one_process_record_the_code_it_loaded_and_a_checkout_that_moved_on(monkeypatch, tmp_path):
+    # A study trains many runs in one process; a commit made meanwhile changes the checkout, not the code that
+    # process runs. Its runs name the commit it started from, and the newer one as "now".
+    from mixlab.run.train import train
+
+    from .test_config import compose_cfg
+
+    first, later = {"commit": "a" * 40, "dirty": False}, {"commit": "b" * 40, "dirty": True}
+    checkout = {"state": first}
+    monkeypatch.setattr(records, "git_info", lambda start=None: dict(checkout["state"]))
+    monkeypatch.setattr(records, "_LOADED", None, raising=False)
+    cfg = compose_cfg("data=digits", "data.train_subset=64", "data.batch_size=32", "model=mlp", "model.hidden=[8]",
+                      "device=cpu", "trainer.epochs=1", "trainer.progress=false", "eval.test=false")
+    train(cfg, tmp_path / "one")
+    checkout["state"] = later
+    train(cfg, tmp_path / "two")
+    one, two = (json.loads((tmp_path / d / "summary.json").read_text())["git"] for d in ("one", "two"))
+    assert one == first
+    assert two == {**first, "now": later}

@@ -35,6 +35,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "git_info",
+    "loaded_git",
     "load_checkpoint",
     "read_json",
     "remove_stale_temps",
@@ -374,6 +375,21 @@ def git_info(start: PathLike | None = None) -> dict[str, Any]:
         "commit": sha.strip() if sha else None,
         "dirty": None if status is None else bool(status.strip()),
     }
+
+
+_LOADED: dict[str, Any] | None = None
+
+
+def loaded_git() -> dict[str, Any]:
+    """``git_info()`` of mixlab's checkout as this process first read it, which is the code the process loaded.
+    A study or a sweep trains many runs in one process while the checkout may move on, so each run records that
+    first state. Where HEAD or the dirty flag has changed since, ``now`` holds this call's ``git_info()``: a
+    module the process imports later (the report's, say) comes from that newer state."""
+    global _LOADED
+    now = git_info()
+    if _LOADED is None:
+        _LOADED = now
+    return {**_LOADED, **({"now": now} if now != _LOADED else {})}
 
 
 def _dist_version(name: str) -> str | None:

@@ -39,8 +39,8 @@ from .config import (ConfigError, apply_strength, apply_tuned, component_errors,
 from .distributed import Dist, setup as setup_distributed, stream_seed
 from .loggers import LOGGERS, NoLogger
 from .optim import build_optimizer
-from .records import (MetricsLog, RunLock, UnreadableCheckpoint, atomic_write, atomic_write_json, git_info,
-                      load_checkpoint, read_json, remove_stale_temps, rng_state, save_checkpoint, set_rng_state,
+from .records import (MetricsLog, RunLock, UnreadableCheckpoint, atomic_write, atomic_write_json,
+                      load_checkpoint, loaded_git, read_json, remove_stale_temps, rng_state, save_checkpoint, set_rng_state,
                       versions)
 
 
@@ -752,7 +752,7 @@ def _check_same_run(run_dir: Path, resolved: dict, previous: dict, folder_key: s
 def _run(cfg: DictConfig, run_dir: Path, resolved: dict, previous: dict, stop: dict, d: Dist = Dist(),
          tuning: dict | None = None, on_start: Callable[[Path], None] | None = None) -> float:
     started = time.time()
-    summary: dict = {"status": "running", "config": resolved, "git": git_info() if d.main else None,
+    summary: dict = {"status": "running", "config": resolved, "git": loaded_git() if d.main else None,
                      "versions": versions(), "epochs": cfg.get("trainer", {}).get("epochs")}
     if tuning is not None:
         summary["tuning"] = tuning

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..engine.lam import reads_time
 from ..run.config import ConfigError, fingerprint, flatten, import_plugins
-from ..run.records import atomic_write_bytes, git_info
+from ..run.records import atomic_write_bytes, loaded_git
 from .runs import arm_name
 from .tune import arm_mixer, arm_parts, arm_space
 
@@ -146,7 +146,7 @@ def register(folder: Path, plan: dict, command: str) -> tuple[dict, list[str]]:
     """Write ``folder/plan.yaml`` (the first time), or check that the one there is this plan. Returns
     the plan in force and its deviations (a resume under another commit). ``ConfigError`` for another plan."""
     path = folder / PLAN
-    git = git_info()
+    git = loaded_git()
     if path.exists():
         old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         if old.get("hash") != plan["hash"]:
