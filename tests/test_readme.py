@@ -81,3 +81,26 @@ def test_the_registries_and_base_classes_are_importable_from_mixlab():
     assert isinstance(MODELS.build("mlp", in_shape=(4,), num_classes=2), MixModel)
     assert Dataset.__module__ == "mixlab.data.base" and set(mixlab.__all__) >= {"Policy", "Pairing", "Mixer"}
     assert isinstance(torch.zeros(1), torch.Tensor)
+
+
+def test_every_difference_with_its_interval_in_the_evidence_section_is_a_committed_reports():
+    # "+0.26 pp, [+0.06, +0.45]" in README's evidence section must be a paired comparison of some committed
+    # report (docs/results/**/report.md: its Δ mean and 95% CI, as fractions, either way round), to the
+    # printed precision; the reports themselves regenerate from their records (tests/test_report.py)
+    text = README.read_text()
+    evidence = text[text.index("## What the evidence says so far"):text.index("\n## ", text.index("## What the evidence says so far") + 1)]
+    num = r"([+\-−]?\d+\.\d+)"
+    said = [tuple(float(x.replace("−", "-")) for x in m)
+            for m in re.findall(num + r" pp(?:(?!\d\.\d)[^\[\]]){0,40}\[" + num + r", " + num + r"\]", evidence)]
+    assert len(said) >= 10, said  # the section's differences are found at all
+    reported = set()
+    for report in README.parent.glob("docs/results/**/report.md"):
+        for line in report.read_text().splitlines():
+            cells = [c.strip() for c in line.strip("|").split("|")] if line.startswith("|") else []
+            for before, cell in zip(cells, cells[1:]):
+                ci = re.fullmatch(r"\[(-?\d+\.\d+), (-?\d+\.\d+)\]", cell)
+                if ci and re.fullmatch(r"-?\d+\.\d+", before):
+                    d, lo, hi = (100 * float(x) for x in (before, ci[1], ci[2]))
+                    reported |= {(d, lo, hi), (-d, -hi, -lo)}
+    unknown = [s for s in said if not any(all(abs(a - b) <= 0.0051 for a, b in zip(s, r)) for r in reported)]
+    assert not unknown, f"README differences in no committed report: {unknown}"
