@@ -10,8 +10,8 @@ length. Each goes the way training goes, ``validate(cfg)`` then ``build(cfg)``, 
 there with a ``ConfigError`` of one line, ``<key>=<value>: ... expected ...``; two random ones go
 through ``python -m mixlab`` and must print exactly that one line on stderr and exit 2.
 
-Coverage (``test_every_leaf_key_is_fuzzed`` prints it): 72 (option, key) targets over 53
-distinct keys, 15 invalid values each: 1080 invalid values a run, plus 2 through the CLI.
+Coverage (``test_every_leaf_key_is_fuzzed`` prints it, and fails on a leaf key no target covers): the
+(option, key) targets, the distinct keys, ``EXAMPLES`` invalid values each, plus 2 through the CLI.
 That every option's valid defaults build is ``tests/test_config.py``'s
 ``test_every_option_of_every_group_builds``.
 """
