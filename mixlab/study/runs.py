@@ -194,14 +194,9 @@ def matched_policy(control: Config, configs: list[Config]) -> Config | None:
     pairing = next((p for r in control.runs if isinstance(p := (r.config.get("study") or {}).get("control_of_pairing"),
                                                           dict)), None)
 
-    own = kind_keys(control)
-
-    def rest(d: dict) -> dict:
-        return {k: v for k, v in d.items() if k not in own}
-
     def same_rest(c: Config) -> bool:  # under random pairing, a control of a method with its own pairing
         if pairing is None:
-            return rest(non_lam(c)) == rest(non_lam(control))
+            return less_kind(control, non_lam(c)) == less_kind(control, non_lam(control))
         return without_pairing(c) == without_pairing(control) and \
             {k: v for k, v in c.flat.items() if k.startswith("pairing.")} == recorded("pairing", pairing)
     return next((c for c in configs if c.control_of is None and c.lam_options() == want and same_rest(c)), None)
@@ -213,10 +208,11 @@ def non_lam(c: Config) -> dict:
     return {k: v for k, v in c.flat.items() if not k.startswith("lam.") and k not in TUNED_KEYS}
 
 
-def kind_keys(c: Config) -> tuple[str, ...]:
-    """The keys a control's kind changes in the arm it controls (``CONTROL_KINDS``: a time-reversed control's
-    ``trainer.reverse_time``); none for a strength control or a configuration that is no control."""
-    return CONTROL_KINDS.get(c.control_kind or "strength", {"keys": ()})["keys"] if c.control_of is not None else ()
+def less_kind(c: Config, keys: dict) -> dict:
+    """``keys`` without those ``c``'s control kind changes in the arm it controls (``CONTROL_KINDS``: a
+    time-reversed control's ``trainer.reverse_time``); all of them for a strength control or no control."""
+    own = CONTROL_KINDS.get(c.control_kind or "strength", {"keys": ()})["keys"] if c.control_of is not None else ()
+    return {k: v for k, v in keys.items() if k not in own}
 
 
 def references(c: Config, ref: str, configs: list[Config]) -> list[Config]:
@@ -225,17 +221,13 @@ def references(c: Config, ref: str, configs: list[Config]) -> list[Config]:
     ``c`` runs under a pairing or a mixer of its own and none does (C-Mixup: beta under ``label_kernel``; CutMix:
     beta under ``mixer=cutmix``), ``ref`` under random pairing and input mixing with the same other keys. A
     reference is not compared with its own policy's configurations under the same keys."""
-    own = kind_keys(c)
-
-    def rest(d: dict) -> dict:
-        return {k: v for k, v in d.items() if k not in own}
-
     refs = [b for b in configs if b.lam == ref and b.control_of is None]
-    same = [] if c.lam == ref and c.control_of is None else [b for b in refs if rest(non_lam(b)) == rest(non_lam(c))]
+    same = [] if c.lam == ref and c.control_of is None else \
+        [b for b in refs if less_kind(c, non_lam(b)) == less_kind(c, non_lam(c))]
     if same or (c.pairing == "random" and c.mixer == "input"):
         return same
     return [b for b in refs if b.pairing == "random" and b.mixer == "input"
-            and rest(without_method(b)) == rest(without_method(c))]
+            and less_kind(c, without_method(b)) == less_kind(c, without_method(c))]
 
 
 def without_pairing(c: Config) -> dict:
