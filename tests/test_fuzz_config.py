@@ -97,6 +97,7 @@ SPEC: dict[str, Spec] = {
     "study.controls": Spec(dict, null=True, extra=({"schedule": ["later"]}, {"schedule": "strength"},
                                                    {"beta": ["stop_late", "stop_late"]})),
     "study.stop_late_at": number(0, 1, open="lohi"),
+    "study.stale_after_s": number(10, null=True),
     "trainer.mix_until": number(0, 1, open="lo"),
     "trainer.reverse_time": BOOL,
     "eval.test": BOOL,
@@ -175,6 +176,9 @@ SPEC: dict[str, Spec] = {
     "mixer.lr": number(0, open="lo"),
     "mixer.weight_decay": number(0),
     "mixer.momentum": number(0, 1),
+    "mixer.lr_min": number(0, 0.1, null=True),  # at most lr (0.1 by default)
+    "mixer.momentum_end": number(0.999, 1, null=True),  # at least momentum (0.999 by default)
+    "mixer.momentum_from": number(0, 1),
     "mixer.lam_loss": number(0),
     "mixer.lam_loss_margin": number(0, 1, open="hi"),
     "mixer.mixup_margin": number(0, 0.5),

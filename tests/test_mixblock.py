@@ -312,6 +312,65 @@ def test_every_process_keeps_the_same_block_stepped_by_the_mean_gradient(tmp_pat
         torch.testing.assert_close(w1.double(), w0.detach() - 0.1 * (g0 + g1) / 2, rtol=0, atol=1e-7)
 
 
+# ----------------------------------------------------------------------------- the official schedules
+
+
+def official_lr(t: float) -> float:
+    """mmcv's CosineAnnealing lr policy of the official CIFAR-100 ResNet-18 config: 0.1 -> min_lr 0.05."""
+    return 0.05 + (0.1 - 0.05) * (1 + math.cos(math.pi * t)) / 2
+
+
+def official_momentum(t: float) -> float:
+    """OpenMixup's CosineScheduleHook(end_momentum=0.999999, adjust_scope=[0.1, 1.0], warming_up='constant') on a
+    base momentum of 0.999, at step k of K (t = k/K): constant before 0.1·K, then the cosine of the whole run."""
+    return 0.999 if t < 0.1 else 0.999999 - (0.999999 - 0.999) * (math.cos(math.pi * t) + 1) / 2
+
+
+@pytest.mark.parametrize("t", [0.0, 0.05, 0.1, 0.37, 0.5, 0.9, 1.0])
+def test_through_mix_the_block_follows_the_official_lr_and_momentum_at_the_training_clock(t):
+    """Mix hands the Mix Block the training clock; its SGD step uses the cosine lr there and the momentum
+    copy's next EMA the official momentum (float64 reference of both formulas)."""
+    b = 8
+    x, y = images(b, seed=3), torch.arange(b) % C
+    mix = Mix(lam="beta", mixer="mixblock", num_classes=C, generator=gen(1))
+    model = cnn()
+    mix.attach(model)
+    block = mix.mixer
+    mix(x, y, targets=mix.clean_targets(y), progress=t)
+    assert block.optimizer.param_groups[0]["lr"] == pytest.approx(official_lr(t), rel=0, abs=1e-15)
+    with torch.no_grad():
+        for q in model.parameters():
+            q.add_(torch.randn(q.shape, generator=gen(7)))
+    k0 = [p.detach().double().clone() for p in block.momentum_model.parameters()]
+    q0 = [q.detach().double().clone() for q in model.parameters()]
+    mix.after_step(model)
+    m = official_momentum(t)
+    for p, k, q in zip(block.momentum_model.parameters(), k0, q0, strict=True):
+        torch.testing.assert_close(p.double(), m * k + (1 - m) * q, rtol=0, atol=1e-6)
+
+
+def test_the_block_reads_the_real_clock_not_the_one_the_clock_switches_give_the_policy():
+    """reverse_time hands the λ policy 1 − progress; the Mix Block's own schedules still run forward."""
+    b = 8
+    x, y = images(b, seed=3), torch.arange(b) % C
+    mix = Mix(lam="schedule", mixer="mixblock", num_classes=C, generator=gen(1), reverse_time=True)
+    mix.attach(cnn())
+    mix(x, y, targets=mix.clean_targets(y), progress=0.8)
+    assert mix.mixer.progress == 0.8
+    assert mix.mixer.optimizer.param_groups[0]["lr"] == pytest.approx(official_lr(0.8), rel=0, abs=1e-15)
+
+
+def test_null_ends_hold_lr_and_momentum_constant_and_no_clock_means_the_start_values():
+    mixer, _ = attached(lr_min=None, momentum_end=None)
+    mixer.progress = 0.7
+    assert (mixer.lr_now(), mixer.momentum_now()) == (0.1, 0.999)
+    mixer, _ = attached()  # the official ends, but called without a clock (outside a training loop)
+    assert mixer.progress is None and (mixer.lr_now(), mixer.momentum_now()) == (0.1, 0.999)
+    with pytest.raises(ValueError, match=r"^progress=1\.5: mixer 'mixblock' expected the fraction of training done"):
+        mixer(images(4), torch.arange(4).roll(1), torch.full((4,), 0.4), targets=onehot(torch.arange(4) % C).float(),
+              progress=1.5)
+
+
 # ----------------------------------------------------------------------------- through Mix and the loop
 
 
@@ -492,6 +551,9 @@ def test_mix_refuses_a_call_without_the_targets():
     ({"lam_loss": float("nan")}, "lam_loss=nan: expected a number"),
     ({"lam_loss_margin": 1}, "lam_loss_margin=1: expected a number in [0, 1)"),
     ({"mixup_margin": 0.6}, "mixup_margin=0.6: expected a number in [0, 0.5]"),
+    ({"lr_min": 0.2}, "lr_min=0.2: expected a number in [0, lr=0.1]"),
+    ({"momentum_end": 0.99}, "momentum_end=0.99: expected a number in [momentum=0.999, 1]"),
+    ({"momentum_from": 1.5}, "momentum_from=1.5: expected a fraction of training in [0, 1]"),
 ])
 def test_bad_options_are_one_line_naming_the_key(options, message):
     with pytest.raises(ValueError) as e:

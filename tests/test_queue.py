@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 import sys
 
 import optuna
@@ -70,3 +71,57 @@ def test_a_storage_holding_another_plans_study_is_refused_in_one_line(url):
     Queue(open_storage(url), "s/beta", "h1", items(2))
     with pytest.raises(ConfigError, match=r"study.storage: 's/beta' there belongs to plan h1, not h2"):
         Queue(open_storage(url), "s/beta", "h2", items(2))
+
+
+def test_a_claim_from_another_host_that_stops_beating_is_taken_over_and_a_beating_one_is_not(url):
+    """A lost node (its process can't be asked from here): its claim stops beating, and after
+    ``stale_after_s`` of no beat, by the watcher's clock, the watcher takes it over (1 s here, beats every 0.1 s)."""
+    lost = Queue(open_storage(url), "s/comparison", "h1", [Item("a"), Item("b"), Item("c")], stale_after_s=1.0)
+    lost.host = "node-lost"
+    live = Queue(open_storage(url), "s/comparison", "h1", [Item("a"), Item("b"), Item("c")], stale_after_s=1.0)
+    live.host = "node-live"
+    here = Queue(open_storage(url), "s/comparison", "h1", [Item("a"), Item("b"), Item("c")], stale_after_s=1.0)
+    (a,), (b,) = lost.claim(1), live.claim(1)
+    with live.holding([b]):  # b's jobs run for 2.5 s, beating; a's holder is gone and beats no more
+        seen = []
+        for _ in range(25):
+            seen += [it.key for it in here.claim(5)]
+            time.sleep(0.1)
+    assert seen == ["c", "a"]  # c at once; a once it had not beaten for 1 s; b never
+    assert here.taken_over == [f"a (node-lost pid {lost.pid} since {a_since(url)}): no beat for 1 s "
+                               "(study.stale_after_s)"]
+    lost.finish(a, 1.0)  # the lost process comes back and finishes: its claim was failed, the new one stands
+    live.finish(b, 1.0)
+    for it in (here.items["a"], here.items["c"]):
+        here.finish(it, 1.0)
+    states = sorted((t.user_attrs["key"], t.state.name)
+                    for t in optuna.load_study(study_name="s/comparison", storage=open_storage(url)).get_trials())
+    assert states == [("a", "COMPLETE"), ("a", "FAIL"), ("b", "COMPLETE"), ("c", "COMPLETE")]
+
+
+def a_since(url: str) -> str:
+    trials = optuna.load_study(study_name="s/comparison", storage=open_storage(url)).get_trials()
+    return next(t.user_attrs["worker"]["since"] for t in trials if t.user_attrs["key"] == "a")
+
+
+def test_with_stale_after_s_null_a_silent_claim_from_another_host_is_waited_for(url):
+    lost = Queue(open_storage(url), "s/controls", "h1", [Item("a")], stale_after_s=None)
+    lost.host = "node-lost"
+    lost.claim(1)
+    here = Queue(open_storage(url), "s/controls", "h1", [Item("a")], stale_after_s=None)
+    for _ in range(3):
+        assert here.claim(5) == [] and len(here.others()) == 1
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("value", ["soon", 0, 5, True])
+def test_a_bad_stale_after_s_is_refused_in_one_line(value):
+    from omegaconf import OmegaConf
+
+    from mixlab.run.config import validate
+
+    cfg = OmegaConf.create({"study": {"stale_after_s": value}})
+    with pytest.raises(ConfigError, match=rf"^study.stale_after_s={value!r}: expected null, or seconds \(a number >= 10\)"):
+        validate(cfg)
+    validate(OmegaConf.create({"study": {"stale_after_s": None}}))
+    validate(OmegaConf.create({"study": {"stale_after_s": 30}}))

@@ -8,7 +8,8 @@ mixer: it takes λ from any policy and learns the mask that realises it.
 It is a *learned* mixer (``Mixer``'s lifecycle, relayed by ``Mix``): ``attach(model)`` keeps a momentum copy of the
 classifier and builds the block and its own optimiser, each call trains the block one step and returns a blend
 made with the block's mask (detached), ``after_step(model)`` moves the momentum copy towards the classifier, and
-``state_dict``/``load_state_dict`` carry all three through a checkpoint.
+``state_dict``/``load_state_dict`` carry all three through a checkpoint. It ``reads_time``: ``Mix`` hands it the
+training clock (``progress`` ∈ [0, 1]), on which its lr and its momentum follow the official schedules.
 
 The engine imports nothing else of mixlab: the model is used only through the MixModel contract (``in_shape``,
 ``num_mix_points``, ``embed(x, mix_at=k, mix=f)``, ``mixes_inside``), so any image model that follows it works.
@@ -29,6 +30,22 @@ from .registry import is_number
 REDUCTION = 2  # query/key channels: C // 2 (the official PixelMixBlock's default reduction)
 INIT_STD = 0.01  # the block's 1×1 convs start as N(0, 0.01²) weights and zero biases (official init)
 SGD_MOMENTUM = 0.9  # the block's SGD momentum in the official configs (CIFAR-100 and ImageNet ResNets)
+
+
+def cosine_lr(t: float, start: float, end: float) -> float:
+    """Cosine annealing from ``start`` at t = 0 to ``end`` at t = 1 (mmcv's ``CosineAnnealing`` lr policy, the
+    official configs' ``lr_config``): end + (start − end)·(1 + cos πt)/2."""
+    return end + (start - end) * (1.0 + math.cos(math.pi * t)) / 2.0
+
+
+def momentum_at(t: float, base: float, end: float, start_at: float) -> float:
+    """The momentum copy's EMA coefficient at training fraction ``t`` (OpenMixup's ``CosineScheduleHook`` with
+    ``adjust_scope=[start_at, 1]``, ``warming_up='constant'``): ``base`` before ``start_at``, then
+    end − (end − base)·(1 + cos πt)/2, with t the fraction of the *whole* run (so the curve starts just above
+    ``base`` at ``start_at``, as the hook's does), reaching ``end`` at t = 1."""
+    if t < start_at:
+        return base
+    return end - (end - base) * (1.0 + math.cos(math.pi * t)) / 2.0
 
 
 class _Reached(Exception):
@@ -118,7 +135,7 @@ class MixBlock(nn.Module, Mixer):
        ``self.last_loss`` the block's loss before its step.
 
     ``after_step(model)``: ``θ_k ← m·θ_k + (1 − m)·θ_q`` for every parameter of the momentum copy (``m`` =
-    ``momentum``); its buffers (BatchNorm's statistics) follow its own forwards, as in the official code. Under
+    ``momentum_at(progress)`` of the last call); its buffers (BatchNorm's statistics) follow its own forwards, as in the official code. Under
     several processes (torch.distributed) the block starts from rank 0's weights and its gradients are averaged,
     so every process keeps the same block.
 
@@ -127,10 +144,15 @@ class MixBlock(nn.Module, Mixer):
     * ``stage`` (null): the mix point whose output the block reads (0 = the input, k = block k's output); null
       picks the deepest mix point that is a feature map (C, h, w): the cnn's block 2 (7×7 at 28 px, 8×8 at 32 px,
       the size of the official CIFAR ResNet-18's stage 3, ``mask_layer=2``);
-    * ``lr`` (0.1) and ``weight_decay`` (1e-4): the official ResNet configs' SGD (lr 0.1, momentum 0.9, wd 1e-4),
-      held constant (the official runs anneal it by cosine; a mixer is not told the training length);
-    * ``momentum`` (0.999): the official start value; the official runs raise it by cosine to 0.999999 (CIFAR) or
-      0.99999 (ImageNet) over the last 90% of training, which needs the training length a mixer is not told;
+    * ``lr`` (0.1), ``lr_min`` (0.05) and ``weight_decay`` (1e-4): the official ResNet configs' SGD (lr 0.1,
+      momentum 0.9, wd 1e-4), annealed by cosine from ``lr`` to ``lr_min`` over training (the CIFAR-100 ResNet-18
+      config ``r18_l2_a2_near_lam_cat_L1_01_mlr5e_2``: ``min_lr=0.05``); ``lr_min: null`` holds ``lr`` constant;
+    * ``momentum`` (0.999), ``momentum_end`` (0.999999) and ``momentum_from`` (0.1): the momentum copy's EMA
+      coefficient, ``momentum`` for the first ``momentum_from`` of training, then raised by cosine to
+      ``momentum_end`` (the same config's ``CosineScheduleHook``: ``end_momentum=0.999999``,
+      ``adjust_scope=[0.1, 1.0]``, ``warming_up='constant'``; ImageNet configs end at 0.99999);
+      ``momentum_end: null`` holds ``momentum`` constant. Called without ``progress`` (outside a training
+      loop), the block uses the start values ``lr`` and ``momentum``;
     * ``lam_loss`` (0.1) and ``lam_loss_margin`` (0.1): the λ loss's weight and dead zone (official ``mask_loss``
       and ``mask_loss_margin``, L1 mode; ImageNet runs anneal the weight to 0);
     * ``mixup_margin`` (0.08): the official ``lam_margin``.
@@ -138,16 +160,18 @@ class MixBlock(nn.Module, Mixer):
     Departures from the paper and its official code: the block is trained on the very pairs and λ the classifier
     trains on (officially a second pairing and λ are drawn for it), λ is per sample (officially one per batch, and
     the λ loss compares the batch's mean mask with it), the block's soft target uses the mask's mean λ̂ (officially
-    the drawn λ, which the λ loss keeps within the margin of λ̂), and lr, the λ-loss weight and the momentum are
-    constant. The classifier's clean one-hot loss that AutoMix adds to its mixup loss is the training loop's
+    the drawn λ, which the λ loss keeps within the margin of λ̂), the lr anneals at every step (mmcv's policy
+    steps per epoch) and the λ-loss weight is constant (ImageNet runs anneal it). The classifier's clean one-hot loss that AutoMix adds to its mixup loss is the training loop's
     business, not a mixer's, and is not added.
     """
 
     needs = ("targets",)
     needs_images = True
+    reads_time = True  # Mix hands it progress= (the training clock) for its lr and momentum schedules
 
-    def __init__(self, *, stage: int | None = None, lr: float = 0.1, weight_decay: float = 1e-4,
-                 momentum: float = 0.999, lam_loss: float = 0.1, lam_loss_margin: float = 0.1,
+    def __init__(self, *, stage: int | None = None, lr: float = 0.1, lr_min: float | None = 0.05,
+                 weight_decay: float = 1e-4, momentum: float = 0.999, momentum_end: float | None = 0.999999,
+                 momentum_from: float = 0.1, lam_loss: float = 0.1, lam_loss_margin: float = 0.1,
                  mixup_margin: float = 0.08) -> None:
         super().__init__()
         if stage is not None and not (isinstance(stage, int) and not isinstance(stage, bool) and stage >= 0):
@@ -157,13 +181,24 @@ class MixBlock(nn.Module, Mixer):
                 ("lr", lr, lambda v: v > 0, "a number > 0"),
                 ("weight_decay", weight_decay, lambda v: v >= 0, "a number >= 0"),
                 ("momentum", momentum, lambda v: 0 <= v <= 1, "a number in [0, 1] (1: the copy never moves)"),
+                ("momentum_from", momentum_from, lambda v: 0 <= v <= 1, "a fraction of training in [0, 1]"),
                 ("lam_loss", lam_loss, lambda v: v >= 0, "a number >= 0"),
                 ("lam_loss_margin", lam_loss_margin, lambda v: 0 <= v < 1, "a number in [0, 1)"),
                 ("mixup_margin", mixup_margin, lambda v: 0 <= v <= 0.5, "a number in [0, 0.5]")):
             if not (is_number(value) and ok(value)):
                 raise ValueError(f"{key}={value!r}: expected {allowed}")
+        if lr_min is not None and not (is_number(lr_min) and 0 <= lr_min <= lr):
+            raise ValueError(f"lr_min={lr_min!r}: expected a number in [0, lr={lr}] (the lr at the end of training), "
+                             "or null for a constant lr")
+        if momentum_end is not None and not (is_number(momentum_end) and momentum <= momentum_end <= 1):
+            raise ValueError(f"momentum_end={momentum_end!r}: expected a number in [momentum={momentum}, 1] (the "
+                             "momentum copy's EMA coefficient at the end of training), or null for a constant one")
         self.stage = stage
         self.lr, self.weight_decay, self.momentum = float(lr), float(weight_decay), float(momentum)
+        self.lr_min = self.lr if lr_min is None else float(lr_min)
+        self.momentum_end = self.momentum if momentum_end is None else float(momentum_end)
+        self.momentum_from = float(momentum_from)
+        self.progress: float | None = None  # the training clock of the last call (None: the start values)
         self.lam_loss, self.lam_loss_margin = float(lam_loss), float(lam_loss_margin)
         self.mixup_margin = float(mixup_margin)
         self.block: MixBlockLayers | None = None
@@ -240,10 +275,20 @@ class MixBlock(nn.Module, Mixer):
         if len(ks) != len(qs):
             raise ValueError(f"after_step: model has {len(qs)} parameters, its momentum copy {len(ks)}; expected the "
                              "model given to attach")
+        m = self.momentum_now()
         with torch.no_grad():
-            torch._foreach_mul_(ks, self.momentum)
-            torch._foreach_add_(ks, qs, alpha=1.0 - self.momentum)
+            torch._foreach_mul_(ks, m)
+            torch._foreach_add_(ks, qs, alpha=1.0 - m)
         self.ema_steps += 1
+
+    def momentum_now(self) -> float:
+        """The EMA coefficient at the clock of the last call (``momentum`` before any, or without a clock)."""
+        t = self.progress
+        return self.momentum if t is None else momentum_at(t, self.momentum, self.momentum_end, self.momentum_from)
+
+    def lr_now(self) -> float:
+        """The block's lr at the clock of the last call (``lr`` before any, or without a clock)."""
+        return self.lr if self.progress is None else cosine_lr(self.progress, self.lr, self.lr_min)
 
     def state_dict(self, *args, **kwargs) -> dict:  # noqa: ARG002 - the mixer's own checkpoint format
         """The block's weights, its optimiser, the momentum copy and the counters (empty before ``attach``)."""
@@ -286,8 +331,11 @@ class MixBlock(nn.Module, Mixer):
             return self.block(z.float(), partner, lam.float(), (x.shape[-2], x.shape[-1]))
 
     def forward(self, x: Tensor, partner: Tensor, lam: Tensor, *, generator: torch.Generator | None = None,
-                targets: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                targets: Tensor | None = None, progress: float | None = None) -> tuple[Tensor, Tensor]:
         _check_images("mixblock", x, partner, lam)
+        if progress is not None and not (is_number(progress) and 0 <= progress <= 1):
+            raise ValueError(f"progress={progress!r}: mixer 'mixblock' expected the fraction of training done, in [0, 1]")
+        self.progress = None if progress is None else float(progress)
         copy_ = self._attached()
         b = x.shape[0]
         if targets is None or targets.dim() != 2 or targets.shape[0] != b or not targets.is_floating_point():
@@ -318,6 +366,8 @@ class MixBlock(nn.Module, Mixer):
                 if p.grad is not None:
                     torch.distributed.all_reduce(p.grad)
                     p.grad.div_(world)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_now()
         self.optimizer.step()
         self.updates += 1
         self.last_loss = loss.detach()

@@ -117,6 +117,8 @@ class Mixer:
     ``attach(model)`` (called once before training: it may keep a momentum copy of the model and its own
     optimiser), ``after_step(model)`` (after each optimiser step of the model) and ``state_dict`` /
     ``load_state_dict`` (saved in the run's checkpoint, so a resumed run continues it); ``Mix`` relays them.
+    A mixer with ``reads_time = True`` is also handed ``progress=`` (the fraction of training done), for
+    schedules of its own (the Mix Block's lr and momentum).
     """
 
     needs: tuple[str, ...] = ()
@@ -337,7 +339,7 @@ class Mix:
             return self._mix_from_set(x, y, features=features, index=index, progress=progress)
         partner, lam = self.sample(x, y, features=features, index=index, progress=progress)
         x_mix, lam = (x, lam) if isinstance(self.lam_policy, NoMix) else \
-            self.mixer(x, partner, lam, generator=self.generator, **side)
+            self.mixer(x, partner, lam, generator=self.generator, **side, **self._clock(progress))
         y_mix = self._mix_targets(y, partner, lam)
         self.last = Mixed(partner, lam, target=y_mix)
         return x_mix, y_mix
@@ -352,7 +354,8 @@ class Mix:
                                            generator=self.shared_generator)
         mine = slice(self.rank * b, (self.rank + 1) * b)
         partner, lam = partner_all[mine], lam_all[mine]
-        x_mix, y_mix, lam = self._mix_with_rows(x, y, xs.index_select(0, partner), ys.index_select(0, partner), lam)
+        x_mix, y_mix, lam = self._mix_with_rows(x, y, xs.index_select(0, partner), ys.index_select(0, partner), lam,
+                                                progress)
         own = torch.arange(b, device=partner.device) + self.rank * b  # this process's rows in the gathered batch
         self.last = Mixed(partner, lam, pool=(xs, ys), target=y_mix, own=own)
         return x_mix, y_mix
@@ -368,12 +371,17 @@ class Mix:
         # The partners' rows as the training set holds them: a batch's augmentation (if any) is not applied to them.
         xp = train_x.index_select(0, partner.to(train_x.device)).to(device=x.device, dtype=x.dtype)
         yp = train_y.index_select(0, partner.to(train_y.device)).to(y.device)
-        x_mix, y_mix, lam = self._mix_with_rows(x, y, xp, yp, lam)
+        x_mix, y_mix, lam = self._mix_with_rows(x, y, xp, yp, lam, progress)
         self.last = Mixed(partner, lam, pool=(train_x, train_y), target=y_mix, own=index, from_set=True)
         return x_mix, y_mix
 
+    def _clock(self, progress: float | None) -> dict:
+        """``progress=`` for a mixer that ``reads_time`` (a learned mixer's own schedules): the training clock as
+        it is, not the one the clock switches (mix_until, reverse_time) hand the λ policy."""
+        return {"progress": progress} if getattr(self.mixer, "reads_time", False) else {}
+
     def _mix_with_rows(self, x: Tensor, y: Tensor, xp: Tensor, yp: Tensor,
-                       lam: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                       lam: Tensor, progress: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Mix each row i with the partner row ``xp[i]``, ``yp[i]`` (rows from outside the batch): returns
         ``(x_mix, y_mix, lam_applied)``. Mixes [own rows; partner rows] with partner i -> B + i (the second
         half with itself, λ = 1) and keeps the first half: any mixer works unchanged and the own rows keep
@@ -381,7 +389,7 @@ class Mix:
         b = x.shape[0]
         rows = torch.arange(b, 2 * b, device=x.device).repeat(2)
         x_mix, lam2 = self.mixer(torch.cat([x, xp]), rows, torch.cat([lam, torch.ones_like(lam)]),
-                                 generator=self.generator)
+                                 generator=self.generator, **self._clock(progress))
         y_mix = self._mix_targets(torch.cat([y, yp]), rows, lam2)[:b]
         return x_mix[:b], y_mix, lam2[:b]
 

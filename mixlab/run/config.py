@@ -71,6 +71,8 @@ RULES: dict[str, Rule] = {
     "study.storage": ("null or an Optuna storage: an RDB URL (sqlite:///PATH, postgresql://...) or journal:PATH",
                       lambda v: v is None or (isinstance(v, str) and ("://" in v or (v.startswith("journal:")
                                                                                     and len(v) > 8)))),
+    "study.stale_after_s": ("null, or seconds (a number >= 10) after which a claim from another host with no beat is "
+                            "taken over", lambda v: v is None or (_is_num(v) and not isinstance(v, bool) and v >= 10)),
     "study.go": _one_of("reference_beats_none", "always"),
     # a mapping arm -> its controls (strength | reversed | stop_late); an arm it leaves out: strength if dynamic
     "study.controls": ("null, or a mapping from arms to lists of controls (strength | reversed | stop_late), e.g. "
@@ -370,10 +372,13 @@ ADDED = {"trainer.val_every": 1, "eval.ood": None, "eval.corruptions": False, "e
          "model.mask_mix": "union",  # text runs before it read a blend's padding as the OR of the masks
          "lam.warp": "inverse_cdf",  # sk runs before the option warped through the inverse Beta CDF (its default)
          "pairing.partners": "batch",  # label_kernel runs before the option drew partners from the batch
-         "trainer.mix_until": 1.0, "trainer.reverse_time": False}  # runs before the clock switches mixed throughout
+         "trainer.mix_until": 1.0, "trainer.reverse_time": False,  # runs before the clock switches mixed throughout
+         # Mix Block runs before its schedules held lr and momentum constant (momentum_from then changed nothing)
+         "mixer.lr_min": None, "mixer.momentum_end": None, "mixer.momentum_from": 0.1}
 # a component's option ADDED: only the components that take it (an image model has no ``mask_mix``)
 ADDED_FOR = {"model.mask_mix": ("model.name", ("textcnn", "transformer")), "lam.warp": ("lam.name", ("sk",)),
-             "pairing.partners": ("pairing.name", ("label_kernel",))}
+             "pairing.partners": ("pairing.name", ("label_kernel",)),
+             **{k: ("mixer.name", ("mixblock",)) for k in ("mixer.lr_min", "mixer.momentum_end", "mixer.momentum_from")}}
 
 
 def with_added(flat: dict[str, Any]) -> dict[str, Any]:

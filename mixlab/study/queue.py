@@ -10,21 +10,28 @@ no item runs twice, and each arm's trials are exactly its budget.
 
 A claim records its process (host, pid). A claim whose process is gone — a Ctrl-C, a killed job — is
 taken over by the next process on that host (the item is marked failed and enqueued again under the
-same key); a claim from another host is waited for, and named while it is.
+same key). A process on another host cannot be asked whether it still runs, so a holder beats instead:
+while its jobs run it counts up the item's ``beat`` every ``stale_after_s / 10`` seconds, and a watcher
+that sees no new beat for ``stale_after_s`` by its own clock takes the claim over the same way (a node
+lost mid-job, a SLURM job killed without a signal). Optuna's own heartbeat (``RDBStorage(heartbeat_
+interval=…)``) is not used: the journal storage has none, and it compares against the database's clock.
 """
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..run.config import ConfigError
 
 # how long a process waits for the process that created a phase's items to finish enqueueing them
 QUEUE_WAIT_S = 60.0
 POLL_S = 2.0
+BEATS_PER_TIMEOUT = 10  # a holder beats this many times in stale_after_s
 
 
 @dataclass
@@ -72,14 +79,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _holder(t: Any) -> str:
+    """A trial's item and who holds it: "key (host pid N since T)", or "key (waiting)"."""
+    w = t.user_attrs.get("worker") or {}
+    key = t.user_attrs.get("key")
+    return f"{key} ({w.get('host')} pid {w.get('pid')} since {w.get('since')})" if w else f"{key} (waiting)"
+
+
 class Queue:
     """One phase's items in the storage (see the module's docstring)."""
 
-    def __init__(self, storage: Any, name: str, plan: str, items: list[Item], *, direction: str = "maximize") -> None:
+    def __init__(self, storage: Any, name: str, plan: str, items: list[Item], *, direction: str = "maximize",
+                 stale_after_s: float | None = 600.0) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.storage, self.name, self.host, self.pid = storage, name, socket.gethostname(), os.getpid()
+        self.stale_after_s = stale_after_s
+        self._seen: dict[int, tuple[Any, float]] = {}  # another host's claim: (its last beat, when first seen here)
+        self.taken_over: list[str] = []  # the stale claims this process failed and queued again, and why
         self.items = {it.key: it for it in items}
         try:
             self.study = _retry(lambda: optuna.create_study(study_name=name, storage=storage, direction=direction))
@@ -130,6 +148,7 @@ class Queue:
                 continue  # another process took it first
             self.storage.set_trial_user_attr(tid, "worker", {"host": self.host, "pid": self.pid,
                                                              "since": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            self.storage.set_trial_user_attr(tid, "beat", 0)
             it = self.items[t.user_attrs["key"]]
             for k, v in it.params.items():
                 dist = it.distributions[k]
@@ -138,17 +157,49 @@ class Queue:
             mine.append(it)
         return mine
 
+    @contextmanager
+    def holding(self, items: list[Item]) -> Iterator[None]:
+        """While the block runs (the items' jobs), beat for each item so that no other host takes it over."""
+        if self.stale_after_s is None or not items:
+            yield
+            return
+        stop = threading.Event()
+        tids = [self._id(it.attrs["_number"]) for it in items]
+
+        def beat() -> None:
+            n = 0
+            while not stop.wait(self.stale_after_s / BEATS_PER_TIMEOUT):
+                n += 1
+                for tid in tids:
+                    try:
+                        _retry(lambda: self.storage.set_trial_user_attr(tid, "beat", n))
+                    except Exception:  # noqa: BLE001 - taken over meanwhile (finished), or the storage away for now
+                        pass
+
+        thread = threading.Thread(target=beat, name=f"mixlab-beat-{self.name}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
     def finish(self, it: Item, value: float | None, **attrs: Any) -> None:
-        """The item done: COMPLETE with ``value``, or FAIL when it has none."""
+        """The item done: COMPLETE with ``value``, or FAIL when it has none. An item another process took
+        over meanwhile (no beat reached it in time) is left to that process: its jobs read the runs back."""
+        from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
         tid = self._id(it.attrs["_number"])
-        for k, v in attrs.items():
-            self.storage.set_trial_user_attr(tid, k, v)
-        if value is None:
-            _retry(lambda: self.storage.set_trial_state_values(tid, TrialState.FAIL))
-        else:
-            _retry(lambda: self.storage.set_trial_state_values(tid, TrialState.COMPLETE, [float(value)]))
+        try:
+            for k, v in attrs.items():
+                self.storage.set_trial_user_attr(tid, k, v)
+            if value is None:
+                _retry(lambda: self.storage.set_trial_state_values(tid, TrialState.FAIL))
+            else:
+                _retry(lambda: self.storage.set_trial_state_values(tid, TrialState.COMPLETE, [float(value)]))
+        except UpdateFinishedTrialError:
+            pass
 
     def retry_failed(self, completed: Callable[[str], bool]) -> None:
         """Queue again each item whose last try failed and whose runs have not all ``completed`` since (a
@@ -162,20 +213,37 @@ class Queue:
             if t.state == TrialState.FAIL and key in self.items and not completed(key):
                 self._enqueue(self.items[key], retry_of=t.number)
 
+    def _stale(self, t: Any) -> bool:
+        """Whether the RUNNING trial ``t``'s claim is another process's that no longer runs: on this host, its
+        pid is gone; on another, its beat has not moved for ``stale_after_s`` by this process's clock."""
+        worker = t.user_attrs.get("worker") or {}
+        if worker.get("host") == self.host:
+            return worker.get("pid") not in (None, self.pid) and not _alive(worker["pid"])
+        if self.stale_after_s is None:
+            return False
+        beat, now = t.user_attrs.get("beat"), time.monotonic()
+        last, since = self._seen.get(t.number, (None, now))
+        if t.number not in self._seen or beat != last:
+            self._seen[t.number] = (beat, now)
+            return False
+        return now - since > self.stale_after_s
+
     def _take_over_stale(self) -> None:
-        """A RUNNING item claimed on this host by a process that no longer runs: failed, and queued again."""
+        """A RUNNING item whose claim is stale (see ``_stale``): failed, and queued again."""
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
         for t in self._trials(TrialState.RUNNING):
-            worker = t.user_attrs.get("worker") or {}
-            if worker.get("host") != self.host or worker.get("pid") in (None, self.pid) or _alive(worker["pid"]):
+            if not self._stale(t):
                 continue
             try:  # only the process whose FAIL lands re-enqueues it
                 _retry(lambda: self.storage.set_trial_state_values(self._id(t.number), TrialState.FAIL))
             except UpdateFinishedTrialError:
                 continue
             self._enqueue(self.items[t.user_attrs["key"]], retry_of=t.number)
+            mine = (t.user_attrs.get("worker") or {}).get("host") == self.host
+            self.taken_over.append(f"{_holder(t)}: " + ("its process is gone" if mine else
+                                   f"no beat for {self.stale_after_s:g} s (study.stale_after_s)"))
 
     def others(self) -> list[str]:
         """The items still claimed by other processes, as "key (host pid since)"; [] when the phase is done
@@ -187,8 +255,7 @@ class Queue:
         for t in self._trials(TrialState.RUNNING, TrialState.WAITING):
             w = t.user_attrs.get("worker") or {}
             if t.state == TrialState.WAITING or w.get("pid") != self.pid or w.get("host") != self.host:
-                out.append(f"{t.user_attrs.get('key')} ({w.get('host')} pid {w.get('pid')} since {w.get('since')})"
-                           if w else f"{t.user_attrs.get('key')} (waiting)")
+                out.append(_holder(t))
         return out
 
     def done(self) -> dict[str, Any]:

@@ -299,7 +299,9 @@ class Study:
         ``wait``, until none is left to claim)."""
         if self.storage is None:
             self.storage = open_storage(self.plan_storage())
-        queue = Queue(self.storage, f"{self.folder.name}/{phase}", self.plan["hash"], items, direction=direction)
+        stale_after_s = self._stale_after_s()
+        queue = Queue(self.storage, f"{self.folder.name}/{phase}", self.plan["hash"], items, direction=direction,
+                      stale_after_s=stale_after_s)
         queue.retry_failed(lambda key: all(self._completed(j) for j in jobs_of(queue.items[key])))
         per_item = max(1, max((len(jobs_of(it)) for it in items), default=1))
         batch = max(1, -(-self._parallel() // per_item))
@@ -307,10 +309,14 @@ class Study:
         while True:
             self._stop_if_asked()
             mine = queue.claim(batch)
+            for line in queue.taken_over:
+                say(f"{what}: took over {line}")
+            queue.taken_over.clear()
             if mine:
                 jobs = [j for it in mine for j in jobs_of(it)]
                 if jobs:
-                    self._launch(jobs, f"{what}: {', '.join(it.key for it in mine)}")
+                    with queue.holding(mine):
+                        self._launch(jobs, f"{what}: {', '.join(it.key for it in mine)}")
                 for it in mine:
                     finish(queue, it)
                 ran += [it.key for it in mine]
@@ -319,7 +325,9 @@ class Study:
             if not others or not wait:
                 break
             if not told:
-                say(f"{what}: waiting for {len(others)} item(s) another process holds: {'; '.join(others[:3])}")
+                say(f"{what}: waiting for {len(others)} item(s) another process holds: {'; '.join(others[:3])}"
+                    + ("" if stale_after_s is None else f" (one on another host is taken over after "
+                                                         f"{stale_after_s:g} s without a beat)"))
                 told = True
             time.sleep(POLL_S)
         self.ran[phase] = self.ran.get(phase, 0) + len(ran)
@@ -393,6 +401,10 @@ class Study:
         draws = optuna.create_study(sampler=sampler)  # in memory: only the draws
         dists = {k: _distribution(spec) for k, spec in row["space"].items()}
         return [{}] + [draws.ask(dists).params for _ in range(row["trials"] - 1)]
+
+    def _stale_after_s(self) -> float | None:
+        value = OmegaConf.select(self.config, "study.stale_after_s", default=600)  # checked with the config
+        return None if value is None else float(value)
 
     def plan_storage(self) -> str:
         url = OmegaConf.select(self.config, "study.storage")
