@@ -74,7 +74,10 @@ def _save_hydra(run_dir: Path, composed: DictConfig) -> None:
 def _remove_if_empty(folder: str) -> None:
     """Remove ``folder`` and the folders above it that it leaves empty, up to the working directory
     (``outputs/<date>/<time>`` made for a refused run); a folder holding anything stays."""
-    path, here = Path(folder).absolute(), Path.cwd()
+    try:
+        path, here = Path(folder).absolute(), Path.cwd()
+    except FileNotFoundError:  # the working directory is gone (removed by another process): nothing to tidy
+        return
     for p in [path, *path.parents]:
         if p == here or (p != path and here not in p.parents):
             return

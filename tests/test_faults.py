@@ -943,3 +943,25 @@ def test_a_damaged_checkpoint_is_one_line_and_the_status_stays(tmp_path):
     assert f"{cwd / 'run' / 'last.pt'}: cannot be read" in line and "restore it from a copy" in line \
         and "delete it to start the run over" in line, line
     assert (cwd / "run" / "summary.json").read_bytes() == summary
+
+
+def test_a_refused_run_whose_folder_is_the_working_directory_leaves_it(tmp_path, monkeypatch):
+    """hydra.run.dir=<the working directory>, refused after its folder was locked: the lock file goes, the
+    folder (the user's working directory) stays, and tidying up after it does not fail. Before: release removed
+    the working directory and ``_remove_if_empty`` then raised FileNotFoundError from ``Path.cwd()`` (a traceback
+    and exit 1 where one line and exit 2 were due; seen in the config fuzz)."""
+    from mixlab.__main__ import _remove_if_empty
+    from mixlab.run.records import LOCK_NAME, RunLock
+
+    monkeypatch.chdir(tmp_path)
+    lock = RunLock(tmp_path)
+    assert lock.acquire() is None and (tmp_path / LOCK_NAME).exists()
+    lock.release(discard=True)
+    assert tmp_path.is_dir() and list(tmp_path.iterdir()) == []
+    _remove_if_empty(str(tmp_path))
+    assert tmp_path.is_dir()
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()  # the working directory removed under the process
+    _remove_if_empty(str(gone / "run"))  # nothing to tidy, and no error

@@ -279,7 +279,8 @@ class RunLock:
 
     ``acquire`` returns None, or the one-line refusal (naming ``folder_key``, what to change); ``announce``
     writes the holder's pid, host, start and command once its run has passed its checks; ``release`` unlocks and, with ``discard``,
-    removes the folder again where nothing but the lock file is in it (a refused run leaves no folder).
+    removes the folder again where nothing but the lock file is in it (a refused run leaves no folder), unless
+    the folder is the working directory (``hydra.run.dir=.``): that one is the user's, and stays.
     Where ``fcntl`` is missing (Windows) there is no lock: one writer is then the user's to keep.
     """
 
@@ -329,7 +330,8 @@ class RunLock:
         if discard and [p.name for p in self.folder.iterdir()] == [LOCK_NAME]:
             with contextlib.suppress(OSError):
                 self.path.unlink()
-                self.folder.rmdir()
+                if self.folder.resolve() != Path.cwd().resolve():  # the user's working directory stays
+                    self.folder.rmdir()
         os.close(self._fd)  # closing the last descriptor releases the flock
         self._fd = None
 
