@@ -197,6 +197,34 @@ def test_no_go_stops_before_the_comparison(tmp_path):
     assert s.go(tuning) is False
 
 
+def test_a_config_file_edited_under_a_running_study_stops_it_before_its_next_launch(tmp_path):
+    """Hydra composes each job from the files on disk: before, an edit made while a study ran reached its later
+    runs unseen (or, as happened to fashion_time at 2 000 images, failed them). Now the study stops in one line."""
+    group = tmp_path / "conf" / "optim"
+    group.mkdir(parents=True)
+    mine = group / "mine.yaml"
+    adamw = (ROOT / "mixlab" / "conf" / "optim" / "adamw.yaml").read_text()
+    mine.write_text(adamw)
+    proc = subprocess.Popen([sys.executable, "-m", "mixlab.study", "s", *SMALL, "optim=mine",
+                             f"hydra.searchpath=[file://{tmp_path / 'conf'}]"], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:  # the plan is written, the first launch under way: edit the file under it
+        lines.append(line)
+        if "job(s)" in line:
+            mine.write_text(adamw.replace("lr: 2.0e-3", "lr: 1.0e-3"))
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=600) == 2, "".join(lines) + rest
+    error = [x for x in rest.splitlines() if x.startswith("mixlab: error:")]
+    assert len(error) == 1 and "the config files changed under the running study (config.optim.lr: 0.002 -> 0.001)" \
+        in error[0], rest[-2000:]
+    assert yaml.safe_load((tmp_path / "s" / "plan.yaml").read_text())["config"]["optim.lr"] == 0.002
+    # only the launch in flight at the edit may have composed it (its records say so); none launched after
+    lrs = [json.loads(f.read_text())["config"]["optim"]["lr"] for f in (tmp_path / "s").rglob("summary.json")]
+    assert lrs.count(0.001) <= 2 and set(lrs) <= {0.002, 0.001}, lrs
+
+
 def test_a_study_through_submitits_local_executor_completes(tmp_path):
     """Each job a process of its own, as on a SLURM cluster (hydra/launcher=submitit_slurm): a one-arm study,
     tuning and comparison (2 jobs), to keep the suite short."""
