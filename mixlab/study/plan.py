@@ -142,6 +142,12 @@ def differences(old: dict, new: dict) -> list[str]:
             if a.get(k, "(absent)") != b.get(k, "(absent)")]
 
 
+def differences_line(old: dict, new: dict) -> str:
+    """The first three ``differences`` of two plans, in one line (and how many more)."""
+    diff = differences(old, new)
+    return "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
+
+
 def register(folder: Path, plan: dict, command: str) -> tuple[dict, list[str]]:
     """Write ``folder/plan.yaml`` (the first time), or check that the one there is this plan. Returns
     the plan in force and its deviations (a resume under another commit). ``ConfigError`` for another plan."""
@@ -150,10 +156,8 @@ def register(folder: Path, plan: dict, command: str) -> tuple[dict, list[str]]:
     if path.exists():
         old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         if old.get("hash") != plan["hash"]:
-            diff = differences(old, plan)
-            shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
-            raise ConfigError(f"{path}: the study there was planned otherwise ({shown}); a study folder holds one "
-                              "plan: expected the same command, or a new folder")
+            raise ConfigError(f"{path}: the study there was planned otherwise ({differences_line(old, plan)}); a "
+                              "study folder holds one plan: expected the same command, or a new folder")
         deviations = list(old.get("deviations") or [])
         if git.get("commit") and git.get("commit") != (old.get("git") or {}).get("commit"):
             line = f"resumed under commit {git['commit'][:12]} (planned under {str((old.get('git') or {}).get('commit'))[:12]})"

@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..run.config import ConfigError, flatten, job_dir, tuning_settings
 from ..run.records import atomic_write, atomic_write_json, read_json
-from .plan import differences, make_plan, register
+from .plan import differences_line, make_plan, register
 from .queue import POLL_S, Item, Queue, open_storage
 from .runs import arm_name
 from .tune import arm_overrides
@@ -371,8 +371,6 @@ class Study:
     def _launch(self, jobs: list[list[str]], what: str) -> None:
         """Hand the jobs whose run has not completed yet to the launcher (a re-run reads the others back)."""
         todo = [job for job in jobs if not self._completed(job)]
-        if todo:
-            self._conf_unchanged()
         say(f"{what}: {len(jobs)} job(s)" + (f", {len(jobs) - len(todo)} completed before" if len(todo) < len(jobs)
                                              else ""))
         if todo:
@@ -382,14 +380,13 @@ class Study:
 
     def _conf_unchanged(self) -> None:
         """Hydra composes every job from the config files as they are on disk *now*: one edited under a running
-        study would change its later runs unseen. Before each launch the base config is composed again and must
-        still make the plan in force; otherwise the study stops here, in one line, before running anything more."""
+        study would change its later runs unseen. After each launch (the start checked the plan) the base config is
+        composed again and must still make the plan in force; otherwise the study stops here, in one line, before
+        running anything more."""
         plan = make_plan(self._compose(self.base), self.base)
         if plan["hash"] != self.plan["hash"]:
-            diff = differences(self.plan, plan)
-            shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
             print(f"mixlab: error: {self.folder / 'plan.yaml'}: the config files changed under the running study "
-                  f"({shown}); its later runs would differ from its plan: expected the files as they were when it "
+                  f"({differences_line(self.plan, plan)}); its later runs would differ from its plan: expected the files as they were when it "
                   "started (run a study from a checkout nobody edits, e.g. a git worktree), then the same command "
                   "resumes", file=sys.stderr)
             sys.exit(2)
