@@ -32,9 +32,9 @@ INIT_STD = 0.01  # the block's 1×1 convs start as N(0, 0.01²) weights and zero
 SGD_MOMENTUM = 0.9  # the block's SGD momentum in the official configs (CIFAR-100 and ImageNet ResNets)
 
 
-def cosine_lr(t: float, start: float, end: float) -> float:
-    """Cosine annealing from ``start`` at t = 0 to ``end`` at t = 1 (mmcv's ``CosineAnnealing`` lr policy, the
-    official configs' ``lr_config``): end + (start − end)·(1 + cos πt)/2."""
+def cosine(t: float, start: float, end: float) -> float:
+    """From ``start`` at t = 0 to ``end`` at t = 1 along a half cosine: end + (start − end)·(1 + cos πt)/2 (mmcv's
+    ``CosineAnnealing`` lr policy, the official configs' ``lr_config``; and the momentum's rise, ``momentum_at``)."""
     return end + (start - end) * (1.0 + math.cos(math.pi * t)) / 2.0
 
 
@@ -43,9 +43,7 @@ def momentum_at(t: float, base: float, end: float, start_at: float) -> float:
     ``adjust_scope=[start_at, 1]``, ``warming_up='constant'``): ``base`` before ``start_at``, then
     end − (end − base)·(1 + cos πt)/2, with t the fraction of the *whole* run (so the curve starts just above
     ``base`` at ``start_at``, as the hook's does), reaching ``end`` at t = 1."""
-    if t < start_at:
-        return base
-    return end - (end - base) * (1.0 + math.cos(math.pi * t)) / 2.0
+    return base if t < start_at else cosine(t, base, end)
 
 
 class _Reached(Exception):
@@ -135,8 +133,8 @@ class MixBlock(nn.Module, Mixer):
        ``self.last_loss`` the block's loss before its step.
 
     ``after_step(model)``: ``θ_k ← m·θ_k + (1 − m)·θ_q`` for every parameter of the momentum copy (``m`` =
-    ``momentum_at(progress)`` of the last call); its buffers (BatchNorm's statistics) follow its own forwards, as in the official code. Under
-    several processes (torch.distributed) the block starts from rank 0's weights and its gradients are averaged,
+    ``momentum_at(progress)`` of the last call); its buffers (BatchNorm's statistics) follow its own forwards, as
+    in the official code. Under several processes (torch.distributed) the block starts from rank 0's weights and its gradients are averaged,
     so every process keeps the same block.
 
     Options (defaults and sources):
@@ -161,8 +159,8 @@ class MixBlock(nn.Module, Mixer):
     trains on (officially a second pairing and λ are drawn for it), λ is per sample (officially one per batch, and
     the λ loss compares the batch's mean mask with it), the block's soft target uses the mask's mean λ̂ (officially
     the drawn λ, which the λ loss keeps within the margin of λ̂), the lr anneals at every step (mmcv's policy
-    steps per epoch) and the λ-loss weight is constant (ImageNet runs anneal it). The classifier's clean one-hot loss that AutoMix adds to its mixup loss is the training loop's
-    business, not a mixer's, and is not added.
+    steps per epoch) and the λ-loss weight is constant (ImageNet runs anneal it). The classifier's clean one-hot
+    loss that AutoMix adds to its mixup loss is the training loop's business, not a mixer's, and is not added.
     """
 
     needs = ("targets",)
@@ -288,7 +286,7 @@ class MixBlock(nn.Module, Mixer):
 
     def lr_now(self) -> float:
         """The block's lr at the clock of the last call (``lr`` before any, or without a clock)."""
-        return self.lr if self.progress is None else cosine_lr(self.progress, self.lr, self.lr_min)
+        return self.lr if self.progress is None else cosine(self.progress, self.lr, self.lr_min)
 
     def state_dict(self, *args, **kwargs) -> dict:  # noqa: ARG002 - the mixer's own checkpoint format
         """The block's weights, its optimiser, the momentum copy and the counters (empty before ``attach``)."""
@@ -334,7 +332,8 @@ class MixBlock(nn.Module, Mixer):
                 targets: Tensor | None = None, progress: float | None = None) -> tuple[Tensor, Tensor]:
         _check_images("mixblock", x, partner, lam)
         if progress is not None and not (is_number(progress) and 0 <= progress <= 1):
-            raise ValueError(f"progress={progress!r}: mixer 'mixblock' expected the fraction of training done, in [0, 1]")
+            raise ValueError(f"progress={progress!r}: mixer 'mixblock' expected the fraction of training done, in "
+                             "[0, 1]")
         self.progress = None if progress is None else float(progress)
         copy_ = self._attached()
         b = x.shape[0]

@@ -213,20 +213,23 @@ class Queue:
             if t.state == TrialState.FAIL and key in self.items and not completed(key):
                 self._enqueue(self.items[key], retry_of=t.number)
 
-    def _stale(self, t: Any) -> bool:
-        """Whether the RUNNING trial ``t``'s claim is another process's that no longer runs: on this host, its
-        pid is gone; on another, its beat has not moved for ``stale_after_s`` by this process's clock."""
+    def _stale(self, t: Any) -> str | None:
+        """Why the RUNNING trial ``t``'s claim is another process's that no longer runs (None while it may run):
+        on this host, its pid is gone; on another, its beat has not moved for ``stale_after_s`` by this clock."""
         worker = t.user_attrs.get("worker") or {}
         if worker.get("host") == self.host:
-            return worker.get("pid") not in (None, self.pid) and not _alive(worker["pid"])
+            gone = worker.get("pid") not in (None, self.pid) and not _alive(worker["pid"])
+            return "its process is gone" if gone else None
         if self.stale_after_s is None:
-            return False
+            return None
         beat, now = t.user_attrs.get("beat"), time.monotonic()
         last, since = self._seen.get(t.number, (None, now))
         if t.number not in self._seen or beat != last:
             self._seen[t.number] = (beat, now)
-            return False
-        return now - since > self.stale_after_s
+            return None
+        if now - since <= self.stale_after_s:
+            return None
+        return f"no beat for {self.stale_after_s:g} s (study.stale_after_s)"
 
     def _take_over_stale(self) -> None:
         """A RUNNING item whose claim is stale (see ``_stale``): failed, and queued again."""
@@ -234,16 +237,15 @@ class Queue:
         from optuna.trial import TrialState
 
         for t in self._trials(TrialState.RUNNING):
-            if not self._stale(t):
+            why = self._stale(t)
+            if why is None:
                 continue
             try:  # only the process whose FAIL lands re-enqueues it
                 _retry(lambda: self.storage.set_trial_state_values(self._id(t.number), TrialState.FAIL))
             except UpdateFinishedTrialError:
                 continue
             self._enqueue(self.items[t.user_attrs["key"]], retry_of=t.number)
-            mine = (t.user_attrs.get("worker") or {}).get("host") == self.host
-            self.taken_over.append(f"{_holder(t)}: " + ("its process is gone" if mine else
-                                   f"no beat for {self.stale_after_s:g} s (study.stale_after_s)"))
+            self.taken_over.append(f"{_holder(t)}: {why}")
 
     def others(self) -> list[str]:
         """The items still claimed by other processes, as "key (host pid since)"; [] when the phase is done

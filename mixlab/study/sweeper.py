@@ -386,9 +386,9 @@ class Study:
         plan = make_plan(self._compose(self.base), self.base)
         if plan["hash"] != self.plan["hash"]:
             print(f"mixlab: error: {self.folder / 'plan.yaml'}: the config files changed under the running study "
-                  f"({differences_line(self.plan, plan)}); its later runs would differ from its plan: expected the files as they were when it "
-                  "started (run a study from a checkout nobody edits, e.g. a git worktree), then the same command "
-                  "resumes", file=sys.stderr)
+                  f"({differences_line(self.plan, plan)}); its later runs would differ from its plan: expected the "
+                  "files as they were when it started (run a study from a checkout nobody edits, e.g. a git "
+                  "worktree), then the same command resumes", file=sys.stderr)
             sys.exit(2)
 
     def _folder_of(self, job: list[str]) -> Path:
