@@ -172,6 +172,10 @@ def test_two_copies_on_one_storage_one_killed_give_the_records_of_one_uninterrup
     (["study.arms=[none,schedule]"], "study.reference='beta': not one of study.arms"),
     (["study.eval_seeds=[1,2]"], "share [1] with study.tuning_seeds"),
     (["study.arms=[beta,schedule]", "study.go=reference_beats_none"], "needs the arm none"),
+    (["+study.arm_overrides={cutmix:['mixer.cells=2']}"], "study.arm_overrides: names ['cutmix'], not in study.arms"),
+    (["+study.arm_overrides={beta:['lam.alpha=0.5']}"], "study.arm_overrides.beta: 'lam.alpha=0.5' sets lam.alpha, "
+                                                        "which the arm tunes"),
+    (["+study.arm_overrides={beta:['data.train_subset=50']}"], "sets data.train_subset, which every arm shares"),
 ])
 def test_a_study_that_cannot_run_as_declared_is_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -223,6 +227,42 @@ def test_a_config_file_edited_under_a_running_study_stops_it_before_its_next_lau
     # only the launch in flight at the edit may have composed it (its records say so); none launched after
     lrs = [json.loads(f.read_text())["config"]["optim"]["lr"] for f in (tmp_path / "s").rglob("summary.json")]
     assert lrs.count(0.001) <= 2 and set(lrs) <= {0.002, 0.001}, lrs
+
+
+def test_an_arms_own_settings_reach_every_run_of_it_and_a_strength_control_keeps_its_mixers(tmp_path):
+    """study.arm_overrides: settings of one arm beyond its name (a mixer's option, a fixed key of its λ policy),
+    in its tuning, comparison and control runs; a strength control (fixed Beta, the arm's mixer) keeps the
+    mixer's settings and drops the λ policy's. Before, an arm could name a mixer but not set it."""
+    r = study("s", "experiment=digits_study", "model=mlp", "model.hidden=[32]", "~model.width", "trainer.epochs=2",
+              "data.train_subset=150", "study.arms=[beta,loss@gridmix]", "study.go=always", "study.trials=1",
+              "study.tuning_seeds=[0]", "study.eval_seeds=[100]",
+              "study.arm_overrides={loss@gridmix:['mixer.cells=2','lam.momentum=0.5']}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    plan = yaml.safe_load((tmp_path / "s" / "plan.yaml").read_text())
+    assert [a.get("overrides") for a in plan["arms"]] == [None, ["mixer.cells=2", "lam.momentum=0.5"]]
+    runs = {k: v["config"] for k, v in records(tmp_path / "s").items() if v["status"] == "completed"}
+    assert len(runs) == 5, sorted(runs)  # 2 tuning, 2 comparison, 1 strength control
+    mine = {k: c for k, c in runs.items() if c["mixer"]["name"] == "gridmix"}
+    assert sorted((c["lam"]["name"], c["study"].get("control_kind")) for c in mine.values()) == \
+        [("beta", "strength"), ("loss", None), ("loss", None)]
+    assert all(c["mixer"]["cells"] == 2 for c in mine.values())
+    assert all(c["lam"]["momentum"] == 0.5 for c in mine.values() if c["lam"]["name"] == "loss")
+    assert all(c["mixer"]["name"] == "input" for k, c in runs.items() if k not in mine)
+    report = (tmp_path / "s" / "report" / "report.md").read_text()
+    assert "| loss@gridmix (mixer.cells=2, lam.momentum=0.5) | loss |" in report
+
+
+def test_every_committed_study_resumes_under_this_code():
+    """A committed study's plan.yaml is the plan its command makes now: else its next start (a study under
+    way, or a reader's rerun) is refused as another plan. New study keys must leave old plans' hashes alone."""
+    from mixlab.study.plan import differences_line
+
+    plans = sorted(ROOT.glob("docs/results/*/plan.yaml")) + sorted(ROOT.glob("docs/results/*/*/plan.yaml"))
+    assert plans
+    for path in plans:
+        old = yaml.safe_load(path.read_text())
+        new = make_plan(compose_cfg(*old["overrides"]), old["overrides"])
+        assert new["hash"] == old["hash"], f"{path.relative_to(ROOT)}: {differences_line(old, new)}"
 
 
 def test_a_study_through_submitits_local_executor_completes(tmp_path):

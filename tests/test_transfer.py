@@ -82,7 +82,7 @@ def test_a_tuning_json_without_settings_is_applied_with_transfer_unknown(tuned, 
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "tuned.yaml").write_text(tuned.read_text())
     log = json.loads((tuned.parent / "tuning.json").read_text())
-    del log["settings"]
+    del log["settings"], log["settings_by_arm"]
     (tmp_path / "old" / "tuning.json").write_text(json.dumps(log))
     (tmp_path / "hand").mkdir()
     (tmp_path / "hand" / "tuned.yaml").write_text("beta:\n  lam.alpha: 0.7\n")
@@ -98,3 +98,26 @@ def test_the_command_line_refuses_before_writing_anything(tuned, tmp_path):
     said = f"mixlab: error: tuned={str(tuned)!r}: made under other settings (trainer.epochs: 2 -> 3)"
     assert r.stderr.startswith(said), r.stderr
     assert not folder.exists() and not (tmp_path / "outputs").exists()
+
+
+def test_an_arm_under_a_mixer_gets_its_own_tuned_values_and_settings(tmp_path):
+    """A study tunes beta@cutmix apart from beta (its own α, under its own mixer): before, a comparison run of
+    beta@cutmix looked up the entry of beta, tuned under input mixing, and was refused as made under other
+    settings (mixer.name: 'input' -> 'cutmix'); a run under a mixer with no entry of its own still takes the
+    policy's, transferred."""
+    out = tmp_path / "tuning"
+    assert tune_main(["--lambdas", "beta,beta@cutmix", "--trials", "2", "--out", str(out), *TINY,
+                      "trainer.epochs=1"]) == 0
+    tuned = yaml.safe_load((out / "tuned.yaml").read_text())
+    log = json.loads((out / "tuning.json").read_text())
+    assert log["settings_by_arm"]["beta@cutmix"]["mixer.name"] == "cutmix"
+    assert log["settings_by_arm"]["beta"]["mixer.name"] == "input"
+    for mixer, arm in (("input", "beta"), ("cutmix", "beta@cutmix")):
+        cfg = run_cfg(out / "tuned.yaml", "trainer.epochs=1", f"mixer={mixer}", "lam.alpha=3.0")
+        record = apply_tuned(cfg)
+        assert record["lambda"] == arm and record["transferred"] == []
+        assert cfg.lam.alpha == pytest.approx(tuned[arm]["lam.alpha"])
+    with pytest.raises(ConfigError, match=r"made under other settings \(.*mixer\.name: 'input' -> 'fmix'\)"):
+        apply_tuned(run_cfg(out / "tuned.yaml", "trainer.epochs=1", "mixer=fmix"))
+    record = apply_tuned(run_cfg(out / "tuned.yaml", "trainer.epochs=1", "mixer=fmix", "tuned_transfer=true"))
+    assert record["lambda"] == "beta" and "mixer.name: 'input' -> 'fmix'" in record["transferred"]

@@ -80,6 +80,12 @@ RULES: dict[str, Rule] = {
                        lambda v: v is None or isinstance(v, dict) and all(_is_list(k) and set(k) <= {"strength", "reversed",
                                                                                        "stop_late"}
                                                              and len(set(k)) == len(k) for k in v.values())),
+    # an arm's own settings beyond its λ policy, pairing and mixer (a mixer's option, a policy's fixed key)
+    "study.arm_overrides": ("null, or a mapping from arms to lists of key=value settings every run of the arm adds, "
+                            "e.g. {beta@mixblock: [mixer.momentum=0.99]}",
+                            lambda v: v is None or isinstance(v, dict) and all(
+                                _is_list(o) and all(isinstance(x, str) and re.fullmatch(r"\w+(\.\w+)+=.+", x) for x in o)
+                                for o in v.values())),
     "study.stop_late_at": ("a number in (0, 1): the fraction of training after which the stop_late control stops "
                            "mixing", lambda v: _is_num(v) and not isinstance(v, bool) and 0 < v < 1),
     "study.control_kind": ("null, or which control this run is: strength | reversed | stop_late (python -m mixlab.study)",
@@ -213,16 +219,19 @@ def apply_tuned(cfg: DictConfig) -> dict | None:
     except OSError as e:
         raise ConfigError(f"tuned={path!r}: cannot be read ({e.strerror or e}); expected a tuned.yaml "
                           "written by python -m mixlab.tune") from None
-    # the entry tuned for this λ policy under this pairing (``beta+label_kernel``) where there is one, else the
-    # policy's own (tuned under the pairing the tuning ran with, and so transferred to this one)
-    name, arm = cfg.lam.name, f"{cfg.lam.name}+{cfg.pairing.name}"
-    if isinstance(chosen, dict) and arm in chosen:
-        name = arm
+    # the entry tuned for this λ policy under this pairing and mixer where there is one (a study's arm:
+    # ``beta+label_kernel``, ``beta@cutmix``, ``schedule+nearest@fmix``), else under this pairing, else the policy's
+    # own (tuned under the pairing and mixer the tuning ran with, and so transferred to this one)
+    pairing, mixer = cfg.pairing.name, OmegaConf.select(cfg, "mixer.name", default="input")
+    paired = cfg.lam.name if pairing == "random" else f"{cfg.lam.name}+{pairing}"
+    arms = [paired + ("" if mixer == "input" else f"@{mixer}"), f"{cfg.lam.name}+{pairing}", cfg.lam.name]
+    name = next((a for a in arms if isinstance(chosen, dict) and a in chosen), cfg.lam.name)
     if isinstance(chosen, dict) and name not in chosen and _nothing_to_tune(name):
         return None  # none, automix: no search space, so nothing tuning could have chosen
     if not isinstance(chosen, dict) or name not in chosen:
         have = sorted(chosen) if isinstance(chosen, dict) else []
-        under = f" (nor {arm})" if cfg.pairing.name != "random" else ""
+        under = [a for a in dict.fromkeys(arms[:2]) if a != name and (a != arms[1] or pairing != "random")]
+        under = f" (nor {', '.join(under)})" if under else ""
         raise ConfigError(f"tuned={path!r}: has no entry for lambda={name}{under}; expected one of {have}")
     for key, value in (chosen[name] or {}).items():
         if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
@@ -241,7 +250,8 @@ def apply_tuned(cfg: DictConfig) -> dict | None:
         # a tuned.yaml written by hand: the values are known, the budget and the settings are not
         record.update(trials=None, transferred=None)
         return record
-    record["transferred"] = _transferred(cfg, path, log.get("settings"))
+    # a study tunes each arm under its own mixer and settings (tuning.json's settings_by_arm); older files: one
+    record["transferred"] = _transferred(cfg, path, (log.get("settings_by_arm") or {}).get(name, log.get("settings")))
     return record
 
 

@@ -21,9 +21,10 @@ from ..engine.lam import reads_time
 from ..run.config import ConfigError, fingerprint, flatten, import_plugins
 from ..run.records import atomic_write_bytes, loaded_git
 from .runs import arm_name
-from .tune import arm_mixer, arm_parts, arm_space
+from .tune import arm_mixer, arm_overrides, arm_parts, arm_space
 
 PLAN = "plan.yaml"
+FIXED_FOR_ALL = ("data.", "eval.", "study.", "hydra.", "trainer.epochs")  # what no arm may set for itself
 HASHED = ("overrides", "arms", "tuning", "evaluation", "primary_family", "controls", "decisions", "config")
 
 
@@ -67,6 +68,10 @@ def make_plan(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     unknown = sorted(set(declared) - set(arms))
     if unknown:
         raise ConfigError(f"study.controls: names {unknown}, not in study.arms={arms}; expected controls of the arms")
+    own = {arm: list(v) for arm, v in (s.get("arm_overrides") or {}).items()}
+    unknown = sorted(set(own) - set(arms))
+    if unknown:
+        raise ConfigError(f"study.arm_overrides: names {unknown}, not in study.arms={arms}; expected settings of the arms")
     rows, family, controls = [], [], []
     stop_at = float(s.get("stop_late_at", 0.75))
     primary = s.matched == "primary"
@@ -74,8 +79,18 @@ def make_plan(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         policy, pairing = arm_parts(arm)
         space = arm_space(arm)
         dynamic = is_dynamic(policy)
+        for setting in own.get(arm, []):
+            key = setting.partition("=")[0]
+            if key in space or key.startswith(FIXED_FOR_ALL):
+                raise ConfigError(f"study.arm_overrides.{arm}: {setting!r} sets "
+                                  + (f"{key}, which the arm tunes" if key in space else
+                                     f"{key}, which every arm shares (the paired comparison needs the same data, "
+                                     "evaluation and study)")
+                                  + "; expected settings of the arm's own method (mixer.*, pairing.*, lam.*, model.*, ...)")
         rows.append({"arm": arm, "lambda": policy, "pairing": pairing, **({"mixer": arm_mixer(arm)} if "@" in arm else {}),
-                     "dynamic": dynamic, "space": space, "trials": int(s.trials) if space else 1})
+                     "dynamic": dynamic, "space": space, "trials": int(s.trials) if space else 1,
+                     # only where declared: the plans of studies without them (and their hashes) read as before
+                     **({"overrides": own[arm]} if own.get(arm) else {})})
     names = [r["arm"] for r in rows]
     for row in rows:
         arm, policy, dynamic = row["arm"], row["lambda"], row["dynamic"]
@@ -169,3 +184,9 @@ def register(folder: Path, plan: dict, command: str) -> tuple[dict, list[str]]:
     plan = {"study": folder.name, "command": command, "git": git, **plan, "deviations": []}
     atomic_write_bytes(path, yaml.safe_dump(plan, sort_keys=False, allow_unicode=True).encode())
     return plan, []
+
+
+def row_overrides(row: dict) -> list[str]:
+    """The overrides of every run of a plan's arm: its name's (``lambda=``, ``pairing=``, ``mixer=``), then its
+    declared ``study.arm_overrides``."""
+    return arm_overrides(row["arm"]) + list(row.get("overrides") or [])

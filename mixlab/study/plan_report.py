@@ -160,7 +160,8 @@ def _plan_blocks(study: dict, fingerprints: str) -> list[tuple]:
             f"trial {t.get('trial')}: " + (", ".join(f"{k}={_short(v)}" for k, v in (t.get("values") or {}).items())
                                            or "nothing to tune")
             + f" ({t.get('objective_key') or 'objective'} {_f(t.get('objective'))})")
-        rows.append([a.get("arm"), a.get("lambda"), a.get("pairing"), "yes" if a.get("dynamic") else "no",
+        own = ", ".join(a.get("overrides") or [])  # the arm's declared settings (study.arm_overrides)
+        rows.append([a.get("arm") + (f" ({own})" if own else ""), a.get("lambda"), a.get("pairing"), "yes" if a.get("dynamic") else "no",
                      _space_text(a.get("space")), a.get("trials"), pick,
                      ", ".join(controls[a.get("arm")]) if a.get("arm") in controls else "—"])
     t_seeds, e_seeds = list(tu.get("seeds") or []), list(ev.get("seeds") or [])

@@ -35,10 +35,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..run.config import ConfigError, flatten, job_dir, tuning_settings
 from ..run.records import atomic_write, atomic_write_json, read_json
-from .plan import differences_line, make_plan, register
+from .plan import differences_line, make_plan, register, row_overrides
 from .queue import POLL_S, Item, Queue, open_storage
 from .runs import arm_name
-from .tune import arm_overrides
 
 TUNED = "tuned.yaml"
 
@@ -101,7 +100,7 @@ class Study:
         try:
             plan = make_plan(cfg, self.base)
             for row in plan["arms"]:  # every arm's config is checked before anything is written
-                self._check(self.base + arm_overrides(row["arm"]))
+                self._check(self.base + row_overrides(row))
             command = shlex.join(["python", "-m", "mixlab.study", str(self.folder), *self.base])
             self.folder.mkdir(parents=True, exist_ok=True)
             self.plan, self.deviations = register(self.folder, plan, command)
@@ -130,8 +129,8 @@ class Study:
                           attrs={"k": k, "drawn": params}, distributions=dists)
                      for k, params in enumerate(self._trial_params(row))]
 
-            def jobs_of(it: Item, arm: str = arm) -> list[list[str]]:
-                return [self.base + arm_overrides(arm) + [f"{p}={v!r}" for p, v in it.attrs["drawn"].items()]
+            def jobs_of(it: Item, arm: str = arm, row: dict = row) -> list[list[str]]:
+                return [self.base + row_overrides(row) + [f"{p}={v!r}" for p, v in it.attrs["drawn"].items()]
                         + ["eval.test=false", "eval.corruptions=false", "eval.ood=null", f"seed={s}",
                            self._study_run("tuning", arm),
                            _subdir(f"tuning/{arm}/{it.key}/seed={s}")] for s in seeds]
@@ -161,15 +160,17 @@ class Study:
         out = {"lambdas": [r["arm"] for r in plan["arms"]], "trials": max(r["trials"] for r in plan["arms"]),
                "seed": plan["tuning"]["search_seed"], "tuning_seeds": seeds, "overrides": self.base,
                "spaces": {r["arm"]: r["space"] for r in plan["arms"]}, "chosen": chosen, "trials_run": log,
-               "plan": plan["hash"], "settings": self._settings()}
+               "plan": plan["hash"], "settings": self._settings(plan["arms"][0]["arm"]),
+               "settings_by_arm": {r["arm"]: self._settings(r["arm"]) for r in plan["arms"]}}
         atomic_write_json(self.folder / "tuning.json", out)
         atomic_write(self.folder / TUNED, lambda f: f.write(yaml.safe_dump(tuned, sort_keys=False).encode()))
         return out
 
-    def _settings(self) -> dict:
-        """What the tuning's results depend on (``tuning_settings``), from a trial's record: a ``tuned=`` run
-        under other settings is refused unless it says ``tuned_transfer=true``."""
-        arm, seed = self.plan["arms"][0]["arm"], self.plan["tuning"]["seeds"][0]
+    def _settings(self, arm: str) -> dict:
+        """What an arm's tuning results depend on (``tuning_settings``: its mixer and its own settings among them),
+        from its first trial's record: a ``tuned=`` run under other settings is refused unless it says
+        ``tuned_transfer=true``."""
+        seed = self.plan["tuning"]["seeds"][0]
         summary = read_json(self.folder / "tuning" / arm / "trial_0" / f"seed={seed}" / "summary.json") or {}
         return tuning_settings(summary["config"]) if summary.get("config") else {}
 
@@ -210,7 +211,7 @@ class Study:
         jobs = {}
         for row in self.plan["arms"]:
             for s in self.plan["evaluation"]["seeds"]:
-                own = arm_overrides(row["arm"]) + [f"seed={s}"]
+                own = row_overrides(row) + [f"seed={s}"]
                 jobs[job_dir(own)] = self.base + own + [f"tuned={tuned}", self._study_run("comparison", row["arm"]),
                                                         _subdir(f"compare/{job_dir(own)}")]
         self._runs("comparison", jobs, f"comparison: {len(self.plan['arms'])} arm(s) x "
@@ -223,6 +224,7 @@ class Study:
         from .controls import plan as control_plan
 
         planned = [(c["of"], c.get("kind", "strength"), c) for c in self.plan["controls"]]
+        rows = {r["arm"]: r for r in self.plan["arms"]}
         jobs: dict[str, list[str]] = {}
         strength = {arm for arm, kind, _ in planned if kind == "strength"}
         if strength:
@@ -237,6 +239,9 @@ class Study:
                     continue
                 extra = [f"+study.control_of={_literal(config['study']['control_of'])}", "+study.control_kind=strength"]
                 extra += [f"mixer={mixer}"] * (mixer != "input")
+                # the arm's own settings but its λ policy's (and its pairing's, where the control pairs at random)
+                extra += [o for o in rows[arm].get("overrides") or []
+                          if not o.startswith("lam.") and not (o.startswith("pairing.") and pairing != "random")]
                 if config["study"].get("control_of_pairing"):
                     extra += ["pairing=random",
                               f"+study.control_of_pairing={_literal(config['study']['control_of_pairing'])}"]
@@ -251,7 +256,7 @@ class Study:
                 continue
             change = ["trainer.reverse_time=true"] if kind == "reversed" else [f"trainer.mix_until={control['mix_until']!r}"]
             for s in self.plan["evaluation"]["seeds"]:
-                own = arm_overrides(arm) + [f"seed={s}"]
+                own = row_overrides(rows[arm]) + [f"seed={s}"]
                 ran = read_json(self.folder / "compare" / job_dir(own) / "summary.json") or {}
                 if ran.get("status") != "completed":
                     say(f"no {kind} control of {arm} at seed {s}: its comparison run did not complete")

@@ -156,7 +156,8 @@ def tune(lambdas: list[str], trials: int, out: str | Path, overrides: list[str],
     atomic_write_json(out / "tuning.json", {"lambdas": lambdas, "trials": trials, "seed": seed,
                                            "overrides": overrides, "spaces": {p: spaces[p] for p in lambdas},
                                            "chosen": chosen_trial, "trials_run": log,
-                                           "settings": _settings(out / lambdas[0] / "trial_0")})
+                                           "settings": _settings(out / lambdas[0] / "trial_0"),
+                                           "settings_by_arm": {p: _settings(out / p / "trial_0") for p in lambdas}})
     atomic_write(out / "tuned.yaml", lambda f: f.write(yaml.safe_dump(tuned, sort_keys=False).encode()))
     return tuned
 
