@@ -233,7 +233,7 @@ def test_an_arms_own_settings_reach_every_run_of_it_and_a_strength_control_keeps
     """study.arm_overrides: settings of one arm beyond its name (a mixer's option, a fixed key of its λ policy),
     in its tuning, comparison and control runs; a strength control (fixed Beta, the arm's mixer) keeps the
     mixer's settings and drops the λ policy's. Before, an arm could name a mixer but not set it."""
-    r = study("s", "experiment=digits_study", "model=mlp", "model.hidden=[32]", "~model.width", "trainer.epochs=2",
+    r = study("s", "experiment=digits_study", "model=mlp", "model.hidden=[32]", "~model.width", "trainer.epochs=1",
               "data.train_subset=150", "study.arms=[beta,loss@gridmix]", "study.go=always", "study.trials=1",
               "study.tuning_seeds=[0]", "study.eval_seeds=[100]",
               "study.arm_overrides={loss@gridmix:['mixer.cells=2','lam.momentum=0.5']}", cwd=tmp_path)
