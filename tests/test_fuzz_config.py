@@ -96,6 +96,8 @@ SPEC: dict[str, Spec] = {
     "study.go": choice("reference_beats_none", "always"),
     "study.controls": Spec(dict, null=True, extra=({"schedule": ["later"]}, {"schedule": "strength"},
                                                    {"beta": ["stop_late", "stop_late"]})),
+    "study.arm_overrides": Spec(dict, null=True, extra=({"beta": "mixer.cells=2"}, {"beta": ["cells=2"]},
+                                                        {"beta": ["mixer.cells"]}, {"beta": [2]})),
     "study.stop_late_at": number(0, 1, open="lohi"),
     "study.stale_after_s": number(10, null=True),
     "trainer.mix_until": number(0, 1, open="lo"),
@@ -259,7 +261,7 @@ def composed(*overrides: str) -> DictConfig:
     return compose_cfg(*overrides)  # composing is the slow part: once per option
 
 
-MAPPINGS = {"study.controls"}  # keys whose value is itself a mapping (arm -> controls): one key, fuzzed whole
+MAPPINGS = {"study.controls", "study.arm_overrides"}  # keys whose value is itself a mapping (arm -> controls): one key, fuzzed whole
 
 
 def leaf_keys(node: dict, prefix: str = "") -> list[str]:
