@@ -121,3 +121,16 @@ def test_an_arm_under_a_mixer_gets_its_own_tuned_values_and_settings(tmp_path):
         apply_tuned(run_cfg(out / "tuned.yaml", "trainer.epochs=1", "mixer=fmix"))
     record = apply_tuned(run_cfg(out / "tuned.yaml", "trainer.epochs=1", "mixer=fmix", "tuned_transfer=true"))
     assert record["lambda"] == "beta" and "mixer.name: 'input' -> 'fmix'" in record["transferred"]
+
+
+@pytest.mark.parametrize("overrides, looked", [
+    ((), "lambda=beta; "),
+    (("mixer=cutmix",), "lambda=beta (nor beta@cutmix); "),
+    (("mixer=cutmix", "pairing=nearest"), "lambda=beta (nor beta+nearest@cutmix, beta+nearest); "),
+])
+def test_a_tuned_file_without_the_arm_names_every_entry_looked_for(tmp_path, overrides, looked):
+    (tmp_path / "tuned.yaml").write_text("schedule:\n  lam.alpha_start: 0.3\n")
+    with pytest.raises(ConfigError) as e:
+        apply_tuned(run_cfg(tmp_path / "tuned.yaml", *overrides))
+    assert str(e.value) == (f"tuned={str(tmp_path / 'tuned.yaml')!r}: has no entry for {looked}"
+                            "expected one of ['schedule']")

@@ -224,15 +224,14 @@ def apply_tuned(cfg: DictConfig) -> dict | None:
     # own (tuned under the pairing and mixer the tuning ran with, and so transferred to this one)
     pairing, mixer = cfg.pairing.name, OmegaConf.select(cfg, "mixer.name", default="input")
     paired = cfg.lam.name if pairing == "random" else f"{cfg.lam.name}+{pairing}"
-    arms = [paired + ("" if mixer == "input" else f"@{mixer}"), f"{cfg.lam.name}+{pairing}", cfg.lam.name]
-    name = next((a for a in arms if isinstance(chosen, dict) and a in chosen), cfg.lam.name)
-    if isinstance(chosen, dict) and name not in chosen and _nothing_to_tune(name):
-        return None  # none, automix: no search space, so nothing tuning could have chosen
-    if not isinstance(chosen, dict) or name not in chosen:
+    arms = list(dict.fromkeys([paired + ("" if mixer == "input" else f"@{mixer}"), paired, cfg.lam.name]))
+    name = next((a for a in arms if isinstance(chosen, dict) and a in chosen), None)
+    if name is None:
+        if isinstance(chosen, dict) and _nothing_to_tune(cfg.lam.name):
+            return None  # none, automix: no search space, so nothing tuning could have chosen
         have = sorted(chosen) if isinstance(chosen, dict) else []
-        under = [a for a in dict.fromkeys(arms[:2]) if a != name and (a != arms[1] or pairing != "random")]
-        under = f" (nor {', '.join(under)})" if under else ""
-        raise ConfigError(f"tuned={path!r}: has no entry for lambda={name}{under}; expected one of {have}")
+        nor = f" (nor {', '.join(arms[:-1])})" if arms[:-1] else ""
+        raise ConfigError(f"tuned={path!r}: has no entry for lambda={cfg.lam.name}{nor}; expected one of {have}")
     for key, value in (chosen[name] or {}).items():
         if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
             raise ConfigError(f"tuned={path!r}: {key} is not a key of the config of lambda={cfg.lam.name} "

@@ -157,11 +157,11 @@ class Study:
             best = min(scored, key=lambda r: (r["objective"] if lower else -r["objective"], r["trial"]))
             chosen[arm], tuned[arm] = best["trial"], best["values"]
             log += rows
+        settings = {r["arm"]: self._settings(r["arm"]) for r in plan["arms"]}  # "settings": the first arm's (older readers)
         out = {"lambdas": [r["arm"] for r in plan["arms"]], "trials": max(r["trials"] for r in plan["arms"]),
                "seed": plan["tuning"]["search_seed"], "tuning_seeds": seeds, "overrides": self.base,
                "spaces": {r["arm"]: r["space"] for r in plan["arms"]}, "chosen": chosen, "trials_run": log,
-               "plan": plan["hash"], "settings": self._settings(plan["arms"][0]["arm"]),
-               "settings_by_arm": {r["arm"]: self._settings(r["arm"]) for r in plan["arms"]}}
+               "plan": plan["hash"], "settings": settings[plan["arms"][0]["arm"]], "settings_by_arm": settings}
         atomic_write_json(self.folder / "tuning.json", out)
         atomic_write(self.folder / TUNED, lambda f: f.write(yaml.safe_dump(tuned, sort_keys=False).encode()))
         return out

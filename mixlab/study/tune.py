@@ -153,11 +153,11 @@ def tune(lambdas: list[str], trials: int, out: str | Path, overrides: list[str],
         if chosen is None:
             raise ConfigError(f"lambda={policy}: no trial completed with a finite objective; see {out / policy}")
         tuned[policy] = chosen
+    settings = {p: _settings(out / p / "trial_0") for p in lambdas}  # "settings": the first's (older readers)
     atomic_write_json(out / "tuning.json", {"lambdas": lambdas, "trials": trials, "seed": seed,
                                            "overrides": overrides, "spaces": {p: spaces[p] for p in lambdas},
                                            "chosen": chosen_trial, "trials_run": log,
-                                           "settings": _settings(out / lambdas[0] / "trial_0"),
-                                           "settings_by_arm": {p: _settings(out / p / "trial_0") for p in lambdas}})
+                                           "settings": settings[lambdas[0]], "settings_by_arm": settings})
     atomic_write(out / "tuned.yaml", lambda f: f.write(yaml.safe_dump(tuned, sort_keys=False).encode()))
     return tuned
 
